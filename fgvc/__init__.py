@@ -1,0 +1,36 @@
+"""fgvc: fine-grained visual categorization with vision transformers.
+
+    import fgvc
+    model = fgvc.create_model("glsim", backbone="vit_base_patch16_224.augreg_in21k", num_classes=200,
+                              img_size=448, pretrained=True)
+    history = fgvc.fit(model, train_data, val_data, epochs=50)
+    result = fgvc.evaluate(model, test_data)
+"""
+
+__version__ = "0.1.0"
+
+from .backbone import EncoderOutput, ViTBackbone
+from .checkpoint import load_model, load_weights, read_metadata, save_model
+from .evaluate import EvalResult, evaluate
+from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
+from .train import History, fit, seed_everything
+
+__all__ = [
+    "EncoderOutput",
+    "EvalResult",
+    "FGVCModel",
+    "History",
+    "ModelOutput",
+    "ViTBackbone",
+    "__version__",
+    "create_model",
+    "evaluate",
+    "fit",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "read_metadata",
+    "register_model",
+    "save_model",
+    "seed_everything",
+]

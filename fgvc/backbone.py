@@ -1,0 +1,227 @@
+"""One adapter over timm's ViT family, shared by every method.
+
+The methods need more than timm's ``forward_features``: the tokens with their prefix (CLS, distillation or
+register tokens), the blocks one by one, the final norm, the tokens of every layer, and on demand the
+attention probabilities of every layer. ``ViTBackbone`` exposes exactly these, for any input resolution
+(square or not), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file.
+
+Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it is
+about 2x faster at 448 px. Maps are recorded by switching the blocks to timm's explicit attention path for
+that one call and reading the softmax output, then switching back (the model itself is never edited).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+from torch import Tensor, nn
+
+__all__ = ["EncoderOutput", "ViTBackbone", "to_2tuple"]
+
+
+def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
+    """``224 -> (224, 224)``; ``(448, 336) -> (448, 336)``: sizes are (height, width)."""
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (height, width), got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+@dataclass
+class EncoderOutput:
+    """What one encoder pass returns.
+
+    tokens: (B, T, D) last block's output after the final norm; T = prefix tokens + patches.
+    hidden_states: per block, (B, T, D) outputs before the final norm (only when asked for).
+    attentions: per block, (B, heads, T, T) softmax attention probabilities (only when asked for).
+    """
+
+    tokens: Tensor
+    hidden_states: list[Tensor] | None = None
+    attentions: list[Tensor] | None = None
+
+
+class ViTBackbone(nn.Module):
+    """A timm ViT (ViT, DeiT, DeiT-distilled, ...) at any resolution, without its classifier head.
+
+    Args:
+        name: timm model name, with or without a pretrained tag (``vit_base_patch16_224.augreg_in21k``).
+        img_size: input resolution, int or (height, width); each side a multiple of the patch size.
+            Position embeddings of pretrained weights are resampled to it (timm's ``resample_abs_pos_embed``).
+        pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
+        checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead
+            (timm state-dict format; classifier weights in it are dropped, position embeddings resampled).
+        drop_path_rate: stochastic depth.
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=6, patch_size=8`` for a tiny model).
+    """
+
+    def __init__(
+        self,
+        name: str = "vit_base_patch16_224.augreg_in21k",
+        *,
+        img_size: int | tuple[int, int] = 224,
+        pretrained: bool = False,
+        checkpoint_path: str | os.PathLike | None = None,
+        drop_path_rate: float = 0.0,
+        **timm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.img_size = to_2tuple(img_size)
+        kwargs: dict[str, Any] = dict(num_classes=0, img_size=self.img_size, drop_path_rate=drop_path_rate)
+        kwargs.update(timm_kwargs)
+        if checkpoint_path is not None:
+            checkpoint_path = os.fspath(checkpoint_path)
+            if not os.path.isfile(checkpoint_path):
+                raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
+            kwargs["pretrained_cfg_overlay"] = dict(file=checkpoint_path)
+            pretrained = True
+        self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
+        self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):
+            raise ValueError(f"{name} is not a ViT-family model (it has no patch_embed and blocks)")
+        self._check_divisible(self.vit.patch_embed.patch_size)
+
+    def _check_divisible(self, patch: int | Sequence[int] | None) -> None:
+        """Fail early, naming the numbers, when the resolution does not tile into patches."""
+        if patch is None:
+            return
+        ph, pw = to_2tuple(patch)
+        h, w = self.img_size
+        if h % ph or w % pw:
+            raise ValueError(
+                f"img_size {h}x{w} is not divisible by the patch size {ph}x{pw} of {self.name}; "
+                f"use e.g. {max(h // ph, 1) * ph}x{max(w // pw, 1) * pw}"
+            )
+
+    # ---------------------------------------------------------------- what the methods read
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.vit.blocks[0].attn.num_heads
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.vit.blocks
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.vit.norm
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS (+ distillation / register) tokens before the patch tokens."""
+        return self.vit.num_prefix_tokens
+
+    @property
+    def has_class_token(self) -> bool:
+        return getattr(self.vit, "cls_token", None) is not None
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return to_2tuple(self.vit.patch_embed.patch_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(rows, cols) of patch tokens at ``img_size``."""
+        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """mean / std / interpolation from the pretrained configuration, input_size at ``img_size``."""
+        cfg = dict(timm.data.resolve_model_data_config(self.vit))
+        cfg["input_size"] = (3, *self.img_size)
+        return cfg
+
+    # ---------------------------------------------------------------- forward
+    def embed(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> tokens (B, T, D): patch embedding, prefix tokens, position embedding."""
+        if x.shape[-2:] != self.img_size:
+            raise ValueError(
+                f"{self.name} was built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; build the model with img_size={tuple(x.shape[-2:])}"
+            )
+        v = self.vit
+        x = v.patch_embed(x)
+        x = v._pos_embed(x)
+        x = v.patch_drop(x)
+        return v.norm_pre(x)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        return_hidden_states: bool = False,
+        return_attention: bool = False,
+    ) -> EncoderOutput:
+        """Images (B, 3, H, W) -> ``EncoderOutput`` (tokens after the final norm, optional per-layer data)."""
+        tokens = self.embed(x)
+        if not (return_hidden_states or return_attention):
+            return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
+        hidden: list[Tensor] = []
+        with self.record_attention(enabled=return_attention) as maps:
+            for block in self.blocks:
+                tokens = block(tokens)
+                hidden.append(tokens)
+        return EncoderOutput(
+            tokens=self.norm(tokens),
+            hidden_states=hidden if return_hidden_states else None,
+            attentions=list(maps) if return_attention else None,
+        )
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, T, D) -> image feature (B, D) the way the timm model pools (CLS token, or average)."""
+        return self.vit.forward_head(tokens, pre_logits=True)
+
+    @contextlib.contextmanager
+    def record_attention(
+        self, blocks: Sequence[nn.Module] | None = None, *, enabled: bool = True
+    ) -> Iterator[list[Tensor]]:
+        """Within the context, every forward of ``blocks`` appends its (B, heads, T, T) attention to the list.
+
+        The blocks run timm's explicit attention path meanwhile (the softmax output is read where it enters
+        attention dropout); on exit they return to fused attention and the hooks are removed.
+        """
+        maps: list[Tensor] = []
+        if not enabled:
+            yield maps
+            return
+        blocks = list(self.blocks if blocks is None else blocks)
+        handles, saved = [], []
+        try:
+            for block in blocks:
+                attn = block.attn
+                if not hasattr(attn, "fused_attn") or not hasattr(attn, "attn_drop"):
+                    raise TypeError(f"cannot record attention of {type(attn).__name__}")
+                saved.append((attn, attn.fused_attn))
+                attn.fused_attn = False
+                handles.append(attn.attn_drop.register_forward_hook(lambda m, inp, out: maps.append(inp[0])))
+            yield maps
+        finally:
+            for h in handles:
+                h.remove()
+            for attn, fused in saved:
+                attn.fused_attn = fused
+
+
+def _patch_size_from_name(name: str) -> int | None:
+    """``vit_base_patch16_224`` -> 16 (used only to give an early, clear error)."""
+    base = name.split(".")[0]
+    for part in base.split("_"):
+        if part.startswith("patch") and part[5:].isdigit():
+            return int(part[5:])
+    return None

@@ -1,0 +1,120 @@
+"""Evaluation: top-1 / top-5, per-class accuracy, confusion matrix, and crop localization where possible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .methods.base import FGVCModel
+
+__all__ = ["EvalResult", "box_iou_pairs", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one pass over a dataset (accuracies in percent)."""
+
+    top1: float
+    top5: float
+    loss: float
+    num_samples: int
+    per_class_accuracy: np.ndarray  # (C,) percent; NaN for classes without samples
+    confusion_matrix: np.ndarray  # (C, C) rows = true class, columns = predicted
+    predictions: np.ndarray  # (N,)
+    targets: np.ndarray  # (N,)
+    mean_iou: float | None = None  # crop box vs ground-truth box, when both exist
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers as a flat dict (for tables and logs)."""
+        out = {"top1": self.top1, "top5": self.top5, "loss": self.loss}
+        if self.mean_iou is not None:
+            out["mean_iou"] = self.mean_iou
+        return out
+
+
+def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matching rows of two (N, 4) box tensors (x0, y0, x1, y1), exclusive ends. Returns (N,)."""
+    a, b = a.float(), b.float()
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: FGVCModel,
+    data: Dataset,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
+
+    If ``data.boxes`` exists ((N, 4) ground-truth boxes as fractions of the image's width and height) and
+    the model outputs crop boxes, ``mean_iou`` is the mean IoU between the two.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    gt_boxes = getattr(data, "boxes", None)
+    h, w = model.img_size
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    logits_all, targets_all, ious = [], [], []
+    loss_sum, seen = 0.0, 0
+    for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        images, targets = images.to(device), targets.to(device)
+        out = model(images)
+        _check_labels(targets, out.logits.shape[1])
+        loss_sum += model.loss(out, targets).item() * len(targets)
+        logits_all.append(out.logits.float().cpu())
+        targets_all.append(targets.cpu())
+        if gt_boxes is not None and out.boxes is not None:
+            gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
+            ious.append(box_iou_pairs(out.boxes.cpu(), gt))
+        seen += len(targets)
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate() got an empty dataset")
+
+    logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    num_classes = logits.shape[1]
+    preds = logits.argmax(1)
+    top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)
+    cm = sk_confusion_matrix(targets.numpy(), preds.numpy(), labels=np.arange(num_classes))
+    support = cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
+    return EvalResult(
+        top1=100.0 * preds.eq(targets).float().mean().item(),
+        top5=100.0 * top5.float().mean().item(),
+        loss=loss_sum / seen,
+        num_samples=seen,
+        per_class_accuracy=per_class,
+        confusion_matrix=cm,
+        predictions=preds.numpy(),
+        targets=targets.numpy(),
+        mean_iou=torch.cat(ious).mean().item() if ious else None,
+    )
+
+
+def _check_labels(targets: Tensor, num_classes: int) -> None:
+    """A wrong class count between data and model is named, not left to a CUDA assert."""
+    if len(targets) and (int(targets.max()) >= num_classes or int(targets.min()) < 0):
+        raise ValueError(
+            f"label {int(targets.max())} found in the data but the model has {num_classes} classes "
+            f"(labels must be 0..{num_classes - 1}): wrong dataset or num_classes?"
+        )

@@ -1,0 +1,151 @@
+"""What every fgvc method shares: the output object, the loss interface, and the registry.
+
+A method is an ``FGVCModel``: it owns a ``ViTBackbone``, its forward returns a ``ModelOutput`` (always the
+same kind of object, in training and in evaluation), and ``model.loss(output, targets)`` computes its own
+training loss. The training loop only ever calls these two, so it has no per-method branches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbone import ViTBackbone, to_2tuple
+
+__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "register_model"]
+
+DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
+
+
+@dataclass
+class ModelOutput:
+    """The result of any fgvc model's forward.
+
+    logits: (B, C) class scores used for prediction.
+    embedding: (B, D) the image embedding (for retrieval and analysis), when the method has one.
+    boxes: (B, 4) selected region as (x0, y0, x1, y1) input pixels, exclusive ends, for methods that crop.
+    similarity: (B, rows, cols) the selection map over patches, for methods that have one.
+    extras: method-specific tensors that the method's own loss reads (never the training loop).
+    """
+
+    logits: Tensor
+    embedding: Tensor | None = None
+    boxes: Tensor | None = None
+    similarity: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class FGVCModel(nn.Module):
+    """Base class of the methods: a ``ViTBackbone`` plus method-specific layers and loss.
+
+    Subclasses call ``super().__init__`` with their own keyword options (recorded for checkpoints), then build
+    their layers on ``self.backbone``.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = DEFAULT_BACKBONE,
+        num_classes: int,
+        img_size: int | tuple[int, int] = 224,
+        pretrained: bool = False,
+        checkpoint_path: str | os.PathLike | None = None,
+        drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.class_names: list[str] | None = None  # set by training / loading when known
+        self.backbone = ViTBackbone(
+            backbone,
+            img_size=img_size,
+            pretrained=pretrained,
+            checkpoint_path=checkpoint_path,
+            drop_path_rate=drop_path_rate,
+            **(backbone_kwargs or {}),
+        )
+        # Everything needed to rebuild this model (weights aside): saved with checkpoints.
+        self.config: dict[str, Any] = dict(
+            method=self.method,
+            backbone=backbone,
+            num_classes=num_classes,
+            img_size=list(to_2tuple(img_size)),
+            drop_path_rate=drop_path_rate,
+            backbone_kwargs=dict(backbone_kwargs or {}),
+            options=dict(options or {}),
+        )
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.backbone.img_size
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Normalization and input size the model expects (from the backbone's pretrained config)."""
+        return self.backbone.data_config
+
+    def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        """The training loss of this method; by default cross-entropy on ``output.logits``."""
+        return F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+
+
+# ------------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[FGVCModel]] = {}
+
+
+def register_model(name: str) -> Callable[[type[FGVCModel]], type[FGVCModel]]:
+    """Class decorator: make a method available to ``create_model(name, ...)``."""
+
+    def wrap(cls: type[FGVCModel]) -> type[FGVCModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        cls.method = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``."""
+    return sorted(_REGISTRY)
+
+
+def create_model(
+    method: str,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    num_classes: int,
+    img_size: int | tuple[int, int] = 224,
+    pretrained: bool = False,
+    **options: Any,
+) -> FGVCModel:
+    """Build a method over a timm ViT backbone.
+
+    Args:
+        method: one of ``list_models()``, e.g. ``"vit"`` or ``"glsim"``.
+        backbone: timm model name (``vit_base_patch16_224.augreg_in21k``, ``deit_small_patch16_224``, ...).
+        num_classes: number of classes of the new head.
+        img_size: input resolution, int or (height, width).
+        pretrained: load the backbone's timm pretrained weights.
+        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``backbone_kwargs``
+            (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
+    """
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown model {method!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[method](
+        backbone=backbone, num_classes=num_classes, img_size=img_size, pretrained=pretrained, **options
+    )

@@ -1,0 +1,96 @@
+"""GLSim's selection math, checked on hand-made similarity maps (no model involved)."""
+
+import pytest
+import torch
+
+from fgvc.methods.glsim import cls_patch_similarity, crop_and_resize, select_box
+
+P = (16, 16)
+
+
+def sim_with_peaks(rows, cols, peaks):
+    """A (1, rows, cols) map whose highest values are exactly at ``peaks`` (row, col)."""
+    s = torch.zeros(1, rows, cols)
+    for i, (r, c) in enumerate(peaks):
+        s[0, r, c] = 10.0 - 0.1 * i
+    return s
+
+
+def test_k1_box_is_the_one_patch():
+    s = sim_with_peaks(4, 4, [(2, 1)])
+    box = select_box(s, 1, P, (64, 64))
+    # x0 = col * P, y0 = row * P; an exclusive end one patch further (the "at least one patch" rule)
+    assert box.tolist() == [[16, 32, 32, 48]]
+    assert select_box(s, 1, P, (64, 64), inclusive=True).tolist() == [[16, 32, 32, 48]]
+
+
+def test_official_box_leaves_out_last_selected_row_and_column():
+    # patches (row 1, col 1) and (row 2, col 3): rows 1..2, cols 1..3
+    s = sim_with_peaks(4, 4, [(1, 1), (2, 3)])
+    x0, y0, x1, y1 = select_box(s, 2, P, (64, 64))[0].tolist()
+    assert (x0, y0) == (16, 16)
+    assert (x1, y1) == (3 * 16, 2 * 16)  # official: end = max index * P, exclusive
+    assert select_box(s, 2, P, (64, 64), inclusive=True)[0].tolist() == [16, 16, 64, 48]
+
+
+def test_patches_in_one_row_keep_one_patch_of_height():
+    s = sim_with_peaks(4, 6, [(3, 0), (3, 2), (3, 5)])
+    x0, y0, x1, y1 = select_box(s, 3, P, (64, 96))[0].tolist()
+    assert (y0, y1) == (48, 64)  # a single row: at least one patch high
+    assert (x0, x1) == (0, 80)  # columns 0..5, official end 5 * 16
+    assert select_box(s, 3, P, (64, 96), inclusive=True)[0].tolist() == [0, 48, 96, 64]
+
+
+def test_selection_spanning_the_whole_grid():
+    s = sim_with_peaks(3, 3, [(0, 0), (2, 2)])
+    assert select_box(s, 2, P, (48, 48))[0].tolist() == [0, 0, 32, 32]
+    assert select_box(s, 2, P, (48, 48), inclusive=True)[0].tolist() == [0, 0, 48, 48]
+    # all patches selected
+    full = torch.rand(1, 3, 3)
+    assert select_box(full, 9, P, (48, 48), inclusive=True)[0].tolist() == [0, 0, 48, 48]
+
+
+def test_non_square_grid_rows_are_y_and_columns_are_x():
+    # 2 rows x 5 columns (input 32 x 80): the peak at row 1, column 4 is at the bottom right
+    s = sim_with_peaks(2, 5, [(1, 4)])
+    assert select_box(s, 1, P, (32, 80)).tolist() == [[64, 16, 80, 32]]
+    # non-square patches too: 8 px high, 16 px wide
+    assert select_box(s, 1, (8, 16), (16, 80)).tolist() == [[64, 8, 80, 16]]
+
+
+def test_boxes_are_per_sample():
+    s = torch.cat([sim_with_peaks(4, 4, [(0, 0)]), sim_with_peaks(4, 4, [(3, 3)])])
+    assert select_box(s, 1, P, (64, 64)).tolist() == [[0, 0, 16, 16], [48, 48, 64, 64]]
+
+
+def test_k_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="top_k=17"):
+        select_box(torch.rand(1, 4, 4), 17, P, (64, 64))
+    with pytest.raises(ValueError, match="top_k=0"):
+        select_box(torch.rand(1, 4, 4), 0, P, (64, 64))
+
+
+def test_crop_is_the_box_resized_with_align_corners():
+    img = torch.arange(2 * 64 * 96, dtype=torch.float32).reshape(1, 2, 64, 96)
+    box = torch.tensor([[16, 32, 48, 64]])  # x0, y0, x1, y1
+    crop = crop_and_resize(img, box)
+    assert crop.shape == (1, 2, 64, 96)
+    region = img[:, :, 32:64, 16:48]
+    # align_corners=True: the crop's corner pixels are exactly the region's corner pixels
+    assert torch.equal(crop[..., 0, 0], region[..., 0, 0])
+    assert torch.equal(crop[..., -1, -1], region[..., -1, -1])
+    expected = torch.nn.functional.interpolate(region, size=(64, 96), mode="bilinear", align_corners=True)
+    assert torch.allclose(crop, expected)
+
+
+def test_similarity_is_cosine_between_cls_and_each_patch():
+    tokens = torch.randn(2, 1 + 6, 8)
+    s = cls_patch_similarity(tokens, num_prefix_tokens=1, grid_size=(2, 3))
+    assert s.shape == (2, 2, 3)
+    ref = torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).view(2, 2, 3)
+    assert torch.allclose(s, ref)
+    # with a distillation token (2 prefix tokens) the patches start one later
+    tokens2 = torch.randn(2, 2 + 6, 8)
+    s2 = cls_patch_similarity(tokens2, num_prefix_tokens=2, grid_size=(2, 3))
+    ref2 = torch.nn.functional.cosine_similarity(tokens2[:, :1], tokens2[:, 2:], dim=-1).view(2, 2, 3)
+    assert torch.allclose(s2, ref2)
