@@ -24,7 +24,7 @@ demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/fgvc demo $(DEMO_ARGS)
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	FGVC_SMOKE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests --nbmake notebooks $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check fgvc tests benchmarks
