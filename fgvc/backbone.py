@@ -3,7 +3,8 @@
 The methods need more than timm's ``forward_features``: the tokens with their prefix (CLS, distillation or
 register tokens), the blocks one by one, the final norm, the tokens of every layer, and on demand the
 attention probabilities of every layer. ``ViTBackbone`` exposes exactly these, for any input resolution
-(square or not), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file.
+(square or not), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file, and optionally
+with overlapping patches (``patch_stride``).
 
 Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it is
 about 2x faster at 448 px. Maps are recorded by switching the blocks to timm's explicit attention path for
@@ -13,15 +14,17 @@ that one call and reading the softmax output, then switching back (the model its
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import timm
+from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
-__all__ = ["EncoderOutput", "ViTBackbone", "to_2tuple"]
+__all__ = ["EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "to_2tuple"]
 
 
 def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
@@ -32,6 +35,44 @@ def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
     if len(size) != 2:
         raise ValueError(f"size must be an int or (height, width), got {size!r}")
     return size  # type: ignore[return-value]
+
+
+class OverlapPatchEmbed(PatchEmbed):
+    """timm's ``PatchEmbed`` with a convolution stride S smaller than the patch P: overlapping patches.
+
+    The kernel (and so the pretrained weights) is that of P x P patches; the grid is ``((H - P) // S + 1,
+    (W - P) // S + 1)``. Built by timm in place of ``PatchEmbed`` (``embed_layer``), so the model's position
+    embeddings have the overlapping grid from the start and timm's pretrained loading resamples the
+    checkpoint's position embeddings to it once.
+    """
+
+    def __init__(self, *args: Any, stride: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ph, pw = self.patch_size
+        if not isinstance(stride, int) or not 1 <= stride <= min(ph, pw):
+            raise ValueError(f"patch_stride must be an int in 1..{min(ph, pw)} (the patch size), got {stride!r}")
+        if self.dynamic_img_pad:
+            raise ValueError("overlapping patches (patch_stride) are not supported with dynamic_img_pad")
+        self.stride = (stride, stride)
+        self.proj.stride = self.stride
+        self.img_size, self.grid_size, self.num_patches = self._init_img_size(self.img_size)
+
+    def _init_img_size(self, img_size: int | tuple[int, int] | None) -> tuple[Any, Any, Any]:
+        """(img_size, grid_size, num_patches) for the strided grid (timm's uses stride = patch size)."""
+        stride = getattr(self, "stride", self.patch_size)  # unset while timm's __init__ runs
+        if img_size is None:
+            return None, None, None
+        img_size = to_2tuple(img_size)
+        grid = tuple((s - p) // t + 1 for s, p, t in zip(img_size, self.patch_size, stride, strict=True))
+        return img_size, grid, grid[0] * grid[1]
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        """Input pixels per token step: the stride (timm reads it for feature-map reductions)."""
+        return max(self.stride) if as_scalar else self.stride
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The strided grid at another input size (timm's dynamic-size path)."""
+        return tuple((s - p) // t + 1 for s, p, t in zip(img_size, self.patch_size, self.stride, strict=True))
 
 
 @dataclass
@@ -59,6 +100,11 @@ class ViTBackbone(nn.Module):
         checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead
             (timm state-dict format; classifier weights in it are dropped, position embeddings resampled).
         drop_path_rate: stochastic depth.
+        patch_stride: overlapping patches (``OverlapPatchEmbed``): the patch-embedding convolution keeps its
+            P x P kernel but moves by this stride (1..P); None: stride P, the usual non-overlapping grid.
+            Set when the model is built, before pretrained weights load, so pretrained position embeddings
+            are resampled once, from their own grid to the overlapping one. Timm's ``VisionTransformer``
+            family only (it must accept ``embed_layer``).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=6, patch_size=8`` for a tiny model).
     """
 
@@ -70,6 +116,7 @@ class ViTBackbone(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
         drop_path_rate: float = 0.0,
+        patch_stride: int | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -77,6 +124,10 @@ class ViTBackbone(nn.Module):
         self.img_size = to_2tuple(img_size)
         kwargs: dict[str, Any] = dict(num_classes=0, img_size=self.img_size, drop_path_rate=drop_path_rate)
         kwargs.update(timm_kwargs)
+        if patch_stride is not None:
+            if "embed_layer" in kwargs:
+                raise ValueError("patch_stride replaces timm's embed_layer; give one or the other")
+            kwargs["embed_layer"] = functools.partial(OverlapPatchEmbed, stride=patch_stride)
         if checkpoint_path is not None:
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
@@ -136,9 +187,14 @@ class ViTBackbone(nn.Module):
         return to_2tuple(self.vit.patch_embed.patch_size)
 
     @property
+    def patch_stride(self) -> tuple[int, int]:
+        """Stride of the patch embedding: ``patch_size`` unless the patches overlap."""
+        return to_2tuple(self.vit.patch_embed.proj.stride)
+
+    @property
     def grid_size(self) -> tuple[int, int]:
-        """(rows, cols) of patch tokens at ``img_size``."""
-        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        """(rows, cols) of patch tokens at ``img_size``, as the patch embedding computes them."""
+        return to_2tuple(self.vit.patch_embed.grid_size)
 
     @property
     def data_config(self) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def load_model(
         img_size=tuple(meta["img_size"]),
         pretrained=False,
         drop_path_rate=meta.get("drop_path_rate", 0.0),
+        patch_stride=meta.get("patch_stride"),
         backbone_kwargs=meta.get("backbone_kwargs") or None,
         **meta.get("options", {}),
     )

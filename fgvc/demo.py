@@ -33,11 +33,11 @@ class DemoSettings:
     methods: tuple[str, ...] = ("vit", "glsim")
     backbone: str = "vit_tiny_patch16_224"
     backbone_kwargs: dict[str, Any] = field(
-        default_factory=lambda: dict(patch_size=8, embed_dim=96, depth=6, num_heads=3, mlp_ratio=3.0)
+        default_factory=lambda: dict(patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0)
     )
     img_size: int = 64
     num_classes: int = 10
-    train: int = 4000
+    train: int = 3000
     val: int = 500
     test: int = 1000
     epochs: int = 20
@@ -48,7 +48,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = replace(FULL, train=1000, val=200, test=500, epochs=6)
+QUICK = replace(FULL, train=1000, val=200, test=500, epochs=3)
 
 
 def run_demo(

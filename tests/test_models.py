@@ -101,8 +101,10 @@ def test_bad_sizes_and_options_are_named():
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
     with pytest.raises(ValueError, match="built for 32x32 inputs, got 48x48"):
         model(torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match="unknown model 'transfgg'; available: glsim, vit"):
+    with pytest.raises(ValueError, match="unknown model 'transfgg'; available: ") as error:
         fgvc.create_model("transfgg", num_classes=3)
+    available = str(error.value).split("available: ")[1]
+    assert set(available.split(", ")) == set(fgvc.list_models())  # names every registered model
     with pytest.raises(ValueError, match="num_classes"):
         fgvc.create_model("vit", num_classes=0, **TINY)
 

@@ -58,6 +58,7 @@ class FGVCModel(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
         drop_path_rate: float = 0.0,
+        patch_stride: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
@@ -72,6 +73,7 @@ class FGVCModel(nn.Module):
             pretrained=pretrained,
             checkpoint_path=checkpoint_path,
             drop_path_rate=drop_path_rate,
+            patch_stride=patch_stride,
             **(backbone_kwargs or {}),
         )
         # Everything needed to rebuild this model (weights aside): saved with checkpoints.
@@ -81,6 +83,7 @@ class FGVCModel(nn.Module):
             num_classes=num_classes,
             img_size=list(to_2tuple(img_size)),
             drop_path_rate=drop_path_rate,
+            patch_stride=patch_stride,
             backbone_kwargs=dict(backbone_kwargs or {}),
             options=dict(options or {}),
         )
@@ -141,8 +144,9 @@ def create_model(
         num_classes: number of classes of the new head.
         img_size: input resolution, int or (height, width).
         pretrained: load the backbone's timm pretrained weights.
-        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``backbone_kwargs``
-            (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
+        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``patch_stride``
+            (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
+            ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
     if method not in _REGISTRY:
         raise ValueError(f"unknown model {method!r}; available: {', '.join(list_models())}")

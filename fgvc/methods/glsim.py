@@ -118,6 +118,11 @@ class GLSim(FGVCModel):
         bb = self.backbone
         if not bb.has_class_token:
             raise ValueError(f"GLSim needs a CLS token; backbone {bb.name} has none")
+        if bb.patch_stride != bb.patch_size:
+            raise ValueError(
+                f"GLSim's box maps patch rows and columns to pixels at the patch size; overlapping patches "
+                f"(patch_stride={bb.patch_stride[0]}) are not supported"
+            )
         rows, cols = bb.grid_size
         if not 1 <= top_k <= rows * cols:
             raise ValueError(

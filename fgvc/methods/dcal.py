@@ -1,0 +1,195 @@
+"""DCAL: dual cross-attention learning (Zhu et al., CVPR 2022) on the shared backbone.
+
+There is no official code; this follows the paper, and every choice the paper leaves open is written here.
+
+Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
+
+* **SA** (self-attention): the plain ViT. The backbone's pooled token (CLS after the final norm) and a
+  linear head. It is exactly the ``vit`` method's computation.
+* **GLCA** (global-local cross-attention), M = 1 block:
+  - queries: the ``ceil(R * N)`` patch tokens (N patch tokens, R = ``glca_ratio``, 0.1 as the paper for
+    FGVC) with the highest CLS attention rollout (``fgvc.layers.rollout``: per layer the head mean,
+    ``0.5 A + 0.5 I``, rows renormalized, multiplied). The ceil is taken with a 1e-6 tolerance so that
+    floating-point products such as ``0.55 * 100 = 55.00000000000001`` do not round up to an extra
+    query. Prefix tokens (CLS, distillation) are never queries; the selection is under ``no_grad`` (a
+    top-k has no gradient).
+  - keys and values: all tokens (prefix and patches) of the same input.
+  - position: in parallel with SA block p (option ``glca_block``, Python index into the blocks, default -1:
+    the last block). It reads the output of block p-1 and the rollout over blocks 1..p-1, i.e. the
+    attention that produced its input (the paper rolls out "up to the i-th layer"; with GLCA beside block p
+    this is the information that reached block p). Its output goes only to its own classifier, never back
+    into SA.
+  - weights: its own (not shared with SA); a full pre-norm block (norm, cross-attention, residual from each
+    query's own input token, norm, MLP, residual), **initialised as a copy of SA block p** so that
+    pretrained weights help from the first step.
+  - classifier: its own LayerNorm (initialised as a copy of the backbone's final norm) applied to every GLCA
+    output token, then the **mean over the R query tokens** (no CLS among the queries, so exactly
+    ``ceil(R * N)`` queries), then its own linear head.
+* **PWCA** (pair-wise cross-attention), T = all L blocks (the paper's T = 12 for 12-block models),
+  **training only** (not run at inference, zero cost there), shares every SA weight (no new parameters):
+  SA norm and head classify its output.
+  - pairing: inside the model, a uniformly random derangement of the batch (a permutation without fixed
+    points, so an image is never its own distractor), drawn from torch's global generator (so ``fgvc.fit``'s
+    seed makes it reproducible). Batches of one image skip PWCA (no distractor exists).
+  - in every block, the queries of image 1 attend over the keys and values of image 1 concatenated with
+    those of image 2: one softmax over the 2T keys (T = N + prefix tokens, 2N + 2 for a ViT). Image 1's
+    tokens come from the PWCA stream; image 2's keys and values are those of the SA branch at the same
+    block (image 2 itself is not contaminated; the paper does not say which stream image 2's keys and
+    values come from).
+  - target: image 1's label.
+* **Loss** (training): the uncertainty weighting of Kendall et al. used by the paper,
+  ``0.5 * sum_i (exp(-w_i) L_i + w_i)`` over the cross-entropies of SA, GLCA and PWCA (PWCA omitted when it
+  did not run). ``w`` (``loss_weights``, 3 parameters, start at 0) are trained with the model; it is 1-D,
+  so ``fgvc.fit`` does not decay it. Label smoothing goes to every cross-entropy.
+* **Inference**: ``logits = log(0.5 * (softmax(SA) + softmax(GLCA)))``: log-probabilities of the averaged
+  prediction, so ``argmax`` / top-k are those of the summed probabilities (the paper's rule) and the
+  evaluation loss (cross-entropy of ``logits`` in eval mode) is the NLL of that prediction.
+  ``embedding`` = ``[SA feature, GLCA feature]`` (B, 2D) for retrieval. ``similarity`` is the rollout
+  map (B, rows, cols) that chose the GLCA queries.
+* **Training outputs**: ``logits`` = SA logits (what ``fit`` reports as train top-1), ``extras`` =
+  ``sa_logits``, ``glca_logits``, ``pwca_logits`` (when run), ``pwca_pairs`` (the distractor index of each
+  image), ``glca_queries`` (B, R) patch indices (0 = first patch token).
+
+Implementation: the blocks are computed explicitly from the timm block's modules
+(``fgvc.layers.blocks.block_forward``); the attention output uses ``F.scaled_dot_product_attention`` (also
+over concatenated keys and values), and the probabilities needed for the rollout are computed separately
+under ``no_grad`` (the selection has no gradient, so no (B, heads, T, T) map is kept for backward).
+
+Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
+87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
+90.0 -> 91.5.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers.blocks import block_forward, check_timm_block
+from ..layers.rollout import rollout_map
+from .base import FGVCModel, ModelOutput, register_model
+
+__all__ = ["DCAL", "local_query_count", "random_derangement"]
+
+
+def local_query_count(ratio: float, num_patches: int) -> int:
+    """``ceil(ratio * N)`` GLCA queries, at least 1; the 1e-6 tolerance absorbs floating-point error."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"glca_ratio must be in (0, 1], got {ratio}")
+    return min(max(math.ceil(ratio * num_patches - 1e-6), 1), num_patches)
+
+
+def random_derangement(n: int, device: torch.device | str | None = None) -> Tensor:
+    """A uniformly random permutation of ``range(n)`` with no fixed point (rejection sampling, ~e tries)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 elements, got {n}")
+    identity = torch.arange(n)
+    while True:
+        perm = torch.randperm(n)
+        if (perm != identity).all():
+            return perm.to(device)
+
+
+@register_model("dcal")
+class DCAL(FGVCModel):
+    """Dual cross-attention learning: SA + GLCA (local queries from the rollout) + PWCA (training only).
+
+    Options: ``glca_ratio`` (0.1: share of patch tokens used as GLCA queries), ``glca_block`` (-1: the SA
+    block GLCA runs beside, at least the second), ``pwca`` (True; False turns the PWCA branch off, an
+    ablation; it adds no parameters either way).
+    """
+
+    def __init__(
+        self,
+        *,
+        glca_ratio: float = 0.1,
+        glca_block: int = -1,
+        pwca: bool = True,
+        **common: Any,
+    ) -> None:
+        options = dict(glca_ratio=glca_ratio, glca_block=glca_block, pwca=pwca)
+        super().__init__(options=options, **common)
+        bb = self.backbone
+        if not bb.has_class_token:
+            raise ValueError(f"DCAL needs a CLS token for the rollout; backbone {bb.name} has none")
+        for block in bb.blocks:
+            check_timm_block(block)
+        depth = bb.depth
+        if not -depth <= glca_block < depth or glca_block % depth == 0:
+            raise ValueError(
+                f"glca_block={glca_block} must index blocks 1..{depth - 1} (or -{depth - 1}..-1) of the "
+                f"{depth}-block backbone: GLCA needs at least one block before it for the rollout"
+            )
+        rows, cols = bb.grid_size
+        self.num_queries = local_query_count(glca_ratio, rows * cols)  # validates glca_ratio
+        self.glca_ratio = glca_ratio
+        self.glca_index = glca_block % depth
+        self.pwca = pwca
+        dim = bb.embed_dim
+        self.head = nn.Linear(dim, self.num_classes)  # SA (and PWCA) classifier
+        self.glca = copy.deepcopy(bb.blocks[self.glca_index])  # own weights, pretrained start
+        self.glca_norm = copy.deepcopy(bb.norm)
+        self.glca_head = nn.Linear(dim, self.num_classes)
+        self.loss_weights = nn.Parameter(torch.zeros(3))  # uncertainty weights w (SA, GLCA, PWCA)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        bb = self.backbone
+        prefix, p = bb.num_prefix_tokens, self.glca_index
+        sa = bb.embed(x)  # (B, T, D)
+        b, t, _ = sa.shape
+        run_pwca = self.training and self.pwca and b > 1
+        pairs = random_derangement(b, device=sa.device) if run_pwca else None
+        pw = sa
+        maps: list[Tensor] = []  # per block before GLCA: (B, 1, T, T) head-mean attention
+        glca_input = sa
+        for i, block in enumerate(bb.blocks):
+            if i == p:
+                glca_input = sa
+            sa_next, probs, (k, v) = block_forward(block, sa, need_weights=i < p)
+            if probs is not None:
+                maps.append(probs.mean(dim=1, keepdim=True))
+            if pairs is not None:  # image 1's queries over [image 1; image 2] keys and values
+                pw, _, _ = block_forward(block, pw, extra_kv=(k[pairs], v[pairs]))
+            sa = sa_next
+
+        # GLCA: local queries from the rollout over blocks 1..p-1, global keys / values
+        score = rollout_map(maps, prefix)  # (B, N), no gradient
+        n = t - prefix
+        queries = score.topk(local_query_count(self.glca_ratio, n), dim=-1).indices  # (B, R)
+        g, _, _ = block_forward(self.glca, glca_input, query_index=queries + prefix)  # (B, R, D)
+        glca_feature = self.glca_norm(g).mean(dim=1)  # (B, D)
+        glca_logits = self.glca_head(glca_feature)
+
+        sa_feature = bb.pool(bb.norm(sa))  # (B, D)
+        sa_logits = self.head(sa_feature)
+        rows, cols = bb.grid_size
+        similarity = score.reshape(b, rows, cols) if rows * cols == n else None
+        embedding = torch.cat([sa_feature, glca_feature], dim=-1)  # (B, 2D)
+        extras = dict(sa_logits=sa_logits, glca_logits=glca_logits, glca_queries=queries)
+        if not self.training:
+            logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
+            logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)
+            return ModelOutput(logits=logits, embedding=embedding, similarity=similarity, extras=extras)
+        if pairs is not None:
+            extras.update(pwca_logits=self.head(bb.pool(bb.norm(pw))), pwca_pairs=pairs)
+        return ModelOutput(logits=sa_logits, embedding=embedding, similarity=similarity, extras=extras)
+
+    def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        """Training: ``0.5 * sum_i (exp(-w_i) CE_i + w_i)`` over SA, GLCA, PWCA (those present in extras).
+
+        Evaluation mode: cross-entropy of ``output.logits`` (the averaged SA + GLCA prediction).
+        """
+        if not self.training:
+            return F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+        total = output.logits.new_zeros((), dtype=torch.float32)
+        for w, key in zip(self.loss_weights, ("sa_logits", "glca_logits", "pwca_logits"), strict=True):
+            logits = output.extras.get(key)
+            if logits is not None:
+                ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+                total = total + 0.5 * (torch.exp(-w) * ce + w)
+        return total

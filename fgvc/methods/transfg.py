@@ -1,0 +1,154 @@
+"""TransFG (He et al., AAAI 2022) on the shared backbone, following the official code (TACJu/TransFG,
+``models/modeling.py``).
+
+* **Part selection**: the raw attention probabilities of the first L-1 blocks are multiplied per head,
+  later layers on the left (``A_{L-1} ... A_1``, no identity term, no head averaging: unlike the
+  rollout); for every head the argmax over the patch tokens of the CLS row picks one token. Ties go to
+  the first index. The selection has no gradient.
+* **Part block**: the picked tokens of block L-1's output (before the final norm), preceded by the prefix
+  tokens (CLS; DeiT-distilled also keeps its distillation token), go through one more transformer block,
+  the final norm and the head on the pooled token (the CLS after the norm for a ViT, as in the official
+  code). The official encoder has L-1 ordinary layers plus this part layer, so here the part block **is the
+  backbone's last block** (it never sees all tokens) and the part norm is the backbone's final norm (the
+  official code loads it from the pretrained encoder norm): no weight is left unused.
+* **Part block initialisation** (option ``part_block_init``): ``"random"`` (default) reproduces the official
+  code, which does not load pretrained weights into the part layer: the block is re-initialised the way the
+  official ``Block`` starts (attention projections with PyTorch's default Linear init, MLP weights Xavier
+  uniform, MLP biases normal with std 1e-6, norms at ones / zeros). ``"pretrained"`` keeps the backbone's
+  pretrained last block.
+* **Loss**: cross-entropy (label smoothing passed through) plus the contrastive loss of the official
+  ``con_loss`` on the L2-normalized pooled features: ``1 - cos`` for same-label pairs, ``max(cos - 0.4, 0)``
+  for different-label pairs, summed over all B^2 ordered pairs (the diagonal included) and divided by B^2.
+  The same loss is used in evaluation mode.
+* **Overlapping patches** (the official ``--split overlap --slide_step 12``): the common option
+  ``patch_stride=12`` (``fgvc.backbone.OverlapPatchEmbed``): the patch-embedding convolution keeps its
+  kernel (and pretrained weights) but moves by stride S, so the grid is ``(H - P) // S + 1`` by
+  ``(W - P) // S + 1``. The model is built with that grid, so pretrained position embeddings are resampled
+  once, from their own grid to it, by timm's loader (bicubic ``resample_abs_pos_embed``; the official code
+  uses ``scipy.ndimage.zoom`` with linear splines). Part indices are over that grid
+  (``backbone.grid_size``).
+
+Implementation: the first L-1 blocks are computed from their modules (``fgvc.layers.blocks.block_forward``)
+with fused attention for the output and the probabilities computed under ``no_grad`` for the selection,
+so no (B, heads, T, T) map is kept for backward.
+
+Outputs: ``logits``, ``embedding`` (the pooled feature, also ``extras["features"]`` for the loss),
+``extras["part_indices"]`` (B, heads) patch indices (0 = first patch token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers.blocks import block_forward, check_timm_block, gather_tokens
+from .base import FGVCModel, ModelOutput, register_model
+
+__all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official"]
+
+
+def part_selection(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Tensor:
+    """Per-head argmax of the CLS row of ``A_{L-1} ... A_1`` over the patch tokens.
+
+    attentions: per layer (B, heads, T, T) probabilities, first layer first (the first L-1 blocks).
+    Returns (B, heads) int64 patch indices (0 = first patch token). Only the CLS row is multiplied out.
+    """
+    if len(attentions) == 0:
+        raise ValueError("part selection needs the attention of at least one layer")
+    with torch.no_grad(), torch.autocast(attentions[0].device.type, enabled=False):
+        row = attentions[-1][:, :, :1].float()  # (B, H, 1, T): CLS row of the last layer
+        for attn in reversed(attentions[:-1]):
+            row = row @ attn.float()  # (B, H, 1, T)
+    return row[:, :, 0, num_prefix_tokens:].argmax(dim=-1)  # (B, H)
+
+
+def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 0.4) -> Tensor:
+    """TransFG's contrastive loss. features (B, D), labels (B,) -> scalar.
+
+    On L2-normalized features: ``1 - cos`` for same-label pairs, ``max(cos - margin, 0)`` otherwise, summed
+    over the B x B ordered pairs and divided by B^2.
+    """
+    b = features.shape[0]
+    z = F.normalize(features.float(), dim=-1)  # (B, D)
+    cos = z @ z.t()  # (B, B)
+    same = labels[:, None] == labels[None, :]  # (B, B)
+    pair_loss = torch.where(same, 1.0 - cos, (cos - margin).clamp(min=0.0))
+    return pair_loss.sum() / (b * b)
+
+
+@torch.no_grad()
+def reset_block_official(block: nn.Module) -> None:
+    """Re-initialise a block as the official TransFG ``Block`` starts (its part layer is never pretrained).
+
+    Linear / norm / layer-scale modules get their own default init; MLP Linear layers then Xavier uniform
+    weights and normal(std=1e-6) biases, as the official ``Mlp._init_weights``.
+    """
+    for module in block.modules():
+        if module is not block and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for module in block.mlp.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=1e-6)
+
+
+@register_model("transfg")
+class TransFG(FGVCModel):
+    """TransFG: per-head part selection from the attention product, a part block, contrastive loss.
+
+    Options: ``part_block_init`` (``"random"``, official; or ``"pretrained"``). The official overlapping
+    16 px patches are the common option ``patch_stride=12``.
+    """
+
+    def __init__(
+        self,
+        *,
+        part_block_init: str = "random",
+        **common: Any,
+    ) -> None:
+        options = dict(part_block_init=part_block_init)
+        super().__init__(options=options, **common)
+        bb = self.backbone
+        if not bb.has_class_token:
+            raise ValueError(f"TransFG needs a CLS token for part selection; backbone {bb.name} has none")
+        if bb.depth < 2:
+            raise ValueError(f"TransFG needs at least 2 blocks (L-1 to select, 1 part block), got {bb.depth}")
+        for block in list(bb.blocks)[:-1]:
+            check_timm_block(block)
+        if part_block_init not in ("random", "pretrained"):
+            raise ValueError(f"part_block_init must be 'random' or 'pretrained', got {part_block_init!r}")
+        if part_block_init == "random":
+            reset_block_official(self.part_block)
+        self.head = nn.Linear(bb.embed_dim, self.num_classes)
+
+    @property
+    def part_block(self) -> nn.Module:
+        """The block over [prefix tokens, parts]: the backbone's last block."""
+        return self.backbone.blocks[-1]
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        bb = self.backbone
+        prefix = bb.num_prefix_tokens
+        tokens = bb.embed(x)  # (B, T, D)
+        maps: list[Tensor] = []  # per block 1..L-1: (B, H, T, T), no gradient
+        for block in list(bb.blocks)[:-1]:
+            tokens, probs, _ = block_forward(block, tokens, need_weights=True)
+            maps.append(probs)
+        parts = part_selection(maps, prefix)  # (B, H)
+        picked = gather_tokens(tokens, parts + prefix)  # (B, H, D)
+        seq = torch.cat([tokens[:, :prefix], picked], dim=1)  # (B, prefix + H, D)
+        seq = self.part_block(seq)
+        feature = bb.pool(bb.norm(seq))  # (B, D)
+        return ModelOutput(
+            logits=self.head(feature), embedding=feature, extras=dict(features=feature, part_indices=parts)
+        )
+
+    def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        """Cross-entropy + contrastive loss on the pooled features (training and evaluation alike)."""
+        ce = F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+        return ce + contrastive_loss(output.extras["features"], targets)
