@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trains a tiny plain ViT and GLSim from scratch on the built-in synthetic fine-grained "
         "dataset, prints a results table and writes checkpoints and a figure of GLSim's crops.",
     )
-    demo.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (under 2 minutes)")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller data and fewer epochs, under 2 minutes: checks the whole pipeline, too short for "
+        "the models to learn the task",
+    )
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
