@@ -9,7 +9,10 @@ from collections.abc import Sequence
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(quick=args.quick, out_dir=args.out, device=args.device, progress=not args.no_progress)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_demo(
+        quick=args.quick, out_dir=args.out, methods=methods, device=args.device, progress=not args.no_progress
+    )
     return 0
 
 
@@ -29,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="smaller data and fewer epochs, under 2 minutes: checks the whole pipeline, too short for "
         "the models to learn the task",
+    )
+    demo.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods to compare (default: vit,glsim; e.g. vit,glsim,dcal,transfg)",
     )
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from .checkpoint import load_model
 from .data import synthetic_splits
 from .evaluate import evaluate
-from .methods.base import create_model
+from .methods.base import create_model, list_models
 from .train import fit
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -56,11 +57,20 @@ def run_demo(
     quick: bool = False,
     out_dir: str | os.PathLike = "fgvc_demo",
     settings: DemoSettings | None = None,
+    methods: Sequence[str] | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and figures."""
+    """Train and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and figures.
+
+    ``methods`` overrides the settings' methods (default vit and glsim; any of ``fgvc.list_models()``).
+    """
     s = settings or (QUICK if quick else FULL)
+    if methods is not None:
+        unknown = [m for m in methods if m not in list_models()]
+        if unknown or not methods:
+            raise ValueError(f"unknown demo methods {unknown}; available: {', '.join(list_models())}")
+        s = replace(s, methods=tuple(methods))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = synthetic_splits(
@@ -73,13 +83,25 @@ def run_demo(
     rows, models = [], {}
     for method in s.methods:
         model = create_model(
-            method, backbone=s.backbone, num_classes=s.num_classes, img_size=s.img_size,
+            method,
+            backbone=s.backbone,
+            num_classes=s.num_classes,
+            img_size=s.img_size,
             backbone_kwargs=s.backbone_kwargs,
         )
         start = time.perf_counter()
         fit(
-            model, data["train"], data["val"], epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-            weight_decay=s.weight_decay, seed=s.seed, device=device, out_dir=out / method, progress=progress,
+            model,
+            data["train"],
+            data["val"],
+            epochs=s.epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            weight_decay=s.weight_decay,
+            seed=s.seed,
+            device=device,
+            out_dir=out / method,
+            progress=progress,
         )
         train_seconds = time.perf_counter() - start
         best = load_model(out / method / "best.safetensors", device=device or "cpu")
@@ -103,8 +125,10 @@ def run_demo(
     (out / "results.json").write_text(json.dumps(dict(settings=asdict(s), results=rows), indent=2))
     if "glsim" in models:
         _save_selection_figure(models["glsim"], data["test"], out / "glsim_crops.png")
-        print(f"figure: {out / 'glsim_crops.png'} (images with true detail box in green, selected box in red, "
-              "similarity maps, crops)")
+        print(
+            f"figure: {out / 'glsim_crops.png'} (images with true detail box in green, selected box in red, "
+            "similarity maps, crops)"
+        )
     return rows
 
 

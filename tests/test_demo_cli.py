@@ -5,6 +5,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
+
 from fgvc.cli import build_parser
 from fgvc.demo import FULL, QUICK, run_demo
 
@@ -33,8 +35,20 @@ def test_quick_demo_is_a_smaller_version_of_the_full_one():
 
 
 def test_cli_parses_demo_options():
-    args = build_parser().parse_args(["demo", "--quick", "--out", "somewhere"])
-    assert args.quick and args.out == "somewhere" and args.func.__name__ == "_demo"
+    args = build_parser().parse_args(["demo", "--quick", "--out", "somewhere", "--methods", "vit,dcal"])
+    assert args.quick and args.out == "somewhere" and args.methods == "vit,dcal" and args.func.__name__ == "_demo"
+
+
+def test_demo_can_compare_every_method(tmp_path):
+    tiny = replace(
+        QUICK, train=32, val=16, test=16, epochs=1, batch_size=16,
+        backbone_kwargs=dict(QUICK.backbone_kwargs, depth=2),
+    )
+    rows = run_demo(out_dir=tmp_path, settings=tiny, methods=["dcal", "transfg"], progress=False)
+    assert [r["method"] for r in rows] == ["dcal", "transfg"]
+    assert not (tmp_path / "glsim_crops.png").exists()  # the crop figure is GLSim's
+    with pytest.raises(ValueError, match="unknown demo methods \\['vitt'\\]"):
+        run_demo(out_dir=tmp_path, settings=tiny, methods=["vitt"], progress=False)
 
 
 def test_python_dash_m_fgvc_help():
