@@ -63,14 +63,17 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
-    If ``data.boxes`` exists ((N, 4) ground-truth boxes as fractions of the image's width and height) and
-    the model outputs crop boxes, ``mean_iou`` is the mean IoU between the two.
+    If ``data.input_boxes`` exists ((N, 4) ground-truth boxes as fractions of the width and height of the
+    image *as the model receives it*, after the transform) and the model outputs crop boxes, ``mean_iou`` is
+    the mean IoU between the two. Datasets read from disk have ``.boxes`` in the original image's frame,
+    which a resize + center crop changes: wrap them in ``fgvc.data.EvalBoxes`` to map the boxes through the
+    test transform. ``SyntheticFGVC`` (drawn at the input size) has ``input_boxes`` itself.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    gt_boxes = getattr(data, "boxes", None)
+    gt_boxes = getattr(data, "input_boxes", None)
     h, w = model.img_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     logits_all, targets_all, ious = [], [], []

@@ -99,12 +99,15 @@ def test_evaluate_reports_crop_iou_against_dataset_boxes():
         pass
 
     data = WithBoxes(n=4, num_classes=2, classes=False)
-    data.boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4)  # the whole image, as fractions
+    data.input_boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4)  # the whole input, as fractions
     model = fgvc.create_model("glsim", num_classes=2, img_size=32, top_k=4, inclusive_box=True, **TINY)
     result = fgvc.evaluate(model, data)
     assert result.mean_iou == pytest.approx(1.0)  # all 4 patches selected, inclusive: the whole image
-    data.boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4)
+    data.input_boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4)
     assert fgvc.evaluate(model, data).mean_iou == pytest.approx(0.25)
+    # boxes in the original image's frame (``.boxes``) are not taken for input-frame boxes
+    data.boxes, data.input_boxes = data.input_boxes, None
+    assert fgvc.evaluate(model, data).mean_iou is None
 
 
 def test_box_iou_pairs():

@@ -1,5 +1,49 @@
-"""Datasets: the built-in synthetic fine-grained data (more datasets arrive here: CUB, Cars, ...)."""
+"""Datasets and transforms: CUB-200-2011, Stanford Cars, FGVC-Aircraft, NABirds, any image folder, and the
+built-in synthetic fine-grained data; validation splits, class subsets, dataset checks.
 
+    from fgvc.data import build_dataset, build_transforms, train_val_split
+    train = build_dataset("cub", "data/CUB_200_2011", "train", build_transforms(model, train=True))
+    train, val = train_val_split(train, 0.1, val_transform=build_transforms(model, train=False))
+"""
+
+from .aircraft import FGVCAircraft
+from .cars import StanfordCars
+from .check import DataReport, SplitReport, check_dataset
+from .common import CorruptImageError, ImageDataset, Records, check_image, load_rgb, to_rgb
+from .cub import CUB200
+from .datasets import DATASETS, build_dataset, dataset_splits, list_datasets
+from .folder import ImageFolderDataset
+from .nabirds import NABirds
+from .splits import SubsetDataset, subset_classes, train_val_split
 from .synthetic import SyntheticFGVC, synthetic_splits
+from .transforms import EvalBoxes, build_transforms, default_resize, map_boxes
 
-__all__ = ["SyntheticFGVC", "synthetic_splits"]
+__all__ = [
+    "CUB200",
+    "DATASETS",
+    "CorruptImageError",
+    "DataReport",
+    "EvalBoxes",
+    "FGVCAircraft",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "NABirds",
+    "Records",
+    "SplitReport",
+    "StanfordCars",
+    "SubsetDataset",
+    "SyntheticFGVC",
+    "build_dataset",
+    "build_transforms",
+    "check_dataset",
+    "check_image",
+    "dataset_splits",
+    "default_resize",
+    "list_datasets",
+    "load_rgb",
+    "map_boxes",
+    "subset_classes",
+    "synthetic_splits",
+    "to_rgb",
+    "train_val_split",
+]

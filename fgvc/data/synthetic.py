@@ -334,6 +334,12 @@ class SyntheticFGVC(Dataset):
         return arr
 
     # ------------------------------------------------------------------ public API
+    @property
+    def input_boxes(self) -> torch.Tensor | None:
+        """The boxes in the frame the model sees (read by ``fgvc.evaluate``): ``boxes`` when the default
+        to-tensor transform is used (images are drawn at the input size), None with a custom transform."""
+        return self.boxes if self.transform is None else None
+
     def __len__(self) -> int:
         return self.num_samples
 

@@ -1,0 +1,106 @@
+"""FGVC-Aircraft (2013b), read by ``torchvision.datasets.FGVCAircraft`` from an existing folder.
+
+torchvision parses the image lists (``download=False``: nothing is fetched); fgvc adds the boxes of
+``data/images_box.txt`` (1-based, last pixel included, so ``(xmin - 1, ymin - 1, xmax, ymax)`` 0-based with
+exclusive ends) and removes the 20-pixel copyright banner at the bottom of every image, as the dataset's
+README asks (``remove_banner=False`` keeps it). Splits: ``train``, ``val``, ``trainval``, ``test``; the
+label level is ``annotation_level``: ``"variant"`` (100 classes), ``"family"`` (70) or ``"manufacturer"``
+(30).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import ImageDataset, Records, missing_annotation, read_table
+
+__all__ = ["AIRCRAFT_LAYOUT", "AIRCRAFT_SPLITS", "FGVCAircraft", "read_aircraft"]
+
+AIRCRAFT_SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
+_LEVEL_FILES = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
+_FOLDER = "fgvc-aircraft-2013b"
+BANNER_PIXELS = 20
+
+AIRCRAFT_LAYOUT = """\
+fgvc-aircraft-2013b/
+  data/variants.txt, data/families.txt, data/manufacturers.txt     class names
+  data/images_<variant|family|manufacturer>_<train|val|trainval|test>.txt   <image> <class name>
+  data/images_box.txt        (optional) <image> <xmin> <ymin> <xmax> <ymax>, 1-based pixels
+  data/images/*.jpg"""
+
+
+def read_aircraft(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    annotation_level: str = "variant",
+    remove_banner: bool = True,
+) -> Records:
+    """Records of FGVC-Aircraft (``root`` is the ``fgvc-aircraft-2013b`` folder or its parent)."""
+    from torchvision.datasets import FGVCAircraft as TorchvisionAircraft
+
+    if split not in AIRCRAFT_SPLITS:
+        raise ValueError(f"aircraft has the splits {list(AIRCRAFT_SPLITS)}, got {split!r}")
+    if annotation_level not in _LEVEL_FILES:
+        raise ValueError(f"annotation_level must be one of {list(_LEVEL_FILES)}, got {annotation_level!r}")
+    root = Path(root).expanduser()
+    base = root if root.name == _FOLDER else root / _FOLDER
+    if not base.is_dir():
+        hint = " (torchvision reads it from a folder with exactly this name: rename or symlink it)" if (
+            (root / "data" / "images").is_dir()
+        ) else ""
+        raise FileNotFoundError(f"aircraft: {base} does not exist{hint}. Expected layout:\n{AIRCRAFT_LAYOUT}")
+    data = base / "data"
+    for needed in (_LEVEL_FILES[annotation_level], f"images_{annotation_level}_{split}.txt"):
+        if not (data / needed).is_file():
+            raise missing_annotation(data / needed, "aircraft", AIRCRAFT_LAYOUT)
+    if not (data / "images").is_dir():
+        raise FileNotFoundError(f"aircraft: image folder {data / 'images'} is missing. Expected layout:\n{AIRCRAFT_LAYOUT}")
+
+    tv = TorchvisionAircraft(base.parent, split=split, annotation_level=annotation_level, download=False)
+    paths, labels = list(getattr(tv, "_image_files", [])), list(getattr(tv, "_labels", []))
+    if len(paths) != len(labels) or (not paths and len(tv)):
+        raise RuntimeError("this torchvision version's FGVCAircraft no longer exposes _image_files / _labels")
+
+    boxes = None
+    box_file = data / "images_box.txt"
+    if box_file.is_file():
+        table = {row[0]: row[1:] for row in read_table(box_file, 5, "aircraft", AIRCRAFT_LAYOUT)}
+        ids = [Path(p).stem for p in paths]
+        absent = [i for i in ids if i not in table]
+        if absent:
+            raise ValueError(f"aircraft: {len(absent)} images have no line in {box_file}, e.g. {absent[0]}")
+        xyxy = torch.tensor([[float(v) for v in table[i]] for i in ids], dtype=torch.float32).reshape(-1, 4)
+        boxes = xyxy - torch.tensor([1.0, 1.0, 0.0, 0.0])
+    return Records(
+        dataset="aircraft",
+        root=base,
+        split=split,
+        paths=[str(p) for p in paths],
+        labels=[int(x) for x in labels],
+        classes=list(tv.classes),
+        boxes_pixels=boxes,
+        crop_bottom=BANNER_PIXELS if remove_banner else 0,
+    )
+
+
+class FGVCAircraft(ImageDataset):
+    """FGVC-Aircraft (see ``AIRCRAFT_LAYOUT``): ``train``, ``val``, ``trainval`` or ``test``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        annotation_level: str = "variant",
+        remove_banner: bool = True,
+        skip_corrupt: bool | str = False,
+    ) -> None:
+        records = read_aircraft(root, split, annotation_level=annotation_level, remove_banner=remove_banner)
+        super().__init__(records, transform, skip_corrupt)
