@@ -11,7 +11,8 @@ from timm.layers import resample_abs_pos_embed
 from torch.utils.data import Dataset
 
 import fgvc
-from fgvc.layers import rollout_map
+import fgvc.methods.dcal as dcal_module
+from fgvc.layers import block_forward, rollout_map
 from fgvc.methods.base import ModelOutput
 from fgvc.methods.dcal import random_derangement
 from fgvc.methods.transfg import contrastive_loss
@@ -140,6 +141,136 @@ def test_pwca_queries_attend_over_both_images_in_one_softmax():
     ref = model.head(bb.pool(bb.norm(pw)))  # PWCA shares SA's weights, norm and head
     assert torch.allclose(out.extras["pwca_logits"], ref, atol=1e-5)
     assert torch.allclose(out.extras["sa_logits"], model.head(bb.pool(bb.norm(sa))), atol=1e-5)
+
+
+def test_pwca_reuses_block_1_projection_of_sa_with_the_reference_gradients():
+    # in block 1 both streams hold the embedded image: PWCA takes SA's q, k, v (one qkv projection there)
+    model = fgvc.create_model("dcal", num_classes=4, img_size=(32, 48), **tiny(3)).train()
+    bb = model.backbone
+    counts = [0] * 3
+    for i, block in enumerate(bb.blocks):
+        block.attn.qkv.register_forward_hook(lambda m, inp, o, i=i: counts.__setitem__(i, counts[i] + 1))
+    x = torch.randn(4, 3, 32, 48)
+    out = model(x)
+    assert counts == [1, 2, 2]
+    pairs = out.extras["pwca_pairs"]
+    params = [w for w in bb.parameters() if w.requires_grad]
+    grads = torch.autograd.grad(out.extras["pwca_logits"].square().sum(), params, allow_unused=True)
+    # reference: every stream projects its own q, k, v in every block
+    sa = pw = bb.embed(x)
+    for block in bb.blocks:
+        _, k_sa, v_sa = qkv_of(block, sa)
+        q, k, v = qkv_of(block, pw)
+        keys, values = torch.cat([k, k_sa[pairs]], 2), torch.cat([v, v_sa[pairs]], 2)  # (B, heads, 2T, hd)
+        a = (q @ keys.transpose(-1, -2) * block.attn.scale).softmax(-1)
+        mid = pw + block.attn.proj((a @ values).transpose(1, 2).reshape(4, 7, 64))
+        pw = mid + block.mlp(block.norm2(mid))
+        sa = block(sa)
+    ref_logits = model.head(bb.pool(bb.norm(pw)))
+    assert torch.allclose(out.extras["pwca_logits"], ref_logits, atol=1e-5)
+    ref = torch.autograd.grad(ref_logits.square().sum(), params, allow_unused=True)
+    for g, r in zip(grads, ref, strict=True):
+        assert (g is None and r is None) or torch.allclose(g, r, atol=1e-5)
+
+
+def test_block_forward_explicit_fused_and_partial_paths_equal_the_timm_block():
+    block = timm.create_model("test_vit", img_size=32, depth=1).blocks[0]
+    x = torch.randn(3, 5, 64)
+    q, k, v = qkv_of(block, x)
+    ref_probs = (q @ k.transpose(-1, -2) * block.attn.scale).softmax(-1)  # (B, heads, T, T)
+    idx = torch.tensor([[4, 1], [0, 2], [3, 3]])
+    other = torch.randn(3, 2, 7, 32), torch.randn(3, 2, 7, 32)  # extra keys / values, T2 = 7
+    grads, calls = {}, []
+    hook = block.attn.qkv.register_forward_hook(lambda m, i, o: calls.append(1))
+    for explicit in (False, True):
+        xg = x.clone().requires_grad_()
+        y, probs, (q2, k2, v2) = block_forward(block, xg, need_weights=True, explicit=explicit)
+        assert torch.allclose(y, block(x), atol=1e-5) and torch.allclose(probs, ref_probs, atol=1e-6)
+        assert not probs.requires_grad
+        assert torch.allclose(q2, q) and torch.allclose(k2, k) and torch.allclose(v2, v)
+        block.zero_grad()
+        y.square().sum().backward()
+        grads[explicit] = [xg.grad] + [p.grad.clone() for p in block.parameters()]
+        # the CLS row only: (B, heads, 1, T)
+        _, row, _ = block_forward(block, x, need_weights=True, weight_rows=1, explicit=explicit)
+        assert row.shape == (3, 2, 1, 5) and torch.allclose(row, ref_probs[:, :, :1], atol=1e-6)
+        # head means in float32 (explicit without gradient on CPU: one image at a time)
+        with torch.no_grad():
+            y, mean, _ = block_forward(block, x, need_weights=True, average_heads=True, explicit=explicit)
+            _, row, _ = block_forward(block, x, need_weights=True, average_heads=True, weight_rows=1,
+                                      explicit=explicit)
+        assert torch.allclose(y, block(x), atol=1e-5) and mean.dtype == torch.float32
+        assert torch.allclose(mean, ref_probs.mean(1, keepdim=True), atol=1e-6)
+        assert torch.allclose(row, ref_probs[:, :, :1].mean(1, keepdim=True), atol=1e-6)
+        # query subset (queries projected alone): the full block's output at those tokens
+        y, probs, _ = block_forward(block, x, query_index=idx, need_weights=True, explicit=explicit)
+        assert torch.allclose(y, block(x).gather(1, idx[..., None].expand(-1, -1, 64)), atol=1e-5)
+        rows = ref_probs.gather(2, idx[:, None, :, None].expand(-1, 2, -1, 5))  # (B, heads, R, T)
+        assert torch.allclose(probs, rows, atol=1e-6)
+        # extra keys / values: one softmax over T + T2 keys
+        y, probs, _ = block_forward(block, x, extra_kv=other, need_weights=True, explicit=explicit)
+        keys = torch.cat([k, other[0]], 2)
+        a = (q @ keys.transpose(-1, -2) * block.attn.scale).softmax(-1)  # (B, heads, T, T + T2)
+        mid = x + block.attn.proj((a @ torch.cat([v, other[1]], 2)).transpose(1, 2).reshape(3, 5, 64))
+        assert torch.allclose(probs, a, atol=1e-6)
+        assert torch.allclose(y, mid + block.mlp(block.norm2(mid)), atol=1e-5)
+        # q, k, v given (computed by another stream with the same input): not projected again
+        calls.clear()
+        y2, _, _ = block_forward(block, x, extra_kv=other, qkv=(q, k, v), explicit=explicit)
+        assert calls == [] and torch.allclose(y2, y, atol=1e-6)
+    hook.remove()
+    with pytest.raises(ValueError, match="not both"):
+        block_forward(block, x, query_index=idx, qkv=(q, k, v))
+    for fused, explicit in zip(grads[False], grads[True], strict=True):  # same gradients either way
+        assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+@pytest.mark.parametrize("glca_block", [-1, 1, 2])
+def test_dcal_explicit_attention_path_equals_the_fused_one(monkeypatch, glca_block):
+    # CPU default: blocks 1..p-2 use explicit attention (inference, and training on CPU); without it they
+    # use fused attention + the probabilities computed apart. Same outputs, queries, map and gradients.
+    model = fgvc.create_model("dcal", num_classes=4, img_size=(48, 64), glca_block=glca_block, **tiny(4))
+    x, y = torch.randn(4, 3, 48, 64), torch.tensor([0, 1, 2, 3])
+    p = model.glca_index
+    calls = []
+
+    def spy(block, tokens, **kwargs):
+        calls.append(kwargs.get("explicit", False))
+        return block_forward(block, tokens, **kwargs)
+
+    monkeypatch.setattr(dcal_module, "block_forward", spy)
+
+    def run(explicit_training):
+        monkeypatch.setattr(dcal_module, "EXPLICIT_TRAINING_DEVICES", ("cpu",) if explicit_training else ())
+        model.eval()
+        calls.clear()
+        with torch.inference_mode():
+            fast = model(x)  # explicit attention whatever the setting: no gradient is needed
+        assert calls == [True] * (p - 1) + [False] * (4 - (p - 1)) + [False]  # 4 blocks, then GLCA
+        slow = model(x)  # grad enabled: explicit only on an explicit training device
+        model.train()
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(3)  # the same distractors
+        out = model(x)
+        model.loss(out, y).backward()
+        sa = [explicit_training] * (p - 1) + [False] * (4 - (p - 1))
+        assert calls[0:8:2] == sa and calls[1:8:2] == [False] * 4 and len(calls) == 9  # SA, PWCA; GLCA
+        return fast, slow, out, [w.grad.clone() for w in model.parameters()]
+
+    a = run(True)
+    b = run(False)
+    for one, two in [(a[0], b[1]), (a[1], b[1]), (a[2], b[2])]:
+        queries = [o.extras["glca_queries"].sort(-1).values for o in (one, two)]
+        assert torch.equal(*queries)
+        assert torch.allclose(one.similarity, two.similarity, atol=1e-6)
+        assert torch.allclose(one.logits, two.logits, atol=1e-5)
+        for key in ("glca_logits", "pwca_logits"):
+            if key in two.extras:
+                assert torch.allclose(one.extras[key], two.extras[key], atol=1e-5)
+    assert torch.equal(a[2].extras["pwca_pairs"], b[2].extras["pwca_pairs"])
+    for ga, gb in zip(a[3], b[3], strict=True):
+        assert torch.allclose(ga, gb, atol=1e-5)
 
 
 def test_random_derangement_never_pairs_an_image_with_itself():

@@ -22,17 +22,21 @@ from torch import Tensor
 __all__ = ["attention_rollout", "rollout_map"]
 
 
-def _check(attentions: Sequence[Tensor], residual: float) -> tuple[int, int]:
-    """Validate the maps; returns (B, T)."""
+def _check(attentions: Sequence[Tensor], residual: float, last_rows: bool = False) -> tuple[int, int]:
+    """Validate the maps; returns (B, T). ``last_rows``: the last map may have fewer query rows."""
     if len(attentions) == 0:
         raise ValueError("attention rollout needs the attention of at least one layer")
     if not 0.0 <= residual <= 1.0:
         raise ValueError(f"residual must be in [0, 1], got {residual}")
-    b, _, t, _ = attentions[0].shape
-    for attn in attentions:
-        if attn.dim() != 4 or attn.shape[0] != b or attn.shape[-2:] != (t, t):
+    b, t = attentions[0].shape[0], attentions[0].shape[-1]
+    for i, attn in enumerate(attentions):
+        rows_ok = attn.dim() == 4 and (
+            attn.shape[-2] == t or (last_rows and i == len(attentions) - 1 and 1 <= attn.shape[-2] <= t)
+        )
+        if not rows_ok or attn.shape[0] != b or attn.shape[-1] != t:
             raise ValueError(
-                f"attention maps must all be (B, heads, T, T) of one B and T: got "
+                f"attention maps must all be (B, heads, T, T) of one B and T"
+                f"{' (the last may have fewer rows)' if last_rows else ''}: got "
                 f"{tuple(attentions[0].shape)} and {tuple(attn.shape)}"
             )
     return b, t
@@ -70,19 +74,31 @@ def rollout_map(
 ) -> Tensor:
     """The CLS row of the rollout over the patch tokens.
 
-    attentions: per layer (B, heads, T, T), T = num_prefix_tokens + patches; the CLS token is index 0.
+    attentions: per layer (B, heads, T, T), T = num_prefix_tokens + patches; the CLS token is index 0. The
+        last layer may give only its first rows, (B, heads, Tq, T) with Tq >= 1 (the CLS row is all this
+        uses of it). Maps already averaged over heads, (B, 1, ., T), are used as they are.
     Returns (B, N) float32 over the N patch tokens, or (B, rows, cols) when ``grid_size`` is given.
-    Only the CLS row is computed (``e_0^T A_L ... A_1``, vector times matrix from the last layer down):
-    O(L T^2) instead of the O(L T^3) of the full product.
+
+    Only the CLS row is computed, ``r = e_0^T A_L ... A_1`` as a vector from the last layer down: O(L T^2)
+    instead of the O(L T^3) of the full product, and no (T, T) matrix is built. With ``M`` the head mean,
+    ``s = (1 - residual) M 1 + residual`` the row sums and
+    ``A = diag(1 / s) ((1 - residual) M + residual I)``, each step is ``r <- (1 - residual) (r / s) M + residual (r / s)``: one pass for the row sums, one
+    vector-matrix product. For softmax maps ``s`` is 1 up to rounding (float32 rows of a softmax sum to 1
+    within ~1e-6), so the renormalization changes nothing but keeps other maps (masked keys, dropout) right.
     """
     if num_prefix_tokens < 1:
         raise ValueError("the rollout map is the CLS row: it needs a CLS token (num_prefix_tokens >= 1)")
-    b, t = _check(attentions, residual)
+    b, t = _check(attentions, residual, last_rows=True)
     with torch.autocast(attentions[0].device.type, enabled=False):
         row = torch.zeros(b, 1, t, device=attentions[0].device, dtype=torch.float32)  # (B, 1, T)
         row[:, :, 0] = 1.0
-        for attn in reversed(attentions):
-            row = row @ _residual_attention(attn, residual)  # (B, 1, T)
+        for attn in reversed(attentions):  # row is zero beyond the rows given (only the last layer has fewer)
+            m = attn[:, 0].float() if attn.shape[1] == 1 else attn.float().mean(dim=1)  # (B, Tq, T)
+            tq = m.shape[1]
+            s = (1.0 - residual) * m.sum(dim=-1) + residual  # (B, Tq) row sums of (1 - r) M + r I
+            w = row[:, :, :tq] / s[:, None, :]  # (B, 1, Tq)
+            row = (1.0 - residual) * (w @ m)  # (B, 1, T)
+            row[:, :, :tq] += residual * w
     cls_row = row[:, 0, num_prefix_tokens:]  # (B, N)
     if grid_size is None:
         return cls_row

@@ -50,10 +50,31 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   ``sa_logits``, ``glca_logits``, ``pwca_logits`` (when run), ``pwca_pairs`` (the distractor index of each
   image), ``glca_queries`` (B, R) patch indices (0 = first patch token).
 
-Implementation: the blocks are computed explicitly from the timm block's modules
-(``fgvc.layers.blocks.block_forward``); the attention output uses ``F.scaled_dot_product_attention`` (also
-over concatenated keys and values), and the probabilities needed for the rollout are computed separately
-under ``no_grad`` (the selection has no gradient, so no (B, heads, T, T) map is kept for backward).
+Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``),
+attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout needs a whole map:
+
+* blocks 1..p-2 (all rows of their head-mean attention enter the rollout): one explicit attention
+  (``softmax(q k^T * scale) @ v``) gives the output and the probabilities, so q k^T is computed once. At
+  inference always; in training on the devices in ``EXPLICIT_TRAINING_DEVICES`` (CPU, where explicit
+  attention with its backward costs about what fused attention does). Elsewhere (CUDA) training keeps fused
+  attention and computes the probabilities apart under ``no_grad``, so no (B, heads, T, T) map is kept for
+  backward. Either way the probabilities are detached and only their head mean, (B, 1, T, T) float32, is kept
+  for the rollout (on CPU without gradient it is taken one image at a time, while that image's map is in
+  the caches);
+* block p-1: fused attention plus the CLS row of its probabilities only, the one row of the last layer the
+  CLS row of the rollout uses;
+* blocks p..L, GLCA (queries projected for its R tokens only) and PWCA (over the concatenated keys and
+  values; image 2's are the SA block's own k, v, not projected again) use fused attention. In block 1 the
+  PWCA stream's input is the SA stream's (the embedded image), so its q, k, v are SA's, not projected again.
+
+The rollout map is propagated as a vector (``fgvc.layers.rollout.rollout_map``): no (T, T) product.
+
+Cost (``benchmarks/method_cost.py``): in training PWCA is a second pass through every block, with its
+backward, and with twice the keys: its FLOPs alone are about 1x the ViT's training step plus the attention's
+share again (deit_tiny, batch 4: about 1.1x at 224 px, 1.4x at 448 px). With SA that is above 2x before GLCA
+or the rollout cost anything, so the issue's 2x training target (the paper reports 1.8x) is not reachable
+with PWCA in all L blocks; at inference DCAL is the ViT plus the explicit attention of blocks 1..p-2, the
+rollout and the GLCA block.
 
 Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
 87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
@@ -75,6 +96,9 @@ from ..layers.rollout import rollout_map
 from .base import FGVCModel, ModelOutput, register_model
 
 __all__ = ["DCAL", "local_query_count", "random_derangement"]
+
+# devices where training also uses explicit attention for the rolled-out blocks (see the module doc)
+EXPLICIT_TRAINING_DEVICES = ("cpu",)
 
 
 def local_query_count(ratio: float, num_patches: int) -> int:
@@ -145,16 +169,25 @@ class DCAL(FGVCModel):
         run_pwca = self.training and self.pwca and b > 1
         pairs = random_derangement(b, device=sa.device) if run_pwca else None
         pw = sa
-        maps: list[Tensor] = []  # per block before GLCA: (B, 1, T, T) head-mean attention
+        explicit = not torch.is_grad_enabled() or sa.device.type in EXPLICIT_TRAINING_DEVICES
+        maps: list[Tensor] = []  # per block before GLCA: (B, 1, T, T) head-mean attention, (B, 1, 1, T) last
         glca_input = sa
         for i, block in enumerate(bb.blocks):
             if i == p:
                 glca_input = sa
-            sa_next, probs, (k, v) = block_forward(block, sa, need_weights=i < p)
+            if i < p - 1:  # the rollout needs all rows: one explicit attention gives output and map
+                sa_next, probs, (q, k, v) = block_forward(
+                    block, sa, need_weights=True, explicit=explicit, average_heads=True
+                )
+            else:  # block p-1: only the CLS row (fused output); blocks from p on: no map
+                sa_next, probs, (q, k, v) = block_forward(
+                    block, sa, need_weights=i < p, weight_rows=1, average_heads=True
+                )
             if probs is not None:
-                maps.append(probs.mean(dim=1, keepdim=True))
+                maps.append(probs)
             if pairs is not None:  # image 1's queries over [image 1; image 2] keys and values
-                pw, _, _ = block_forward(block, pw, extra_kv=(k[pairs], v[pairs]))
+                shared = (q, k, v) if i == 0 else None  # block 1: both streams have the same input
+                pw, _, _ = block_forward(block, pw, extra_kv=(k[pairs], v[pairs]), qkv=shared)
             sa = sa_next
 
         # GLCA: local queries from the rollout over blocks 1..p-1, global keys / values
