@@ -14,9 +14,11 @@ pretrained weights):
   the full-matrix versions (all rows of the rollout; the official TransFG product of whole (T, T) maps),
   which is what the GLSim paper's figures count.
 
-Times are medians of ``--repeats`` runs after ``--warmup`` runs (CUDA synchronized). Selection shares are
-**wall-time** shares; the GLSim paper (Rios et al., 2024) reports FLOP shares of the backbone: about 0.003%
-(GLSim), 1-14% (rollout) and 47-781% (TransFG's part selection). FLOP shares are printed too, counted by
+Times are medians of ``--repeats`` runs after ``--warmup`` runs (CUDA synchronized); the models' inference
+and training runs take turns (one run of each model, then the next round), so that a change in the load of
+a shared machine does not tilt the ratios. Selection shares are **wall-time** shares; the GLSim paper
+(Rios et al., 2024) reports FLOP shares of the backbone: about 0.003% (GLSim), 1-14% (rollout) and 47-781%
+(TransFG's part selection). FLOP shares are printed too, counted by
 ``torch.utils.flop_counter.FlopCounterMode`` with attention on the math backend: it counts matmul-type ops
 only (linear, conv, bmm), so GLSim's cosine similarity (no matmul) is given as the analytic ``6 B N D``.
 
@@ -33,6 +35,7 @@ share, before GLCA and the rollout.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +71,20 @@ def count_train_flops(model: fgvc.FGVCModel, x: torch.Tensor, y: torch.Tensor) -
     return counter.get_total_flops()
 
 
+def timed_in_turn(
+    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of each ``fn()``, the functions taking turns run by run: a change in the machine's
+    load (a shared CPU) then reaches every model's figure alike, so the ratios to the ViT hold."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            t = timed(fn, device, 1, 0)
+            if i >= warmup:
+                times[name].append(t)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def train_step(model: fgvc.FGVCModel, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One optimizer step of ``model`` on (x, y): forward, the method's loss, backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -96,13 +113,14 @@ def measure(args: argparse.Namespace, size: int, device: torch.device) -> dict[s
 
     r: dict[str, Any] = dict(size=size, infer={}, train={}, select={}, flops={})
     with torch.inference_mode():
-        for method, model in models.items():
+        for model in models.values():
             model.eval()
-            r["infer"][method] = timed(lambda m=model: m(x), **run)
-    for method, model in models.items():
+        r["infer"] = timed_in_turn({m: lambda m=m: models[m](x) for m in models}, **run)
+    for model in models.values():
         model.train()
-        r["train"][method] = timed(train_step(model, x, y), **run)
-        model.zero_grad(set_to_none=True)  # free the gradients before the next model
+    r["train"] = timed_in_turn({m: train_step(model, x, y) for m, model in models.items()}, **run)
+    for model in models.values():
+        model.zero_grad(set_to_none=True)  # free the gradients
         model.eval()
 
     bb = models["vit"].backbone
