@@ -69,12 +69,13 @@ attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout
 
 The rollout map is propagated as a vector (``fgvc.layers.rollout.rollout_map``): no (T, T) product.
 
-Cost (``benchmarks/method_cost.py``): in training PWCA is a second pass through every block, with its
-backward, and with twice the keys: its FLOPs alone are about 1x the ViT's training step plus the attention's
-share again (deit_tiny, batch 4: about 1.1x at 224 px, 1.4x at 448 px). With SA that is above 2x before GLCA
-or the rollout cost anything, so the issue's 2x training target (the paper reports 1.8x) is not reachable
-with PWCA in all L blocks; at inference DCAL is the ViT plus the explicit attention of blocks 1..p-2, the
-rollout and the GLCA block.
+Cost (``benchmarks/method_cost.py``: deit_tiny, batch 4, CPU, 1 thread, ratios to the ViT in the same run):
+inference 1.04x at 224 px and 1.13x at 448 px (the explicit attention of blocks 1..p-2, about +25% of their
+attention time at 448 px, then the rollout and the GLCA block). Training step 2.17x and 2.47x: PWCA alone is
+1.11x and 1.38x the ViT's training-step FLOPs (a second pass through every block with its backward, over
+twice the keys: 1x plus the attention's share again), SA and the rest about 1x. The issue's 2x training
+target (the paper reports 1.8x) is therefore out of reach with PWCA in all L blocks, whatever GLCA and the
+rollout cost.
 
 Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
 87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
