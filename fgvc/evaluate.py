@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .methods.base import FGVCModel
+from .retrieval import RetrievalResult, retrieval_metrics
 
 __all__ = ["EvalResult", "box_iou_pairs", "evaluate"]
 
@@ -30,6 +31,7 @@ class EvalResult:
     predictions: np.ndarray  # (N,)
     targets: np.ndarray  # (N,)
     mean_iou: float | None = None  # crop box vs ground-truth box, when both exist
+    retrieval: RetrievalResult | None = None  # Recall@K / mAP of the embeddings (``retrieval=True``)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
@@ -37,6 +39,8 @@ class EvalResult:
         out = {"top1": self.top1, "top5": self.top5, "loss": self.loss}
         if self.mean_iou is not None:
             out["mean_iou"] = self.mean_iou
+        if self.retrieval is not None:
+            out.update(self.retrieval.summary())
         return out
 
 
@@ -60,6 +64,7 @@ def evaluate(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    retrieval: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
@@ -76,7 +81,7 @@ def evaluate(
     gt_boxes = getattr(data, "input_boxes", None)
     h, w = model.img_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    logits_all, targets_all, ious = [], [], []
+    logits_all, targets_all, ious, embeddings = [], [], [], []
     loss_sum, seen = 0.0, 0
     for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, targets = images.to(device), targets.to(device)
@@ -85,6 +90,10 @@ def evaluate(
         loss_sum += model.loss(out, targets).item() * len(targets)
         logits_all.append(out.logits.float().cpu())
         targets_all.append(targets.cpu())
+        if retrieval:
+            if out.embedding is None:
+                raise ValueError(f"{type(model).__name__} outputs no embedding: retrieval metrics need one")
+            embeddings.append(out.embedding.float().cpu())
         if gt_boxes is not None and out.boxes is not None:
             gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
             ious.append(box_iou_pairs(out.boxes.cpu(), gt))
@@ -111,6 +120,7 @@ def evaluate(
         predictions=preds.numpy(),
         targets=targets.numpy(),
         mean_iou=torch.cat(ious).mean().item() if ious else None,
+        retrieval=retrieval_metrics(torch.cat(embeddings), targets) if retrieval else None,
     )
 
 
