@@ -1,0 +1,378 @@
+"""Recipes: the papers' training settings as YAML files, and the one function that runs them.
+
+A recipe is a plain YAML file with three sections that map one to one onto fgvc's API, plus what the paper
+reported, so that a run can be compared with it::
+
+    name: glsim_cub_224
+    expected_top1: 90.93          # the paper's top-1 (null where the paper reports none)
+    source: Rios et al., 2024 ...  # where that number comes from
+    seeds: [0, 1, 2]              # one run per seed; mean +- std reported
+    model: {method: glsim, backbone: vit_base_patch16_224.augreg_in21k, pretrained: true, img_size: 224, ...}
+    data:  {dataset: cub, root: data/CUB_200_2011, val_fraction: 0.1, resize: 256, trivial_augment: true, ...}
+    train: {epochs: 50, batch_size: 8, optimizer: sgd, lr: 0.01, warmup_steps: 500, ...}
+
+* ``model`` is passed to ``fgvc.create_model`` (``num_classes`` comes from the data);
+* ``data`` chooses the dataset (``fgvc.data.build_dataset``), the validation split carved from the training
+  split (``val_fraction``, stratified, ``split_seed``), an optional class subset (``classes``: a count or a
+  list), the transforms (``resize`` before the crop; ``test_resize`` when the test resize differs;
+  ``trivial_augment``, ``random_erasing``) and the dataset's own ``options``;
+* ``train`` is passed to ``fgvc.fit``; ``steps`` (total optimizer updates, as TransFG counts) becomes the
+  number of epochs that reaches it, and ``lr_base_batch_size`` scales ``lr`` linearly with the batch
+  (``lr * batch_size / lr_base_batch_size``, DeiT's and DCAL's convention).
+
+The recipes shipped with fgvc are in ``fgvc/recipes/`` (``list_recipes()``); ``load_recipe`` takes one of
+their names or a path, and ``key=value`` overrides (``"train.lr=0.001"``, values read as YAML).
+``train_recipe`` trains one model per seed, picks each checkpoint on the validation split, evaluates the test
+split once with that checkpoint, and reports every seed and the mean +- std.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from torch.utils.data import Dataset
+
+__all__ = ["RecipeResult", "build_recipe_data", "list_recipes", "load_recipe", "train_recipe"]
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "model", "data", "train"}
+DATA_KEYS = {
+    "dataset",
+    "root",
+    "val_fraction",
+    "split_seed",
+    "classes",
+    "resize",
+    "test_resize",
+    "trivial_augment",
+    "random_erasing",
+    "options",
+}
+TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
+RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with fgvc (``fgvc/recipes/*.yaml``)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _recipe_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} does not exist")
+        return path
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ValueError(f"unknown recipe {str(name_or_path)!r}: not a file, nor one of {', '.join(list_recipes())}")
+    return shipped
+
+
+def _fit_parameters() -> set[str]:
+    from .train import fit
+
+    return set(inspect.signature(fit).parameters) - RECIPE_ONLY_FIT_ARGS
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 0.01}`` or ``["train.lr=0.01", "data.root=/data/CUB_200_2011"]`` (values read as YAML)."""
+    recipe = copy.deepcopy(recipe)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            key, sep, value = text.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"override {text!r} is not key=value (e.g. train.lr=0.001)")
+            items.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
+    for key, value in items:
+        node = recipe
+        *parents, last = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {key!r}: {part!r} is not a section")
+            node = child
+        node[last] = value
+    return recipe
+
+
+def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
+    """Unknown keys and missing sections are named before anything is built (a typo never runs silently)."""
+    unknown = set(recipe) - TOP_LEVEL
+    if unknown:
+        raise ValueError(f"{origin}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+    for section in ("model", "data", "train"):
+        if not isinstance(recipe.get(section), dict):
+            raise ValueError(f"{origin}: section {section!r} is missing (a mapping of options)")
+    if "method" not in recipe["model"]:
+        raise ValueError(f"{origin}: model.method is missing (one of fgvc.list_models())")
+    if "dataset" not in recipe["data"]:
+        raise ValueError(f"{origin}: data.dataset is missing (one of fgvc.data.list_datasets())")
+    unknown = set(recipe["data"]) - DATA_KEYS
+    if unknown:
+        raise ValueError(f"{origin}: unknown data keys {sorted(unknown)}; allowed: {sorted(DATA_KEYS)}")
+    allowed = _fit_parameters() | TRAIN_EXTRA_KEYS
+    unknown = set(recipe["train"]) - allowed
+    if unknown:
+        raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if "steps" in recipe["train"] and "epochs" in recipe["train"]:
+        raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
+    seeds = recipe.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
+
+
+def load_recipe(
+    name_or_path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """Read a recipe (a shipped name such as ``"glsim_cub_224"`` or a YAML path), apply overrides, validate."""
+    path = _recipe_path(name_or_path)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping with model, data and train sections")
+    recipe = apply_overrides(recipe, overrides)
+    validate_recipe(recipe, origin=str(path))
+    return recipe
+
+
+def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}`` datasets of a recipe, with the transforms of ``model`` (mean, std).
+
+    ``val`` is carved from the training split (``val_fraction``, stratified, seeded by ``split_seed``) and
+    uses the test transform; it is absent when ``val_fraction`` is 0. The synthetic dataset has its own
+    train / val / test streams (``options`` go to ``synthetic_splits``; it is drawn at the model's input size).
+    """
+    from .data import build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
+
+    data = recipe["data"]
+    options = dict(data.get("options") or {})
+    if data["dataset"] == "synthetic":
+        if model is not None:
+            options.setdefault("image_size", tuple(model.img_size))
+        splits: dict[str, Dataset] = dict(synthetic_splits(**options))
+        if not data.get("val_fraction", 0.1):
+            splits.pop("val")
+        return splits
+    if model is None:
+        raise ValueError("build_recipe_data needs the model for the transforms (its mean, std and input size)")
+    img_size = tuple(model.img_size)
+    resize = data.get("resize")
+    resize = tuple(resize) if isinstance(resize, list) else resize
+    test_resize = data.get("test_resize", resize)
+    test_resize = tuple(test_resize) if isinstance(test_resize, list) else test_resize
+    train_tf = build_transforms(
+        model,
+        train=True,
+        img_size=img_size,
+        resize=resize,
+        trivial_augment=bool(data.get("trivial_augment", False)),
+        random_erasing=float(data.get("random_erasing", 0.0)),
+    )
+    test_tf = build_transforms(model, train=False, img_size=img_size, resize=test_resize)
+    root = data.get("root")
+    train = build_dataset(data["dataset"], root, "train", **options)
+    test = build_dataset(data["dataset"], root, "test", test_tf, **options)
+    if data.get("classes") is not None:
+        train, test = subset_classes(train, data["classes"]), subset_classes(test, data["classes"])
+    val_fraction = float(data.get("val_fraction", 0.1))
+    if val_fraction > 0:
+        train, val = train_val_split(
+            train, val_fraction, seed=int(data.get("split_seed", 0)), train_transform=train_tf, val_transform=test_tf
+        )
+        return {"train": train, "val": val, "test": test}
+    from .data import SubsetDataset
+
+    return {"train": SubsetDataset(train, range(len(train)), transform=train_tf), "test": test}
+
+
+def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
+    """The ``fgvc.fit`` keyword arguments of a recipe: ``steps`` -> epochs, ``lr`` scaled by the batch size."""
+    args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
+    batch_size = int(args.get("batch_size", 32))
+    if "lr_base_batch_size" in recipe["train"]:
+        args["lr"] = float(args.get("lr", 5e-4)) * batch_size / float(recipe["train"]["lr_base_batch_size"])
+    if "steps" in recipe["train"]:
+        steps_per_epoch = max(train_size // batch_size, 1)
+        args["epochs"] = max(math.ceil(int(recipe["train"]["steps"]) / steps_per_epoch), 1)
+    return args
+
+
+def run_info() -> dict[str, Any]:
+    """Versions saved beside every run: fgvc, its git commit (when there is one), torch, timm, python."""
+    import timm
+    import torch
+
+    from . import __version__
+
+    commit = None
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return dict(
+        fgvc=__version__, git_commit=commit, torch=str(torch.__version__), timm=str(timm.__version__), python=platform.python_version()
+    )
+
+
+@dataclass
+class RecipeResult:
+    """Per-seed results of a recipe and their mean +- std (sample std over seeds, ddof=1; NaN for one seed)."""
+
+    recipe: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """``{metric: (mean, std)}`` over seeds for every numeric test metric."""
+        keys = [k for k in self.runs[0] if k.startswith("test_")] if self.runs else []
+        out = {}
+        for k in keys:
+            values = np.array([r[k] for r in self.runs if r.get(k) is not None], dtype=float)
+            if len(values):
+                out[k] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan)
+        return out
+
+    def to_markdown(self) -> str:
+        """One row per seed, then mean +- std, beside the paper's number."""
+        if not self.runs:
+            return "(no runs)"
+        keys = [k for k in self.runs[0] if k.startswith("test_")]
+        lines = ["| seed | best epoch | val top-1 | " + " | ".join(k[5:] for k in keys) + " |"]
+        lines.append("|" + "---|" * (len(keys) + 3))
+        for r in self.runs:
+            cells = [_fmt(r.get(k)) for k in keys]
+            lines.append(f"| {r['seed']} | {r.get('best_epoch')} | {_fmt(r.get('val_top1'))} | " + " | ".join(cells) + " |")
+        summary = self.summary()
+        cells = [f"{m:.2f} ± {s:.2f}" if not math.isnan(s) else f"{m:.2f}" for m, s in (summary.get(k, (math.nan, math.nan)) for k in keys)]
+        lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
+        expected = self.recipe.get("expected_top1")
+        lines.append("")
+        lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({self.recipe.get('source', 'no source')})")
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def train_recipe(
+    recipe: Mapping[str, Any] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    **fit_options: Any,
+) -> RecipeResult:
+    """Train a recipe once per seed; each run in ``out_dir/seed<N>/`` with its checkpoints and config.
+
+    Each run: build the model and data, ``fgvc.fit`` (checkpoint chosen on the validation split), then one
+    evaluation of the test split with the chosen checkpoint (classification, retrieval Recall@K / mAP, and
+    crop IoU where the dataset has boxes). ``fit_options`` (e.g. ``device``, ``progress``) override the
+    recipe's ``train`` section for every seed. ``results.json`` and ``results.md`` are written to ``out_dir``.
+    """
+    from .checkpoint import load_weights
+    from .data import EvalBoxes
+    from .evaluate import evaluate
+    from .methods import create_model
+    from .train import fit
+
+    if not isinstance(recipe, Mapping):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        recipe = apply_overrides(dict(recipe), overrides)
+    recipe = copy.deepcopy(dict(recipe))
+    validate_recipe(recipe)
+    seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
+    out_dir = Path(out_dir)
+    result = RecipeResult(recipe=recipe)
+    for seed in seeds:
+        run_dir = out_dir / f"seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        num_classes = _num_classes(recipe)
+        model = create_model(num_classes=num_classes, **recipe["model"])
+        data = build_recipe_data(recipe, model)
+        args = fit_arguments(recipe, len(data["train"]))
+        args.update(fit_options)
+        resolved = dict(recipe, seeds=[seed], resolved_fit_arguments=args, run_info=run_info())
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
+        history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
+        chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
+        load_weights(model, chosen)
+        test = data["test"]
+        if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+            data_resize = recipe["data"].get("test_resize", recipe["data"].get("resize"))
+            data_resize = tuple(data_resize) if isinstance(data_resize, list) else data_resize
+            test = EvalBoxes(test, img_size=tuple(model.img_size), resize=data_resize)
+        batch = int(args.get("batch_size", 32))
+        device = args.get("device")
+        # Retrieval needs a class with two test images or more (each query must have something to find).
+        targets = getattr(test, "targets", None)
+        targets = np.asarray(targets if targets is not None else [0], dtype=np.int64)
+        retrieval = bool(np.bincount(targets).max() >= 2)
+        workers = int(args.get("num_workers", 0))
+        ev = evaluate(model, test, batch_size=batch, device=device, num_workers=workers, retrieval=retrieval)
+        run = dict(
+            seed=seed,
+            checkpoint=str(chosen),
+            best_epoch=history.best_epoch,
+            val_top1=history.best["val_top1"] if history.best else None,
+            test_top1=ev.top1,
+            test_top5=ev.top5,
+            test_recall_at_1=ev.retrieval.recall[1] if ev.retrieval else None,
+            test_map=ev.retrieval.map if ev.retrieval else None,
+            test_crop_iou=ev.mean_iou,
+        )
+        result.runs.append(run)
+        (run_dir / "test.json").write_text(json.dumps(run, indent=2))
+    summary = {k: {"mean": m, "std": s} for k, (m, s) in result.summary().items()}
+    (out_dir / "results.json").write_text(
+        json.dumps(dict(name=recipe.get("name"), expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), runs=result.runs, summary=summary), indent=2, allow_nan=True)
+    )
+    (out_dir / "results.md").write_text(result.to_markdown() + "\n")
+    return result
+
+
+def _num_classes(recipe: Mapping[str, Any]) -> int:
+    """The class count the data will have, read without decoding any image."""
+    from .data import build_dataset
+
+    data = recipe["data"]
+    classes = data.get("classes")
+    if isinstance(classes, int):
+        return classes
+    if isinstance(classes, list):
+        return len(classes)
+    options = dict(data.get("options") or {})
+    if data["dataset"] == "synthetic":
+        return int(options.get("num_classes", 10))
+    return len(build_dataset(data["dataset"], data.get("root"), "train", **options).classes)
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists, so that the saved YAML is plain (readable by yaml.safe_load)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
