@@ -25,6 +25,121 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe, train_recipe
+
+    recipe = load_recipe(args.config, args.set or ())
+    out = args.out or f"runs/{recipe.get('name') or 'run'}"
+    options: dict = {"progress": not args.no_progress}
+    if args.device is not None:
+        options["device"] = args.device
+    if args.resume:
+        options["resume"] = True
+    result = train_recipe(recipe, out, seeds=args.seeds, **options)
+    print(result.to_markdown())
+    print(f"runs, checkpoints and results in {out}/")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .recipe import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
+        device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
+    )
+    summary = result.summary()
+    for key, value in summary.items():
+        print(f"{key:>12}: {value:.4g}")
+    print(f"{'images':>12}: {result.num_samples}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(summary, num_samples=result.num_samples, checkpoint=str(args.checkpoint)), f, indent=2)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .predict import predict
+    from .recipe import test_transform_for
+
+    model = load_model(args.checkpoint)
+    transform = test_transform_for(model, args.checkpoint)
+    for prediction in predict(model, args.images, topk=args.topk, transform=transform, device=args.device):
+        print(prediction)
+    return 0
+
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """``fgvc train``, ``fgvc eval`` and ``fgvc predict``."""
+    from .recipe import list_recipes
+
+    train = sub.add_parser(
+        "train",
+        help="train a recipe (YAML) once per seed; checkpoint chosen on validation, test evaluated once",
+        description="Trains the recipe's model on its dataset once per seed (fgvc.train_recipe). Each run "
+        "goes to OUT/seed<N>/ (best.safetensors chosen on the validation split, last.safetensors, "
+        "config.yaml with the resolved settings and the fgvc / torch / timm versions and git commit); the test "
+        "split is evaluated once per run with the chosen checkpoint; OUT/results.md has every seed, the "
+        "mean +- std and the paper's number. Under torchrun (torchrun --nproc_per_node=N -m fgvc train ...) "
+        "each process trains its share of every batch.",
+    )
+    train.add_argument(
+        "--config",
+        required=True,
+        help="a recipe YAML file, or the name of a shipped one: " + ", ".join(list_recipes()[:4]) + ", ... "
+        "(fgvc/recipes/)",
+    )
+    train.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override recipe values, dotted keys, YAML values: --set data.root=/data/CUB_200_2011 "
+        "train.lr=0.001 train.batch_size=32",
+    )
+    train.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
+    train.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the recipe's)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue each seed's run from its last checkpoint in OUT"
+    )
+    train.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a dataset split (top-1/5, retrieval, crop IoU)",
+        description="Loads an fgvc checkpoint and evaluates it on a split of a dataset folder: top-1, top-5, "
+        "retrieval Recall@1/5 and mAP of the embeddings, and the crop IoU where the dataset has boxes. The "
+        "dataset name and resize are read from the config.yaml that fgvc train writes beside the checkpoint; "
+        "--dataset overrides it.",
+    )
+    ev.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
+    ev.add_argument("--data", required=True, help="the dataset folder (e.g. data/CUB_200_2011)")
+    ev.add_argument("--dataset", default=None, help="dataset layout (cub, cars, aircraft, nabirds, folder)")
+    ev.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    ev.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    ev.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: %(default)s)")
+    ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
+
+    pred = sub.add_parser(
+        "predict",
+        help="top-5 classes with names for image files",
+        description="Classifies image files with an fgvc checkpoint and prints the top classes with their "
+        "names and probabilities (test transform: resize, center crop, the backbone's normalization).",
+    )
+    pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
+    pred.add_argument("images", nargs="+", help="image files")
+    pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
+    pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    pred.set_defaults(func=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fgvc", description="Fine-grained visual categorization with vision transformers."
@@ -72,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--no-progress", action="store_true", help="no progress bars")
     check.set_defaults(func=_data_check)
+    _add_run_commands(sub)
     return parser
 
 

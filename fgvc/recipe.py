@@ -44,10 +44,19 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
-__all__ = ["RecipeResult", "build_recipe_data", "list_recipes", "load_recipe", "train_recipe"]
+__all__ = [
+    "RecipeResult",
+    "build_recipe_data",
+    "evaluate_checkpoint",
+    "list_recipes",
+    "load_recipe",
+    "run_config",
+    "train_recipe",
+]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "model", "data", "train"}
+SAVED_ONLY = {"resolved_fit_arguments", "run_info"}  # what train_recipe adds to a run's config.yaml
 DATA_KEYS = {
     "dataset",
     "root",
@@ -114,7 +123,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] | Mapping[s
 
 def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     """Unknown keys and missing sections are named before anything is built (a typo never runs silently)."""
-    unknown = set(recipe) - TOP_LEVEL
+    unknown = set(recipe) - TOP_LEVEL - SAVED_ONLY
     if unknown:
         raise ValueError(f"{origin}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
     for section in ("model", "data", "train"):
@@ -264,12 +273,16 @@ class RecipeResult:
             cells = [_fmt(r.get(k)) for k in keys]
             lines.append(f"| {r['seed']} | {r.get('best_epoch')} | {_fmt(r.get('val_top1'))} | " + " | ".join(cells) + " |")
         summary = self.summary()
-        cells = [f"{m:.2f} ± {s:.2f}" if not math.isnan(s) else f"{m:.2f}" for m, s in (summary.get(k, (math.nan, math.nan)) for k in keys)]
+        cells = [_fmt_mean_std(*summary[k]) if k in summary else "-" for k in keys]
         lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
         expected = self.recipe.get("expected_top1")
         lines.append("")
         lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({self.recipe.get('source', 'no source')})")
         return "\n".join(lines)
+
+
+def _fmt_mean_std(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _fmt(v: Any) -> str:
@@ -292,8 +305,6 @@ def train_recipe(
     recipe's ``train`` section for every seed. ``results.json`` and ``results.md`` are written to ``out_dir``.
     """
     from .checkpoint import load_weights
-    from .data import EvalBoxes
-    from .evaluate import evaluate
     from .methods import create_model
     from .train import fit
 
@@ -319,19 +330,14 @@ def train_recipe(
         history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
         chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
         load_weights(model, chosen)
-        test = data["test"]
-        if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
-            data_resize = recipe["data"].get("test_resize", recipe["data"].get("resize"))
-            data_resize = tuple(data_resize) if isinstance(data_resize, list) else data_resize
-            test = EvalBoxes(test, img_size=tuple(model.img_size), resize=data_resize)
-        batch = int(args.get("batch_size", 32))
-        device = args.get("device")
-        # Retrieval needs a class with two test images or more (each query must have something to find).
-        targets = getattr(test, "targets", None)
-        targets = np.asarray(targets if targets is not None else [0], dtype=np.int64)
-        retrieval = bool(np.bincount(targets).max() >= 2)
-        workers = int(args.get("num_workers", 0))
-        ev = evaluate(model, test, batch_size=batch, device=device, num_workers=workers, retrieval=retrieval)
+        ev = _evaluate_split(
+            model,
+            data["test"],
+            recipe["data"],
+            batch_size=int(args.get("batch_size", 32)),
+            device=args.get("device"),
+            num_workers=int(args.get("num_workers", 0)),
+        )
         run = dict(
             seed=seed,
             checkpoint=str(chosen),
@@ -376,3 +382,81 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
+    path = Path(checkpoint).with_name("config.yaml")
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    return config if isinstance(config, dict) else None
+
+
+def _size(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) -> Any:
+    """The test transform of a trained model: its run's test resize when ``config.yaml`` is beside it."""
+    from .data import build_transforms
+
+    config = run_config(checkpoint) if checkpoint is not None else None
+    data = (config or {}).get("data", {})
+    resize = _size(data.get("test_resize", data.get("resize")))
+    return build_transforms(model, train=False, img_size=tuple(model.img_size), resize=resize)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    root: str | os.PathLike | None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    **evaluate_options: Any,
+) -> Any:
+    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+
+    The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
+    beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
+    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
+    when some class has two images or more; crop IoU when the dataset has boxes.
+    """
+    from .checkpoint import load_model
+    from .data import build_dataset, subset_classes
+
+    model = load_model(checkpoint)
+    config = run_config(checkpoint) or {}
+    data = dict(config.get("data") or {})
+    name = dataset or data.get("dataset")
+    if name is None:
+        raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
+    same = name == data.get("dataset")
+    options = dict(data.get("options") or {}) if same else {}
+    test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
+    if same and data.get("classes") is not None:
+        test = subset_classes(test, data["classes"])
+    classes = list(getattr(test, "classes", None) or [])
+    if classes and len(classes) != model.num_classes:
+        raise ValueError(
+            f"{root} ({name}, {split}) has {len(classes)} classes but checkpoint {checkpoint} has "
+            f"{model.num_classes}: wrong dataset, or a class subset (data.classes) the run used"
+        )
+    if classes and model.class_names and classes != list(model.class_names):
+        diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
+        raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
+    return _evaluate_split(model, test, data, **evaluate_options)
+
+
+def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:
+    """``evaluate`` with boxes mapped into the model's input frame and retrieval where it is defined."""
+    from .data import EvalBoxes
+    from .evaluate import evaluate
+
+    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+        resize = _size(data.get("test_resize", data.get("resize")))
+        test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
+    # Retrieval needs a class with two images or more (each query must have something to find).
+    targets = getattr(test, "targets", None)
+    counts = np.bincount(np.asarray(targets if targets is not None else [0], dtype=np.int64))
+    return evaluate(model, test, retrieval=bool(counts.max() >= 2), **evaluate_options)

@@ -1,0 +1,64 @@
+"""Top-k predictions with class names for image files (what ``fgvc predict`` prints)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .methods.base import FGVCModel
+
+__all__ = ["Prediction", "predict"]
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image: ``(label, class name, probability)`` in decreasing probability."""
+
+    source: str
+    top: list[tuple[int, str, float]]
+
+    def __str__(self) -> str:
+        return self.source + "\n" + "\n".join(f"  {p:6.2%}  {name} ({label})" for label, name, p in self.top)
+
+
+@torch.inference_mode()
+def predict(
+    model: FGVCModel,
+    images: Sequence[str | os.PathLike | Image.Image],
+    *,
+    topk: int = 5,
+    transform: Callable[[Image.Image], Any] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> list[Prediction]:
+    """Classify image files (or PIL images) with ``model``; class names from ``model.class_names``.
+
+    ``transform`` defaults to the model's test transform (``build_transforms(model, train=False)``: resize,
+    center crop, the backbone's normalization). Unreadable files raise an error naming the file.
+    """
+    from .data import build_transforms, load_rgb
+
+    if transform is None:
+        transform = build_transforms(model, train=False, img_size=tuple(model.img_size))
+    names = model.class_names or [str(c) for c in range(model.num_classes)]
+    k = min(topk, model.num_classes)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pil = [im if isinstance(im, Image.Image) else load_rgb(im) for im in chunk]
+        batch = torch.stack([transform(im) for im in pil]).to(device)  # (b, 3, H, W)
+        probs = model(batch).logits.float().softmax(1).cpu()  # (b, C)
+        values, labels = probs.topk(k, dim=1)
+        for src, v, lab in zip(chunk, values.tolist(), labels.tolist(), strict=True):
+            source = str(src) if not isinstance(src, Image.Image) else "<image>"
+            out.append(Prediction(source, [(c, names[c], p) for c, p in zip(lab, v, strict=True)]))
+    model.train(was_training)
+    return out
