@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .methods.base import FGVCModel
 from .retrieval import RetrievalResult, retrieval_metrics
 
-__all__ = ["EvalResult", "box_iou_pairs", "evaluate"]
+__all__ = ["EvalResult", "box_iou_pairs", "evaluate", "pointing_game"]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class EvalResult:
     predictions: np.ndarray  # (N,)
     targets: np.ndarray  # (N,)
     mean_iou: float | None = None  # crop box vs ground-truth box, when both exist
+    pointing_game: float | None = None  # percent of map peaks (output.similarity) inside the ground-truth box
     retrieval: RetrievalResult | None = None  # Recall@K / mAP of the embeddings (``retrieval=True``)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -39,6 +40,8 @@ class EvalResult:
         out = {"top1": self.top1, "top5": self.top5, "loss": self.loss}
         if self.mean_iou is not None:
             out["mean_iou"] = self.mean_iou
+        if self.pointing_game is not None:
+            out["pointing_game"] = self.pointing_game
         if self.retrieval is not None:
             out.update(self.retrieval.summary())
         return out
@@ -53,6 +56,28 @@ def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+def pointing_game(
+    maps: Tensor,
+    boxes: Tensor,
+    patch_size: tuple[int, int],
+    patch_stride: tuple[int, int] | None = None,
+) -> Tensor:
+    """Whether each map's peak falls inside its box (the pointing game). Returns (B,) bool.
+
+    maps: (B, rows, cols) over the patch grid; the peak is the highest cell (the first one on ties), placed at
+    its patch centre ``(col * stride + patch / 2, row * stride + patch / 2)`` in input pixels.
+    boxes: (B, 4) ground truth (x0, y0, x1, y1) in input pixels, exclusive ends.
+    """
+    b, rows, cols = maps.shape
+    ph, pw = patch_size
+    sh, sw = patch_stride if patch_stride is not None else patch_size
+    peak = maps.reshape(b, -1).float().argmax(dim=1)  # (B,)
+    y = (peak // cols).float() * sh + ph / 2
+    x = (peak % cols).float() * sw + pw / 2
+    boxes = boxes.float()
+    return (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3])
 
 
 @torch.inference_mode()
@@ -70,7 +95,9 @@ def evaluate(
 
     If ``data.input_boxes`` exists ((N, 4) ground-truth boxes as fractions of the width and height of the
     image *as the model receives it*, after the transform) and the model outputs crop boxes, ``mean_iou`` is
-    the mean IoU between the two. Datasets read from disk have ``.boxes`` in the original image's frame,
+    the mean IoU between the two, and if it outputs a map (``similarity``: GLSim's CLS-patch similarity,
+    DCAL's rollout) ``pointing_game`` is the percentage of images whose map peak falls inside the box
+    (``pointing_game()``). Datasets read from disk have ``.boxes`` in the original image's frame,
     which a resize + center crop changes: wrap them in ``fgvc.data.EvalBoxes`` to map the boxes through the
     test transform. ``SyntheticFGVC`` (drawn at the input size) has ``input_boxes`` itself.
     """
@@ -82,6 +109,7 @@ def evaluate(
     h, w = model.img_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     logits_all, targets_all, ious, embeddings = [], [], [], []
+    hits: list[Tensor] = []  # pointing game, per batch (B,) bool
     loss_sum, seen = 0.0, 0
     for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, targets = images.to(device), targets.to(device)
@@ -97,6 +125,10 @@ def evaluate(
         if gt_boxes is not None and out.boxes is not None:
             gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
             ious.append(box_iou_pairs(out.boxes.cpu(), gt))
+        if gt_boxes is not None and out.similarity is not None:
+            gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
+            bb = model.backbone
+            hits.append(pointing_game(out.similarity.cpu(), gt, bb.patch_size, bb.patch_stride))
         seen += len(targets)
     model.train(was_training)
     if seen == 0:
@@ -120,6 +152,7 @@ def evaluate(
         predictions=preds.numpy(),
         targets=targets.numpy(),
         mean_iou=torch.cat(ious).mean().item() if ious else None,
+        pointing_game=100.0 * torch.cat(hits).float().mean().item() if hits else None,
         retrieval=retrieval_metrics(torch.cat(embeddings), targets) if retrieval else None,
     )
 

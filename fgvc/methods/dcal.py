@@ -48,7 +48,8 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   map (B, rows, cols) that chose the GLCA queries.
 * **Training outputs**: ``logits`` = SA logits (what ``fit`` reports as train top-1), ``extras`` =
   ``sa_logits``, ``glca_logits``, ``pwca_logits`` (when run), ``pwca_pairs`` (the distractor index of each
-  image), ``glca_queries`` (B, R) patch indices (0 = first patch token).
+  image), ``glca_queries`` (B, R) patch indices (0 = first patch token); ``glca_attention`` (B, heads, R, T)
+  only when ``model.return_glca_attention`` is set (``fgvc.viz`` sets it for the call it draws).
 
 Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``),
 attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout needs a whole map:
@@ -161,6 +162,9 @@ class DCAL(FGVCModel):
         self.glca_norm = copy.deepcopy(bb.norm)
         self.glca_head = nn.Linear(dim, self.num_classes)
         self.loss_weights = nn.Parameter(torch.zeros(3))  # uncertainty weights w (SA, GLCA, PWCA)
+        # Set True (fgvc.viz does, for one call) to get extras["glca_attention"]: (B, heads, R, T) GLCA
+        # probabilities from the R local queries. Off by default: no extra cost in training or evaluation.
+        self.return_glca_attention = False
 
     def forward(self, x: Tensor) -> ModelOutput:
         bb = self.backbone
@@ -195,7 +199,9 @@ class DCAL(FGVCModel):
         score = rollout_map(maps, prefix)  # (B, N), no gradient
         n = t - prefix
         queries = score.topk(local_query_count(self.glca_ratio, n), dim=-1).indices  # (B, R)
-        g, _, _ = block_forward(self.glca, glca_input, query_index=queries + prefix)  # (B, R, D)
+        g, glca_probs, _ = block_forward(
+            self.glca, glca_input, query_index=queries + prefix, need_weights=self.return_glca_attention
+        )  # (B, R, D), (B, heads, R, T) or None
         glca_feature = self.glca_norm(g).mean(dim=1)  # (B, D)
         glca_logits = self.glca_head(glca_feature)
 
@@ -205,6 +211,8 @@ class DCAL(FGVCModel):
         similarity = score.reshape(b, rows, cols) if rows * cols == n else None
         embedding = torch.cat([sa_feature, glca_feature], dim=-1)  # (B, 2D)
         extras = dict(sa_logits=sa_logits, glca_logits=glca_logits, glca_queries=queries)
+        if glca_probs is not None:
+            extras["glca_attention"] = glca_probs
         if not self.training:
             logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
             logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)

@@ -1,0 +1,55 @@
+"""Seeing what a model looks at: attention maps, rollout, GLSim's crop, DCAL's GLCA, TransFG's parts,
+overlays at any resolution, batch grids, Grad-CAM / FinerCAM (optional), error analysis, and an
+interactive explorer for Jupyter.
+
+    from fgvc import viz
+    maps = viz.attention_maps(model, images)      # every map of a batch, read by kind / layer / head
+    fig = viz.plot_maps(model, images)            # image | each map | crop, one row per image
+    fig.savefig("maps.png")
+    viz.explore({"vit": vit, "glsim": glsim}, data["test"])   # the widget (needs ipywidgets)
+
+Every plotting function returns a matplotlib Figure; none only shows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import denormalize, draw_box, grid_extent, overlay_map, plot_selection, upsample_map
+from .figures import ConfusedPair, confused_pairs, plot_confused_pair, plot_layer_heads, plot_maps
+from .gradcam import grad_cam
+from .maps import MAP_KINDS, AttentionMaps, attention_maps, available_maps, map_box
+
+__all__ = [
+    "MAP_KINDS",
+    "AttentionMaps",
+    "ConfusedPair",
+    "attention_maps",
+    "available_maps",
+    "confused_pairs",
+    "denormalize",
+    "draw_box",
+    "explore",
+    "grad_cam",
+    "grid_extent",
+    "map_box",
+    "overlay_map",
+    "plot_confused_pair",
+    "plot_layer_heads",
+    "plot_maps",
+    "plot_selection",
+    "upsample_map",
+]
+
+
+def explore(model_or_models: Any, data: Any, **kwargs: Any) -> Any:
+    """The interactive explorer widget (``fgvc.viz.explorer.explore``; needs ipywidgets)."""
+    try:
+        from .explorer import explore as _explore
+    except ImportError as err:
+        if "ipywidgets" not in str(err):
+            raise
+        raise ImportError(
+            "fgvc.viz.explore needs ipywidgets: pip install ipywidgets (or pip install 'fgvc[notebooks]')"
+        ) from err
+    return _explore(model_or_models, data, **kwargs)
