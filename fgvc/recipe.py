@@ -140,7 +140,7 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     unknown = set(recipe["train"]) - allowed
     if unknown:
         raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if "steps" in recipe["train"] and "epochs" in recipe["train"]:
+    if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
     seeds = recipe.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
@@ -217,9 +217,9 @@ def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
     """The ``fgvc.fit`` keyword arguments of a recipe: ``steps`` -> epochs, ``lr`` scaled by the batch size."""
     args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
     batch_size = int(args.get("batch_size", 32))
-    if "lr_base_batch_size" in recipe["train"]:
+    if recipe["train"].get("lr_base_batch_size") is not None:  # null (e.g. --set train.lr_base_batch_size=null): off
         args["lr"] = float(args.get("lr", 5e-4)) * batch_size / float(recipe["train"]["lr_base_batch_size"])
-    if "steps" in recipe["train"]:
+    if recipe["train"].get("steps") is not None:
         steps_per_epoch = max(train_size // batch_size, 1)
         args["epochs"] = max(math.ceil(int(recipe["train"]["steps"]) / steps_per_epoch), 1)
     return args
