@@ -1,0 +1,234 @@
+"""Write notebooks/03_attention_visualization.ipynb (committed without outputs).
+
+    .venv/bin/python notebooks/make_03_attention_visualization.py
+
+Edit the cells here, not in the notebook, then run this script: the notebook is regenerated with stable cell
+ids, no outputs and the first code cell tagged ``parameters`` (papermill / nbmake read it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+OUT = Path(__file__).with_name("03_attention_visualization.ipynb")
+
+CELLS: list[tuple[str, str]] = [
+    ("md", """
+# Attention visualization: what each method looks at
+
+Fine-grained classes differ in small parts: a beak, a headlight, a wing tip. A model that is right for the right
+reason looks at those parts. This notebook shows, for the four methods of fgvc (plain **ViT**, **GLSim**,
+**DCAL**, **TransFG**), every map that tells where a model looks, and checks them against the true location of
+the detail.
+
+1. Data and models: the synthetic fine-grained dataset (the class is a small detail with a known box), four
+   tiny models trained briefly (or loaded from checkpoints).
+2. Localization: crop IoU and the pointing game, from `fgvc.evaluate`.
+3. CLS attention per layer and head.
+4. Every map of every method, on the same images: attention, rollout, GLSim's similarity and crop, DCAL's GLCA
+   queries and attention, TransFG's parts.
+5. Grad-CAM and FinerCAM (optional package).
+6. The interactive explorer and the error analysis.
+"""),
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+EPOCHS = 1 if SMOKE else 10                         # training epochs per model
+TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (3000, 500, 500)  # synthetic images per split
+IMG_SIZE = (64, 96)                                 # (height, width): non-square on purpose
+METHODS = ["vit", "glsim", "dcal", "transfg"]
+CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
+DEVICE = None                                       # None: CUDA when available, else CPU
+"""),
+    ("md", """
+## 1. Data and models
+
+Each image hides one small **white-framed glyph** among look-alikes; its interior is the class. Because the
+generator knows where the glyph is, every map below can be checked against a true box (green).
+"""),
+    ("code", """
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+import fgvc
+from fgvc import viz
+from fgvc.data import synthetic_splits
+
+data = synthetic_splits(num_classes=10, image_size=IMG_SIZE, train=TRAIN, val=VAL, test=TEST, seed=0)
+test = data["test"]
+print(test)
+"""),
+    ("md", """
+All four methods share one tiny ViT backbone (8-pixel patches, so a 64 x 96 image is an 8 x 12 grid of
+tokens), trained from scratch. Checkpoints in `CHECKPOINTS` are reused (the full run saves them there); in
+SMOKE mode the models train for a few steps only, so their maps show the machinery, not learned behaviour.
+"""),
+    ("code", """
+backbone_kwargs = dict(patch_size=8, embed_dim=64, depth=2 if SMOKE else 4, num_heads=4, mlp_ratio=2.0)
+models = {}
+for method in METHODS:
+    checkpoint = Path(CHECKPOINTS) / method / "best.safetensors"
+    if checkpoint.is_file() and not SMOKE:
+        models[method] = fgvc.load_model(checkpoint)
+        print(f"{method}: loaded {checkpoint}")
+        continue
+    model = fgvc.create_model(method, backbone="vit_tiny_patch16_224", num_classes=10, img_size=IMG_SIZE,
+                              backbone_kwargs=backbone_kwargs)
+    fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32 if SMOKE else 64, lr=1e-3,
+             out_dir=None if SMOKE else checkpoint.parent, device=DEVICE, progress=not SMOKE)
+    models[method] = fgvc.load_model(checkpoint) if not SMOKE else model.eval()
+"""),
+    ("md", """
+## 2. Localization: does the model look at the detail?
+
+`fgvc.evaluate` measures it wherever the data has boxes (here the synthetic boxes; on CUB the
+`bounding_boxes.txt`, on Stanford Cars the annotation boxes, through `fgvc.data.EvalBoxes`):
+
+* **crop IoU**: overlap of the region a method crops (GLSim's box) with the true box;
+* **pointing game**: the share of images whose map peak (GLSim's similarity, DCAL's rollout) falls inside the
+  true box. A high top-1 with a low pointing game means the model found a shortcut.
+"""),
+    ("code", """
+results = {method: fgvc.evaluate(model, test) for method, model in models.items()}
+print(f"{'method':8s} {'top-1':>6s} {'crop IoU':>9s} {'pointing':>9s}")
+for method, r in results.items():
+    iou = "-" if r.mean_iou is None else f"{r.mean_iou:.2f}"
+    pg = "-" if r.pointing_game is None else f"{r.pointing_game:.0f}%"
+    print(f"{method:8s} {r.top1:5.1f}% {iou:>9s} {pg:>9s}")
+"""),
+    ("md", """
+## 3. CLS attention per layer and head
+
+Each panel is the attention of the CLS token to every patch in one layer and one head (last column: the mean
+over heads). Early layers usually attend broadly; in later layers heads specialise. For TransFG the last
+row is its *part block*, which only sees the parts the earlier layers selected: its attention lands on those
+few patches.
+"""),
+    ("code", """
+images = torch.stack([test[i][0] for i in range(4)])  # (4, 3, H, W)
+targets = [test[i][1] for i in range(4)]
+h, w = IMG_SIZE
+gt_boxes = test.input_boxes[:4] * torch.tensor([w, h, w, h])  # true boxes in input pixels
+
+for method, model in models.items():
+    fig = viz.plot_layer_heads(model, images[0], mean=test.mean, std=test.std)
+    fig.suptitle(f"{method}: CLS attention per layer and head")
+    plt.show()
+"""),
+    ("md", """
+## 4. Every map of every method
+
+One row per image: the image with the true box (green) and the crop (red), then each map the method has,
+then the crop. The crop is GLSim's own (the region it re-encodes); for the other methods it is the box around
+the top cells of the last map, i.e. what that map points at.
+
+* **CLS attention** (last layer, head mean) and **rollout** (attention multiplied through the layers, with
+  the residual path): available for every method.
+* **GLSim similarity**: cosine similarity between the CLS token and each patch; its top patches make the crop.
+* **DCAL GLCA queries**: the patches with the highest rollout, used as queries of the global-local
+  cross-attention; **GLCA attention**: where those queries look.
+* **TransFG parts**: the patch each head selects (the count of heads per patch).
+"""),
+    ("code", """
+for method, model in models.items():
+    fig = viz.plot_maps(model, images, targets=targets, gt_boxes=gt_boxes, class_names=test.classes,
+                        mean=test.mean, std=test.std)
+    plt.show()
+"""),
+    ("md", """
+Any map can be drawn on its own, over an image at any resolution (here the image at twice the input size),
+and saved: every function returns the matplotlib Figure.
+"""),
+    ("code", """
+maps = viz.attention_maps(models["glsim"], images)
+big = viz.denormalize(images, test.mean, test.std)[0].repeat(2, axis=0).repeat(2, axis=1)  # (2H, 2W, 3)
+fig = viz.overlay_map(big, maps.get("similarity")[0], input_size=IMG_SIZE, patch_size=(8, 8), smooth=True,
+                      title="GLSim similarity over a 2x image")
+Path(CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+fig.savefig(Path(CHECKPOINTS) / "glsim_similarity.png")
+plt.show()
+"""),
+    ("md", """
+## 5. Grad-CAM and FinerCAM (optional)
+
+Gradient-based maps explain one class: **Grad-CAM** weighs the last block's patch features by the gradient
+of the class score; **FinerCAM** uses the gradient of the class score *minus* those of its most similar
+classes, so it highlights what tells the class apart from its look-alikes, the question fine-grained
+recognition is about. They need `pip install grad-cam` (the `fgvc[gradcam]` extra); fgvc reshapes the
+tokens to the real patch grid (pytorch-grad-cam's ViT example assumes 14 x 14).
+"""),
+    ("code", """
+try:
+    cams = {kind: viz.grad_cam(models["vit"], images, targets, method=kind) for kind in ("gradcam", "finercam")}
+except ImportError as err:
+    print(err)
+else:
+    shown = viz.denormalize(images, test.mean, test.std)
+    fig, axes = plt.subplots(2, len(images), figsize=(2.4 * len(images), 2 * (2.4 * h / w + 0.4)))
+    for row, (kind, cam) in enumerate(cams.items()):
+        for i in range(len(images)):
+            viz.overlay_map(shown[i], cam[i], ax=axes[row, i], input_size=IMG_SIZE, title=f"vit {kind}")
+    fig.tight_layout()
+    plt.show()
+"""),
+    ("md", """
+## 6. The explorer
+
+Choose an image (by index, by class, or upload a file), the method, the map, the layer and the head: the
+figure, the crop and the top-5 predictions with the true label follow. The **Errors** tab evaluates the chosen
+method and lists its most confused class pairs (true -> predicted) with example images of both classes.
+"""),
+    ("code", """
+explorer = viz.explore(models, test, results=results)
+explorer
+"""),
+    ("md", """
+The same error analysis without widgets: the most frequent mistakes of GLSim, and examples of the first one.
+"""),
+    ("code", """
+pairs = viz.confused_pairs(results["glsim"].confusion_matrix, k=5)
+for p in pairs:
+    print(f"{test.classes[p.true]:>16s} -> {test.classes[p.predicted]:<16s} {p.count} images ({100 * p.rate:.0f}%)")
+if pairs:
+    fig = viz.plot_confused_pair(test, pairs[0], results["glsim"].predictions)
+    plt.show()
+"""),
+    ("md", """
+**Next:** the same calls work on real data: build the models with `pretrained=True`, wrap the test set in
+`fgvc.data.EvalBoxes` to get crop IoU and the pointing game on CUB or Stanford Cars (see `data/README.md`).
+"""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    """The notebook: stable cell ids (hash of the position), no outputs, the parameters cell tagged."""
+    cells = []
+    for i, (kind, source) in enumerate(CELLS):
+        source = source.strip("\n")
+        cell_id = hashlib.sha1(f"03-{i}".encode()).hexdigest()[:8]
+        if kind == "md":
+            cell = new_markdown_cell(source, id=cell_id)
+        else:
+            cell = new_code_cell(source, id=cell_id)
+            if kind == "params":
+                cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    nb = new_notebook(cells=cells)
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    return nb
+
+
+if __name__ == "__main__":
+    nbformat.write(build(), OUT)
+    print(f"wrote {OUT}")
