@@ -13,7 +13,7 @@ from .backbone import EncoderOutput, ViTBackbone
 from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
 from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
-from .train import History, fit, seed_everything
+from .train import History, fit, plot_log, seed_everything
 
 __all__ = [
     "EncoderOutput",
@@ -29,6 +29,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_weights",
+    "plot_log",
     "read_metadata",
     "register_model",
     "save_model",

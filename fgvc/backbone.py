@@ -99,6 +99,8 @@ class ViTBackbone(nn.Module):
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
         checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead
             (timm state-dict format; classifier weights in it are dropped, position embeddings resampled).
+            ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
+            refused.
         drop_path_rate: stochastic depth.
         patch_stride: overlapping patches (``OverlapPatchEmbed``): the patch-embedding convolution keeps its
             P x P kernel but moves by this stride (1..P); None: stride P, the usual non-overlapping grid.
@@ -132,10 +134,16 @@ class ViTBackbone(nn.Module):
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
-            kwargs["pretrained_cfg_overlay"] = dict(file=checkpoint_path)
+            from .checkpoint import load_state_dict_file  # late: checkpoint imports the methods
+
+            # read here, safely (.pth through torch.load(weights_only=True)); timm then filters the dict
+            # (drops the classifier, resamples position embeddings) as for its own pretrained weights
+            kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
             pretrained = True
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
         self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if isinstance(getattr(self.vit, "pretrained_cfg", None), dict):
+            self.vit.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):
             raise ValueError(f"{name} is not a ViT-family model (it has no patch_embed and blocks)")
         self._check_divisible(self.vit.patch_embed.patch_size)

@@ -2,26 +2,72 @@
 
 One file per checkpoint (``.safetensors``); its metadata entry ``"fgvc"`` is a JSON object with the method,
 backbone, options, input size, class names and anything the caller adds (metrics, epoch). It can be read
-without loading the weights (``read_metadata``). Writes go to a temporary file that is renamed into place,
-so a crash never leaves a half-written checkpoint or destroys the previous one.
+without loading the weights (``read_metadata``). Writes go to a temporary file that is flushed to disk and
+renamed into place, so a crash or a full disk never leaves a half-written checkpoint or destroys the
+previous one.
+
+Training state for ``fit(resume=...)`` (``save_train_state``) is one more safetensors file holding the model
+weights, the optimizer tensors and the RNG state as tensors, and everything else (scheduler, grad scaler,
+step, sampler position, history) as JSON: one file, so model and optimizer can never come from different
+steps, and nothing of fgvc's own is ever unpickled. Foreign ``.pth`` files are read with
+``torch.load(weights_only=True)`` only (``load_state_dict_file``): a pickle that would run code is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from .methods.base import FGVCModel, create_model
 
-__all__ = ["load_model", "load_weights", "read_metadata", "save_model"]
+__all__ = [
+    "load_model",
+    "load_state_dict_file",
+    "load_train_state",
+    "load_weights",
+    "read_metadata",
+    "save_model",
+    "save_train_state",
+]
 
 FORMAT_VERSION = 1
+TRAIN_STATE_VERSION = 1
+
+
+def atomic_save_file(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """``safetensors.save_file`` to a temporary file, fsync, then rename over ``path``.
+
+    A crash or a full disk leaves either the old file or the new one, never a truncated one, and no
+    temporary file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:  # make the rename itself durable (POSIX); not possible everywhere
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def save_model(
@@ -39,19 +85,12 @@ def save_model(
         raise ValueError(f"{len(class_names)} class names given for a model with {model.num_classes} classes")
     meta = dict(model.config, class_names=class_names, fgvc_version=__version__, format=FORMAT_VERSION)
     meta.update(extra or {})
-    # safetensors refuses shared storage; contiguous clones keep the file self-contained.
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={"fgvc": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_save_file(_model_tensors(model), path, {"fgvc": json.dumps(meta)})
+
+
+def _model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
+    """state_dict as self-contained CPU tensors (safetensors refuses shared storage)."""
+    return {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -72,8 +111,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
     """Load an fgvc checkpoint's weights into an existing model (strict). Returns the metadata.
 
-    A class-count or input-size mismatch is reported as such, before any tensor is copied.
+    A class-count or input-size mismatch is reported as such, before any tensor is copied. A legacy
+    ``.pth`` / ``.pt`` / ``.bin`` state dict (of the same model) is read with ``torch.load(weights_only=True)``
+    and returns empty metadata.
     """
+    if Path(path).suffix != ".safetensors" and Path(path).is_file():
+        state = load_state_dict_file(path)
+        _check_state_matches(model, state, path)
+        model.load_state_dict(state, strict=True)
+        return {}
     meta = read_metadata(path)
     if meta["num_classes"] != model.num_classes:
         raise ValueError(
@@ -83,6 +129,13 @@ def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("method") != model.method:
         raise ValueError(f"checkpoint {path} holds a {meta.get('method')!r} model, not {model.method!r}")
     state = load_file(str(path))
+    _check_state_matches(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return meta
+
+
+def _check_state_matches(model: torch.nn.Module, state: dict[str, Tensor], path: Any) -> None:
+    """Same keys and shapes as the model, or an error naming the first differences."""
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise ValueError(
@@ -95,8 +148,102 @@ def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
                 f"checkpoint {path}: {name} has shape {tuple(state[name].shape)}, the model expects "
                 f"{tuple(tensor.shape)} (different img_size or backbone?)"
             )
-    model.load_state_dict(state, strict=True)
-    return meta
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A state dict from ``.safetensors`` or a legacy ``.pth`` / ``.pt`` / ``.bin``, never running pickled code.
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
+    containers; a file that asks for anything else (a pickle that would import and call a function) is
+    refused with ``ValueError``. ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped and a
+    ``module.`` prefix (DataParallel / DDP) is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"refusing to load {path}: it is a pickle that needs more than tensors to load (it could run code "
+            f"on this machine), and fgvc only reads .pth files with torch.load(weights_only=True). If you "
+            f"trust its source, convert it once to .safetensors in a separate session. Details: {e}"
+        ) from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------------------------ training state
+def save_train_state(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, Tensor],
+    state: dict[str, Any],
+) -> Path:
+    """Everything ``fit(resume=...)`` needs, in one atomically written safetensors file.
+
+    Keys: ``model/<name>`` (weights), ``optim/<param index>/<name>`` (optimizer tensors, e.g. AdamW's
+    moments), and the caller's ``tensors`` (RNG states); metadata ``fgvc_train_state``: ``state`` (JSON)
+    plus the optimizer's non-tensor state and param groups.
+    """
+    out = {f"model/{k}": v for k, v in _model_tensors(model).items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt_state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, Tensor):
+                out[f"optim/{index}/{name}"] = value.detach().contiguous().cpu().clone()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    out.update({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()})
+    meta = dict(
+        state,
+        format=TRAIN_STATE_VERSION,
+        optimizer=dict(param_groups=opt_state["param_groups"], scalars=scalars),
+        model_config=getattr(model, "config", None),
+    )
+    return atomic_save_file(out, path, {"fgvc_train_state": json.dumps(meta)})
+
+
+def load_train_state(
+    path: str | os.PathLike,
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
+    """Read a ``save_train_state`` file: (model state dict, JSON state, the other tensors).
+
+    The optimizer's state dict is rebuilt into ``state["optimizer_state_dict"]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training state not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+    if "fgvc_train_state" not in header:
+        raise ValueError(f"{path} is not an fgvc training state (no 'fgvc_train_state' metadata)")
+    meta = json.loads(header["fgvc_train_state"])
+    flat = load_file(str(path))
+    model_state = {k[len("model/") :]: v for k, v in flat.items() if k.startswith("model/")}
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    for index, entries in meta["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(index), {}).update(entries)
+    meta["optimizer_state_dict"] = dict(state=opt_state, param_groups=meta["optimizer"]["param_groups"])
+    others = {k: v for k, v in flat.items() if not k.startswith(("model/", "optim/"))}
+    return model_state, meta, others
 
 
 def load_model(

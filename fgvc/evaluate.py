@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
 from .methods.base import FGVCModel
 from .retrieval import RetrievalResult, retrieval_metrics
 
@@ -90,6 +91,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = False,
     retrieval: bool = False,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
@@ -100,22 +102,32 @@ def evaluate(
     (``pointing_game()``). Datasets read from disk have ``.boxes`` in the original image's frame,
     which a resize + center crop changes: wrap them in ``fgvc.data.EvalBoxes`` to map the boxes through the
     test transform. ``SyntheticFGVC`` (drawn at the input size) has ``input_boxes`` itself.
+
+    Under ``torchrun`` (``distributed=None``: whenever a process group of more than one process is up) every
+    rank must call this: each evaluates a contiguous run of whole batches, without the padding
+    ``DistributedSampler`` would add, and the per-batch results are gathered in order, so every rank returns
+    metrics over exactly the N images, equal to a single-process run with the same ``batch_size``.
+    ``distributed=False`` evaluates everything on this rank alone.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    sharded = distributed is not False and is_distributed()
+    start, stop = _shard(len(data), batch_size) if sharded else (0, len(data))
+    shard = Subset(data, range(start, stop)) if sharded else data
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     gt_boxes = getattr(data, "input_boxes", None)
     h, w = model.img_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     logits_all, targets_all, ious, embeddings = [], [], [], []
     hits: list[Tensor] = []  # pointing game, per batch (B,) bool
-    loss_sum, seen = 0.0, 0
+    batch_losses: list[float] = []  # per batch: mean loss x batch size
+    seen = start  # index in ``data`` of the next image
     for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, targets = images.to(device), targets.to(device)
         out = model(images)
         _check_labels(targets, out.logits.shape[1])
-        loss_sum += model.loss(out, targets).item() * len(targets)
+        batch_losses.append(model.loss(out, targets).item() * len(targets))
         logits_all.append(out.logits.float().cpu())
         targets_all.append(targets.cpu())
         if retrieval:
@@ -131,6 +143,13 @@ def evaluate(
             hits.append(pointing_game(out.similarity.cpu(), gt, bb.patch_size, bb.patch_stride))
         seen += len(targets)
     model.train(was_training)
+    if sharded:  # gather the shards, in rank order = data order
+        parts = all_gather_objects((logits_all, targets_all, ious, embeddings, hits, batch_losses))
+        logits_all, targets_all, ious, embeddings, hits, batch_losses = (
+            [x for part in parts for x in part[i]] for i in range(6)
+        )
+    seen = sum(len(t) for t in targets_all)
+    loss_sum = sum(batch_losses)  # summed in batch order, as a single process does
     if seen == 0:
         raise ValueError("evaluate() got an empty dataset")
 
@@ -155,6 +174,13 @@ def evaluate(
         pointing_game=100.0 * torch.cat(hits).float().mean().item() if hits else None,
         retrieval=retrieval_metrics(torch.cat(embeddings), targets) if retrieval else None,
     )
+
+
+def _shard(n: int, batch_size: int) -> tuple[int, int]:
+    """(start, stop) of this rank's contiguous run of whole batches (possibly empty)."""
+    batches, world, rank = -(-n // batch_size), get_world_size(), get_rank()
+    b0, b1 = rank * batches // world, (rank + 1) * batches // world
+    return min(b0 * batch_size, n), min(b1 * batch_size, n)
 
 
 def _check_labels(targets: Tensor, num_classes: int) -> None:
