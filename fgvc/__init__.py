@@ -13,6 +13,9 @@ from .backbone import EncoderOutput, ViTBackbone
 from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
 from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
+from .predict import Prediction, predict
+from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
+from .retrieval import RetrievalResult, retrieval_metrics
 from .train import History, fit, plot_log, seed_everything
 
 __all__ = [
@@ -21,17 +24,25 @@ __all__ = [
     "FGVCModel",
     "History",
     "ModelOutput",
+    "Prediction",
+    "RecipeResult",
+    "RetrievalResult",
     "ViTBackbone",
     "__version__",
     "create_model",
     "evaluate",
     "fit",
     "list_models",
+    "list_recipes",
+    "load_recipe",
     "load_model",
     "load_weights",
     "plot_log",
+    "predict",
     "read_metadata",
     "register_model",
+    "retrieval_metrics",
     "save_model",
     "seed_everything",
+    "train_recipe",
 ]

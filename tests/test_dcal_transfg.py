@@ -173,6 +173,43 @@ def test_pwca_reuses_block_1_projection_of_sa_with_the_reference_gradients():
         assert (g is None and r is None) or torch.allclose(g, r, atol=1e-5)
 
 
+@pytest.mark.parametrize("pwca_blocks", [1, 2, 3])
+def test_pwca_in_the_last_t_blocks_branches_from_the_sa_stream(pwca_blocks):
+    # the paper's T: the PWCA stream is the SA stream up to block L-T, then PWCA runs in the last T blocks
+    model = fgvc.create_model("dcal", num_classes=4, img_size=(32, 48), pwca_blocks=pwca_blocks, **tiny(3))
+    model.train()
+    bb = model.backbone
+    counts = [0] * 3
+    for i, block in enumerate(bb.blocks):
+        block.attn.qkv.register_forward_hook(lambda m, inp, o, i=i: counts.__setitem__(i, counts[i] + 1))
+    x = torch.randn(4, 3, 32, 48)
+    out = model(x)
+    start = 3 - pwca_blocks
+    assert counts == [1 if i <= start else 2 for i in range(3)]  # no PWCA cost before block L-T
+    pairs = out.extras["pwca_pairs"]
+    params = [w for w in bb.parameters() if w.requires_grad]
+    grads = torch.autograd.grad(out.extras["pwca_logits"].square().sum(), params, allow_unused=True)
+    sa = bb.embed(x)
+    for i, block in enumerate(bb.blocks):
+        if i == start:
+            pw = sa
+        if i >= start:
+            _, k_sa, v_sa = qkv_of(block, sa)
+            q, k, v = qkv_of(block, pw)
+            keys, values = torch.cat([k, k_sa[pairs]], 2), torch.cat([v, v_sa[pairs]], 2)  # (B, heads, 2T, hd)
+            a = (q @ keys.transpose(-1, -2) * block.attn.scale).softmax(-1)
+            mid = pw + block.attn.proj((a @ values).transpose(1, 2).reshape(4, 7, 64))
+            pw = mid + block.mlp(block.norm2(mid))
+        sa = block(sa)
+    ref_logits = model.head(bb.pool(bb.norm(pw)))
+    assert torch.allclose(out.extras["pwca_logits"], ref_logits, atol=1e-5)
+    ref = torch.autograd.grad(ref_logits.square().sum(), params, allow_unused=True)
+    for g, r in zip(grads, ref, strict=True):
+        assert (g is None and r is None) or torch.allclose(g, r, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pwca_blocks=4 must be between 1 and the backbone's 3 blocks"):
+        fgvc.create_model("dcal", num_classes=4, img_size=32, pwca_blocks=4, **tiny(3))
+
+
 def test_block_forward_explicit_fused_and_partial_paths_equal_the_timm_block():
     block = timm.create_model("test_vit", img_size=32, depth=1).blocks[0]
     x = torch.randn(3, 5, 64)

@@ -25,9 +25,11 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   - classifier: its own LayerNorm (initialised as a copy of the backbone's final norm) applied to every GLCA
     output token, then the **mean over the R query tokens** (no CLS among the queries, so exactly
     ``ceil(R * N)`` queries), then its own linear head.
-* **PWCA** (pair-wise cross-attention), T = all L blocks (the paper's T = 12 for 12-block models),
-  **training only** (not run at inference, zero cost there), shares every SA weight (no new parameters):
-  SA norm and head classify its output.
+* **PWCA** (pair-wise cross-attention), T = all L blocks by default (the paper's T = 12 for 12-block
+  models), **training only** (not run at inference, zero cost there), shares every SA weight (no new
+  parameters): SA norm and head classify its output. ``pwca_blocks=T`` runs it in the last T blocks only:
+  before block L-T+1 the PWCA stream is the SA stream itself (same tensors, so no second pass and the PWCA
+  loss's gradient flows through SA's early blocks), and the first PWCA block takes SA's q, k, v.
   - pairing: inside the model, a uniformly random derangement of the batch (a permutation without fixed
     points, so an image is never its own distractor), drawn from torch's global generator (so ``fgvc.fit``'s
     seed makes it reproducible). Batches of one image skip PWCA (no distractor exists).
@@ -127,7 +129,8 @@ class DCAL(FGVCModel):
 
     Options: ``glca_ratio`` (0.1: share of patch tokens used as GLCA queries), ``glca_block`` (-1: the SA
     block GLCA runs beside, at least the second), ``pwca`` (True; False turns the PWCA branch off, an
-    ablation; it adds no parameters either way).
+    ablation; it adds no parameters either way), ``pwca_blocks`` (the paper's T: PWCA in the last T blocks;
+    None, the default, is all L as the paper; fewer blocks make the training step cheaper, see the module doc).
     """
 
     def __init__(
@@ -136,9 +139,10 @@ class DCAL(FGVCModel):
         glca_ratio: float = 0.1,
         glca_block: int = -1,
         pwca: bool = True,
+        pwca_blocks: int | None = None,
         **common: Any,
     ) -> None:
-        options = dict(glca_ratio=glca_ratio, glca_block=glca_block, pwca=pwca)
+        options = dict(glca_ratio=glca_ratio, glca_block=glca_block, pwca=pwca, pwca_blocks=pwca_blocks)
         super().__init__(options=options, **common)
         bb = self.backbone
         if not bb.has_class_token:
@@ -151,11 +155,14 @@ class DCAL(FGVCModel):
                 f"glca_block={glca_block} must index blocks 1..{depth - 1} (or -{depth - 1}..-1) of the "
                 f"{depth}-block backbone: GLCA needs at least one block before it for the rollout"
             )
+        if pwca_blocks is not None and not 1 <= pwca_blocks <= depth:
+            raise ValueError(f"pwca_blocks={pwca_blocks} must be between 1 and the backbone's {depth} blocks (or None: all)")
         rows, cols = bb.grid_size
         self.num_queries = local_query_count(glca_ratio, rows * cols)  # validates glca_ratio
         self.glca_ratio = glca_ratio
         self.glca_index = glca_block % depth
         self.pwca = pwca
+        self.pwca_start = depth - (depth if pwca_blocks is None else pwca_blocks)  # first block with PWCA
         dim = bb.embed_dim
         self.head = nn.Linear(dim, self.num_classes)  # SA (and PWCA) classifier
         self.glca = copy.deepcopy(bb.blocks[self.glca_index])  # own weights, pretrained start
@@ -173,7 +180,7 @@ class DCAL(FGVCModel):
         b, t, _ = sa.shape
         run_pwca = self.training and self.pwca and b > 1
         pairs = random_derangement(b, device=sa.device) if run_pwca else None
-        pw = sa
+        pw = sa  # the PWCA stream; before block pwca_start it is the SA stream itself
         explicit = not torch.is_grad_enabled() or sa.device.type in EXPLICIT_TRAINING_DEVICES
         maps: list[Tensor] = []  # per block before GLCA: (B, 1, T, T) head-mean attention, (B, 1, 1, T) last
         glca_input = sa
@@ -190,9 +197,11 @@ class DCAL(FGVCModel):
                 )
             if probs is not None:
                 maps.append(probs)
-            if pairs is not None:  # image 1's queries over [image 1; image 2] keys and values
-                shared = (q, k, v) if i == 0 else None  # block 1: both streams have the same input
-                pw, _, _ = block_forward(block, pw, extra_kv=(k[pairs], v[pairs]), qkv=shared)
+            if pairs is not None and i >= self.pwca_start:  # image 1's queries over [image 1; image 2] k, v
+                first = i == self.pwca_start  # the streams still share their input: q, k, v are SA's
+                pw, _, _ = block_forward(
+                    block, sa if first else pw, extra_kv=(k[pairs], v[pairs]), qkv=(q, k, v) if first else None
+                )
             sa = sa_next
 
         # GLCA: local queries from the rollout over blocks 1..p-1, global keys / values
