@@ -305,6 +305,7 @@ def train_recipe(
     recipe's ``train`` section for every seed. ``results.json`` and ``results.md`` are written to ``out_dir``.
     """
     from .checkpoint import load_weights
+    from .distributed import barrier, init_distributed, is_main_process
     from .methods import create_model
     from .train import fit
 
@@ -317,17 +318,25 @@ def train_recipe(
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
     out_dir = Path(out_dir)
     result = RecipeResult(recipe=recipe)
+    # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its
+    # shard, rank 0 alone writes files.
+    device = init_distributed(fit_options.get("device", recipe["train"].get("device")))
+    main = is_main_process()
     for seed in seeds:
         run_dir = out_dir / f"seed{seed}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         num_classes = _num_classes(recipe)
         model = create_model(num_classes=num_classes, **recipe["model"])
         data = build_recipe_data(recipe, model)
         args = fit_arguments(recipe, len(data["train"]))
         args.update(fit_options)
-        resolved = dict(recipe, seeds=[seed], resolved_fit_arguments=args, run_info=run_info())
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
+        args["device"] = device
+        if main:
+            resolved = dict(recipe, seeds=[seed], resolved_fit_arguments=args, run_info=run_info())
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
         history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
+        barrier()  # the checkpoint rank 0 wrote is complete before any rank reads it
         chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
         load_weights(model, chosen)
         ev = _evaluate_split(
@@ -335,7 +344,7 @@ def train_recipe(
             data["test"],
             recipe["data"],
             batch_size=int(args.get("batch_size", 32)),
-            device=args.get("device"),
+            device=device,
             num_workers=int(args.get("num_workers", 0)),
         )
         run = dict(
@@ -350,7 +359,10 @@ def train_recipe(
             test_crop_iou=ev.mean_iou,
         )
         result.runs.append(run)
-        (run_dir / "test.json").write_text(json.dumps(run, indent=2))
+        if main:
+            (run_dir / "test.json").write_text(json.dumps(run, indent=2))
+    if not main:
+        return result
     summary = {k: {"mean": m, "std": s} for k, (m, s) in result.summary().items()}
     (out_dir / "results.json").write_text(
         json.dumps(dict(name=recipe.get("name"), expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), runs=result.runs, summary=summary), indent=2, allow_nan=True)
@@ -381,7 +393,9 @@ def _plain(x: Any) -> Any:
         return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    return x
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)  # e.g. torch.device
 
 
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:

@@ -90,3 +90,18 @@ def test_every_option_has_help():
     for name in ("train", "eval", "predict"):
         for action in subparsers[name]._actions:
             assert action.help, f"fgvc {name} {action.option_strings or action.dest} has no help"
+
+
+def test_train_resume_continues_the_finished_run_instead_of_starting_over(cub_run, tmp_path):
+    root, out, _ = cub_run
+    before = json.loads((out / "results.json").read_text())["runs"][0]
+    log_lines = (out / "seed0" / "log.jsonl").read_text().splitlines()
+    config = out / "seed0" / "config.yaml"
+    recipe = yaml.safe_load(config.read_text())
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k not in ("run_info", "resolved_fit_arguments")}))
+    assert main(["train", "--config", str(path), "--out", str(out), "--resume", "--no-progress"]) == 0
+    after = json.loads((out / "results.json").read_text())["runs"][0]
+    assert after["test_top1"] == before["test_top1"] and after["best_epoch"] == before["best_epoch"]
+    epochs_logged = [json.loads(line) for line in (out / "seed0" / "log.jsonl").read_text().splitlines()]
+    assert len(epochs_logged) == len(log_lines)  # nothing was trained again
