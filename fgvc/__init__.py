@@ -14,6 +14,7 @@ from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
 from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
 from .predict import Prediction, predict
+from .profile import ProfileResult, profile
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
 from .retrieval import RetrievalResult, retrieval_metrics
 from .train import History, fit, plot_log, seed_everything
@@ -25,6 +26,7 @@ __all__ = [
     "History",
     "ModelOutput",
     "Prediction",
+    "ProfileResult",
     "RecipeResult",
     "RetrievalResult",
     "ViTBackbone",
@@ -39,6 +41,7 @@ __all__ = [
     "load_weights",
     "plot_log",
     "predict",
+    "profile",
     "read_metadata",
     "register_model",
     "retrieval_metrics",
