@@ -275,6 +275,30 @@ def test_aircraft_through_torchvision_with_boxes_and_banner(tmp_path):
         build_dataset("aircraft", tmp_path, "train", annotation_level="manufacturer")
 
 
+# ---------------------------------------------------------------- Flowers-102
+
+
+def test_flowers_official_mat_files_splits_and_names(tmp_path):
+    from scipy.io import savemat
+
+    base = tmp_path / "flowers-102"
+    labels = [1, 1, 2, 77, 102, 2]  # image_00001 .. image_00006, 1-based classes
+    for i in range(1, 7):
+        write_image(base / "jpg" / f"image_{i:05d}.jpg")
+    savemat(base / "imagelabels.mat", {"labels": np.array([labels])})
+    savemat(base / "setid.mat", {"trnid": np.array([[1, 3]]), "valid": np.array([[5]]), "tstid": np.array([[2, 4, 6]])})
+    train = build_dataset("flowers", tmp_path, "train")
+    test = build_dataset("flowers", base, "test")
+    assert len(train.classes) == 102 and train.classes[0] == "pink primrose"  # torchvision's names
+    assert train.targets == [0, 1] and test.targets == [0, 76, 1]
+    assert [Path(p).name for p, _ in test.samples] == ["image_00002.jpg", "image_00004.jpg", "image_00006.jpg"]
+    assert train[0][0].mode == "RGB" and train.boxes_pixels is None
+    assert check_dataset("flowers", tmp_path, quick=True).ok
+    (base / "setid.mat").unlink()
+    with pytest.raises(FileNotFoundError, match="setid.mat is missing"):
+        build_dataset("flowers", tmp_path, "val")
+
+
 # ---------------------------------------------------------------- NABirds
 
 

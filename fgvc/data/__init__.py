@@ -12,6 +12,7 @@ from .check import DataReport, SplitReport, check_dataset
 from .common import CorruptImageError, ImageDataset, Records, check_image, load_rgb, to_rgb
 from .cub import CUB200
 from .datasets import DATASETS, build_dataset, dataset_splits, list_datasets
+from .flowers import Flowers102
 from .folder import ImageFolderDataset
 from .nabirds import NABirds
 from .splits import SubsetDataset, subset_classes, train_val_split
@@ -25,6 +26,7 @@ __all__ = [
     "DataReport",
     "EvalBoxes",
     "FGVCAircraft",
+    "Flowers102",
     "ImageDataset",
     "ImageFolderDataset",
     "NABirds",

@@ -13,6 +13,7 @@ from .aircraft import FGVCAircraft, read_aircraft
 from .cars import StanfordCars, _devkit_root, read_cars
 from .common import Records
 from .cub import CUB200, read_cub
+from .flowers import Flowers102, read_flowers
 from .folder import FOLDER_SPLITS, ImageFolderDataset, folder_splits, read_folder
 from .nabirds import NABirds, read_nabirds
 from .synthetic import SyntheticFGVC
@@ -25,6 +26,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "cars": StanfordCars,
     "aircraft": FGVCAircraft,
     "nabirds": NABirds,
+    "flowers": Flowers102,
     "folder": ImageFolderDataset,
     "synthetic": SyntheticFGVC,
 }
@@ -35,6 +37,7 @@ READERS: dict[str, Callable[..., Records]] = {
     "cars": read_cars,
     "aircraft": read_aircraft,
     "nabirds": read_nabirds,
+    "flowers": read_flowers,
     "folder": read_folder,
 }
 
@@ -54,7 +57,7 @@ def dataset_splits(name: str, root: str | os.PathLike | None = None) -> list[str
     _check_name(name)
     if name == "synthetic":
         return ["train", "val", "test"]
-    if name == "aircraft":
+    if name in ("aircraft", "flowers"):
         return ["train", "val", "test"]
     if name == "folder":
         return folder_splits(_need_root(name, root))
@@ -80,7 +83,8 @@ def build_dataset(
     transform: Callable[[Any], Any] | None = None,
     **options: Any,
 ) -> Dataset:
-    """A dataset by name: ``"cub"``, ``"cars"``, ``"aircraft"``, ``"nabirds"``, ``"folder"`` or ``"synthetic"``.
+    """A dataset by name: ``"cub"``, ``"cars"``, ``"aircraft"``, ``"nabirds"``, ``"flowers"``, ``"folder"`` or
+    ``"synthetic"``.
 
     Items are ``(transform(image), label)`` (a PIL RGB image without a transform); every dataset has
     ``classes``, ``targets`` and, where it has boxes, ``boxes`` (fractions of the original image) and
