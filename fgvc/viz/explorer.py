@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..methods.base import FGVCModel
 from .core import _new_figure, denormalize
-from .figures import _describe, confused_pairs, draw_panels, plot_confused_pair, resolve_stats
-from .maps import HEADED, LAYERED, MAP_KINDS, AttentionMaps, attention_maps, available_maps
+from .figures import _SHORT, _describe, confused_pairs, draw_panels, plot_confused_pair, resolve_stats
+from .maps import HEADED, LAYERED, AttentionMaps, attention_maps, available_maps
 
 __all__ = ["Explorer", "explore"]
 
@@ -150,7 +150,7 @@ class Explorer(w.VBox):
     def _set_model_controls(self) -> None:
         """Kinds, layers and heads of the chosen model (keeps the current choice where it exists)."""
         bb = self.model.backbone
-        kinds = [(MAP_KINDS[k], k) for k in available_maps(self.model)]
+        kinds = [(_SHORT[k], k) for k in available_maps(self.model)]
         keep_kind = self.kind.value
         self.kind.options = kinds
         self.kind.value = keep_kind if keep_kind in [k for _, k in kinds] else "attention"
