@@ -166,10 +166,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line] or [str(e).splitlines()[0]]
         raise ValueError(
             f"refusing to load {path}: it is a pickle that needs more than tensors to load (it could run code "
             f"on this machine), and fgvc only reads .pth files with torch.load(weights_only=True). If you "
-            f"trust its source, convert it once to .safetensors in a separate session. Details: {e}"
+            f"trust its source, convert it once to .safetensors in a separate session. torch says: {lines[0]}"
         ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

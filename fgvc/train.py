@@ -49,6 +49,7 @@ from .distributed import (
     all_gather_objects,
     all_reduce_sum,
     any_rank,
+    barrier,
     get_rank,
     get_world_size,
     init_distributed,
@@ -333,13 +334,16 @@ def fit(
     tf32_before = _set_tf32(tf32)
 
     def checkpoint(epoch_next: int, done: int) -> None:
-        """Write the resume state (and, at epoch ends, the caller writes last/best first)."""
+        """Write the resume state (at epoch ends the caller has written last/best before)."""
         if out_dir is None:
             return
         rng = all_gather_objects(_rng_state(device))  # every rank's, so each continues its own stream
         all_sums = all_gather_objects(list(sums))
-        if not main:
-            return
+        if main:
+            write_state(rng, all_sums, epoch_next, done)
+        barrier()  # no rank reads (resume, load best) a file rank 0 is still writing
+
+    def write_state(rng: list[dict[str, Any]], all_sums: list[list[float]], epoch_next: int, done: int) -> None:
         tensors = {}
         for r, entry in enumerate(rng):
             tensors[f"rng/{r}/torch"] = entry.pop("torch")
