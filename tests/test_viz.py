@@ -287,7 +287,7 @@ def test_explorer_error_view_lists_the_most_confused_pairs(data):
 
 
 # -------------------------------------------------------------------------------------------- Grad-CAM
-@pytest.mark.parametrize("method", ["glsim", "transfg"])
+@pytest.mark.parametrize("method", METHODS)
 def test_grad_cam_and_finer_cam_use_the_real_patch_grid(method, images):
     pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
     model = tiny(method)

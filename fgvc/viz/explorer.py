@@ -12,9 +12,10 @@ matplotlib Figure drawn, ``image`` its PNG, ``info`` the predictions (HTML).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as w
@@ -107,7 +108,7 @@ class Explorer(w.VBox):
         self.head = w.Dropdown(description="head", style=style, layout=layout)
         self.image = w.Image(format="png", layout=w.Layout(max_width="760px"))
         self.info = w.HTML()
-        self._set_model_controls()
+        self._set_model_controls(first=True)
 
         # error analysis
         self.analyse = w.Button(description="find confused classes", layout=w.Layout(width="200px"))
@@ -147,8 +148,9 @@ class Explorer(w.VBox):
     def _name(self, c: int) -> str:
         return self.class_names[c] if c < len(self.class_names) else str(c)
 
-    def _set_model_controls(self) -> None:
-        """Kinds, layers and heads of the chosen model (keeps the current choice where it exists)."""
+    def _set_model_controls(self, first: bool = False) -> None:
+        """Kinds, layers and heads of the chosen model (keeps the current choice where it exists; the first
+        time: the last layer)."""
         bb = self.model.backbone
         kinds = [(_SHORT[k], k) for k in available_maps(self.model)]
         keep_kind = self.kind.value
@@ -156,7 +158,7 @@ class Explorer(w.VBox):
         self.kind.value = keep_kind if keep_kind in [k for _, k in kinds] else "attention"
         keep_layer = self.layer.value
         self.layer.max = bb.depth
-        self.layer.value = bb.depth if keep_layer in (None, 1) and self.figure is None else min(keep_layer, bb.depth)
+        self.layer.value = bb.depth if first else min(keep_layer, bb.depth)
         keep_head = self.head.value
         heads = [("mean", "mean")] + [(str(h), str(h)) for h in range(bb.num_heads)]
         self.head.options = heads
@@ -226,6 +228,15 @@ class Explorer(w.VBox):
                 f"</b><table>{''.join(rows)}</table></div>")
 
     # ------------------------------------------------------------------ events
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Change several controls without a redraw for each."""
+        self._hold = True
+        try:
+            yield
+        finally:
+            self._hold = False
+
     def _on_change(self, change: dict) -> None:
         if change["owner"] is self.kind:
             self.layer.disabled = self.kind.value not in LAYERED
@@ -233,11 +244,8 @@ class Explorer(w.VBox):
         self.render()
 
     def _on_method(self, change: dict) -> None:
-        self._hold = True
-        try:
+        with self._held():
             self._set_model_controls()
-        finally:
-            self._hold = False
         if self.method.value in self.results:
             self.find_confused()
         self.render()
@@ -250,10 +258,9 @@ class Explorer(w.VBox):
             return
         after = found[found > int(self.index.value)] if change is None else found
         nxt = int(after[0]) if len(after) else int(found[0])
-        self._hold = True
-        self.source.value = "class"
-        self.index.value = nxt
-        self._hold = False
+        with self._held():
+            self.source.value = "class"
+            self.index.value = nxt
         self.render()
 
     def _on_upload(self, change: dict) -> None:
@@ -274,9 +281,8 @@ class Explorer(w.VBox):
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         self._upload = ((x - mean) / std, name)
-        self._hold = True
-        self.source.value = "upload"
-        self._hold = False
+        with self._held():
+            self.source.value = "upload"
         self.render()
 
     # ------------------------------------------------------------------ error analysis

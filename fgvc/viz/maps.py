@@ -58,15 +58,19 @@ class AttentionMaps:
     """Everything needed to draw any map of a batch (see the module doc); read it with ``get``.
 
     output: the model's evaluation output for the batch.
-    attentions: per block, (B, heads, T, T) attention of the backbone on the images (T = prefix + patches);
-        for TransFG the first L-1 blocks only.
+    cls_rows: per block, (B, heads, T) attention of the CLS token (T = prefix + patches) in the backbone's
+        pass over the images; for TransFG the first L-1 blocks only.
+    head_means: per block, (B, 1, T, T) attention averaged over heads (what the rollout multiplies). Only
+        these reductions are kept, not the (B, heads, T, T) maps: at 448 px a ViT-B's full maps take
+        about 350 MB per image.
     part_attention: TransFG's part block attention, (B, heads, prefix + heads, prefix + heads), else None.
     glca_attention: DCAL's GLCA attention, (B, heads, R, T) from the R local queries, else None.
     """
 
     method: str
     output: ModelOutput
-    attentions: list[Tensor]
+    cls_rows: list[Tensor]
+    head_means: list[Tensor]
     grid_size: tuple[int, int]
     num_prefix_tokens: int
     img_size: tuple[int, int]
@@ -79,11 +83,11 @@ class AttentionMaps:
     @property
     def depth(self) -> int:
         """Number of layers ``attention`` can show."""
-        return len(self.attentions) + (self.part_attention is not None)
+        return len(self.cls_rows) + (self.part_attention is not None)
 
     @property
     def num_heads(self) -> int:
-        return self.attentions[0].shape[1]
+        return self.cls_rows[0].shape[1]
 
     def get(self, kind: str, layer: int = -1, head: int | None = None) -> Tensor:
         """Map ``kind`` as (B, rows, cols) float32. ``layer`` (Python index) for ``attention``; ``head``
@@ -95,7 +99,7 @@ class AttentionMaps:
         if kind == "attention":
             return self.cls_attention(layer, head)
         if kind == "rollout":
-            return rollout_map(self.attentions, self.num_prefix_tokens, self.grid_size)
+            return rollout_map(self.head_means, self.num_prefix_tokens, self.grid_size)
         if kind == "similarity":
             return self.output.similarity.float()
         if kind == "glca_queries":
@@ -116,9 +120,8 @@ class AttentionMaps:
         if not -depth <= layer < depth:
             raise ValueError(f"layer={layer} out of range for {depth} layers")
         layer %= depth
-        if layer < len(self.attentions):
-            a = self.attentions[layer].float()  # (B, heads, T, T)
-            row = a[:, :, 0, self.num_prefix_tokens :]  # (B, heads, N)
+        if layer < len(self.cls_rows):
+            row = self.cls_rows[layer][:, :, self.num_prefix_tokens :]  # (B, heads, N)
             row = row.mean(1) if head is None else row[:, head]  # (B, N)
             return self._grid(row)
         # TransFG's part block: CLS attention to the parts, placed at their patches
@@ -146,8 +149,9 @@ def attention_maps(model: FGVCModel, images: Tensor) -> AttentionMaps:
     """Run ``model`` (eval mode, no gradient) and its backbone with attention on (B, 3, H, W) images.
 
     Two passes: the model's own forward (output, GLSim's similarity and box, DCAL's queries and GLCA
-    attention, TransFG's parts and part-block attention) and the backbone's with ``return_attention`` (the
-    per-layer attention of the image). The model's training mode is restored afterwards.
+    attention, TransFG's parts and part-block attention) and the backbone's, block by block, recording each
+    block's attention (``ViTBackbone.record_attention``) and keeping its CLS row and head mean only, so one
+    block's full maps are alive at a time. The model's training mode is restored afterwards.
     """
     bb = model.backbone
     device = next(model.parameters()).device
@@ -168,15 +172,25 @@ def attention_maps(model: FGVCModel, images: Tensor) -> AttentionMaps:
             part_attention = recorded[0]  # (B, heads, prefix + heads, prefix + heads)
         else:
             output = model(images)
-        attentions = bb(images, return_attention=True).attentions  # per block (B, heads, T, T)
+        blocks = list(bb.blocks)
+        if part_attention is not None:
+            blocks = blocks[:-1]  # a full-token pass through the part block is not what TransFG does
+        cls_rows, head_means = [], []
+        tokens = bb.embed(images)  # (B, T, D)
+        for block in blocks:  # as bb(images, return_attention=True), one block's maps at a time
+            with bb.record_attention(blocks=[block]) as recorded:
+                tokens = block(tokens)
+            attn = recorded[0].float()  # (B, heads, T, T)
+            cls_rows.append(attn[:, :, 0])  # (B, heads, T)
+            head_means.append(attn.mean(1, keepdim=True))  # (B, 1, T, T)
+            del attn, recorded
     finally:
         model.train(was_training)
-    if part_attention is not None:
-        attentions = attentions[:-1]  # the full-token pass through the part block is not what TransFG does
     return AttentionMaps(
         method=model.method,
         output=output,
-        attentions=[a.float() for a in attentions],
+        cls_rows=cls_rows,
+        head_means=head_means,
         grid_size=bb.grid_size,
         num_prefix_tokens=bb.num_prefix_tokens,
         img_size=bb.img_size,
