@@ -1,5 +1,6 @@
 """fgvc.viz: maps, overlays, figures, the pointing game, error analysis and the explorer widget."""
 
+import datetime
 import io
 import sys
 
@@ -264,9 +265,19 @@ def test_explorer_redraws_when_its_controls_change(data):
 
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), (200, 10, 10)).save(buf, format="PNG")
-    explorer.load_image(buf.getvalue(), name="red.png")  # what the FileUpload widget calls
+    content = buf.getvalue()
+    explorer.upload.value = (  # as the browser's FileUpload sends a file
+        dict(name="red.png", type="image/png", size=len(content), content=memoryview(content),
+             last_modified=datetime.datetime.now(datetime.timezone.utc)),
+    )
     changed()
+    assert "uploaded red.png" in explorer.figure.axes[0].get_title()
     assert explorer.source.value == "upload" and "unknown" in explorer.info.value
+    explorer.method.value = "vit"  # the upload is resized for whichever model is chosen
+    changed()
+    explorer.index.value = 3  # moving the index slider leaves the upload
+    changed()
+    assert explorer.source.value == "index" and "#3" in explorer.figure.axes[0].get_title()
 
 
 def test_explorer_error_view_lists_the_most_confused_pairs(data):

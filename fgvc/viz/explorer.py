@@ -80,7 +80,7 @@ class Explorer(w.VBox):
         self.figure: Any = None
         self.error_figure: Any = None
         self._cache: dict[tuple, AttentionMaps] = {}
-        self._upload: tuple[Tensor, str] | None = None
+        self._upload: tuple[Any, str] | None = None  # (PIL image, file name)
         self._hold = False
 
         style = {"description_width": "70px"}
@@ -169,8 +169,8 @@ class Explorer(w.VBox):
     def current(self) -> tuple[Tensor, int | None, str]:
         """(3, H, W) normalized image, its label (None for an upload) and a caption."""
         if self.source.value == "upload" and self._upload is not None:
-            x, name = self._upload
-            return x, None, f"uploaded {name}"
+            img, name = self._upload
+            return self._to_input(img), None, f"uploaded {name}"
         i = int(self.index.value)
         x, y = self.data[i]
         return torch.as_tensor(x), int(y), f"#{i}"
@@ -238,6 +238,9 @@ class Explorer(w.VBox):
             self._hold = False
 
     def _on_change(self, change: dict) -> None:
+        if change["owner"] is self.index and not self._hold and self.source.value == "upload":
+            with self._held():  # moving the index slider leaves the uploaded image
+                self.source.value = "index"
         if change["owner"] is self.kind:
             self.layer.disabled = self.kind.value not in LAYERED
             self.head.disabled = self.kind.value not in HEADED
@@ -271,19 +274,24 @@ class Explorer(w.VBox):
         self.load_image(bytes(item["content"]), name=item.get("name", "upload"))
 
     def load_image(self, content: bytes, name: str = "upload") -> None:
-        """Show an image file's bytes (resized to the model input, normalized like the data)."""
+        """Show an image file's bytes (resized to each model's input, normalized like the data)."""
         from PIL import Image
 
-        img = Image.open(io.BytesIO(content)).convert("RGB")
-        h, wd = self.model.img_size
-        arr = np.asarray(img.resize((wd, h), Image.BILINEAR), dtype=np.float32) / 255.0  # (H, W, 3)
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        self._upload = ((x - mean) / std, name)
+        self._upload = (Image.open(io.BytesIO(content)).convert("RGB"), name)
         with self._held():
             self.source.value = "upload"
         self.render()
+
+    def _to_input(self, img: Any) -> Tensor:
+        """PIL image -> (3, H, W) at the chosen model's input size (stretched), normalized with mean / std."""
+        from PIL import Image
+
+        h, wd = self.model.img_size
+        arr = np.asarray(img.resize((wd, h), Image.BILINEAR), dtype=np.float32) / 255.0  # (H, W, 3)
+        x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
 
     # ------------------------------------------------------------------ error analysis
     def find_confused(self, k: int = 10) -> None:
