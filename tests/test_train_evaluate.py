@@ -116,3 +116,56 @@ def test_box_iou_pairs():
     from fgvc.evaluate import box_iou_pairs
 
     assert box_iou_pairs(a, b).tolist() == pytest.approx([50 / 150, 0.0])
+
+
+def test_gradient_accumulation_matches_the_large_batch():
+    """4 x 2 accumulated micro-batches step like batches of 8 (same images, same mean gradient; SGD, as
+    Adam magnifies float rounding in near-zero gradients)."""
+    weights = []
+    for batch_size, accumulate in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+        history = fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=batch_size, accumulate_steps=accumulate,
+                           optimizer="sgd", lr=0.05, grad_clip=None, seed=5, progress=False)
+        weights.append(model.state_dict())
+        assert history["train_loss"][-1] < history["train_loss"][0]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_speed_switches_run_on_the_cpu_and_restore_global_state():
+    before = torch.backends.cuda.matmul.allow_tf32
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, channels_last=True, tf32=not before, amp="bf16",
+             progress=False)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    with pytest.raises(ValueError, match="accumulate_steps must be >= 1"):
+        fgvc.fit(model, Blobs(n=16), epochs=1, accumulate_steps=0, progress=False)
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, log_dir, purge_step=None):
+            written.append(("open", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step))
+
+        def close(self):
+            written.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    fgvc.fit(model, Blobs(n=16), Blobs(n=8, seed=1), epochs=1, batch_size=8, out_dir=tmp_path, log_every_steps=1,
+             progress=False)
+    assert written[0] == ("open", str(tmp_path / "tensorboard"), None) and written[-1] == ("close",)
+    assert ("step/loss", 1) in written and ("step/lr", 2) in written and ("epoch/val_top1", 2) in written
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, tensorboard=True, progress=False)
+    fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, progress=False)  # auto: off
