@@ -53,7 +53,6 @@ from .distributed import (
     get_rank,
     get_world_size,
     init_distributed,
-    is_distributed,
     wrap_ddp,
 )
 from .evaluate import _check_labels, evaluate
@@ -327,9 +326,8 @@ def fit(
         else:  # allowed at epoch boundaries only (checked): a fresh, still seeded, stream per rank
             seed_everything(seed + rank + 1_000_003 * step)
 
-    fwd = wrap_ddp(net, device, find_unused_parameters)
-    if compile:
-        fwd = torch.compile(fwd)
+    ddp = wrap_ddp(net, device, find_unused_parameters)  # ``net`` itself when not distributed
+    fwd = torch.compile(ddp) if compile else ddp
     log = _Log(out_dir, enabled=main, resume_step=step if saved is not None else None, tensorboard=tensorboard)
     tf32_before = _set_tf32(tf32)
 
@@ -380,7 +378,8 @@ def fit(
                 targets = targets.to(device, non_blocking=True)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                sync = fwd.no_sync() if is_distributed() and not last_micro and hasattr(fwd, "no_sync") else nullcontext()
+                # accumulation under DDP: all-reduce the gradients once, after the last micro-batch
+                sync = ddp.no_sync() if ddp is not net and not last_micro else nullcontext()
                 try:
                     with sync:
                         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

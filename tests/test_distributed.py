@@ -59,14 +59,15 @@ for bs in (4, 5, 16):
 with open(f"{cfg['tmp']}/eval{rank}.json", "w") as f:
     json.dump(results, f)
 
-# 2. DDP training (DCAL: PWCA pairing inside each rank's batch), checkpoints and logs from rank 0 only
+# 2. DDP training (DCAL: PWCA pairing inside each rank's batch) with gradient accumulation (no_sync), checkpoints
+#    and logs from rank 0 only
 torch.manual_seed(0)
 model = fgvc.create_model("dcal", num_classes=4, img_size=48, **tiny)
 h = fgvc.fit(model, data["train"], data["val"], epochs=2, batch_size=4, lr=1e-3, out_dir=cfg["out"],
-             log_every_steps=1, save_every_steps=2, progress=False)
+             log_every_steps=1, save_every_steps=2, accumulate_steps=2, progress=False)
 # 3. resume under DDP (one more epoch)
 h = fgvc.fit(model, data["train"], data["val"], epochs=3, batch_size=4, lr=1e-3, out_dir=cfg["out"],
-             log_every_steps=1, save_every_steps=2, progress=False, resume=True)
+             log_every_steps=1, save_every_steps=2, accumulate_steps=2, progress=False, resume=True)
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{cfg['tmp']}/weights{rank}.safetensors")
 with open(f"{cfg['tmp']}/run{rank}.json", "w") as f:
     json.dump(dict(history=h.epochs, writes=writes), f)
@@ -125,12 +126,13 @@ def test_ddp_training_writes_from_rank_zero_only_and_keeps_ranks_in_sync(torchru
     drop = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert drop(runs[0]["history"]) == drop(runs[1]["history"])
     assert [e["epoch"] for e in runs[0]["history"]] == [1, 2, 3]
-    # 24 images / 2 ranks / batch 4 = 3 steps per epoch; one log line per step, not one per rank
+    # 24 images / 2 ranks / batch 4 = 3 micro-batches, 2 optimizer steps (2 + 1 accumulated) per epoch;
+    # one log line per step, not one per rank
     lines = [json.loads(line) for line in (torchrun / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines if r["kind"] == "step"] == list(range(1, 10))
+    assert [r["step"] for r in lines if r["kind"] == "step"] == list(range(1, 7))
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
     state = fgvc.checkpoint.load_train_state(torchrun / "run" / "train_state.safetensors")[1]
-    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 9
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 6
 
 
 def test_unwrap_model_sees_through_ddp_and_compile_wrappers():
