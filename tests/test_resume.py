@@ -1,9 +1,10 @@
 """Checkpoints and resume: a run killed with SIGKILL mid-epoch and resumed equals the uninterrupted run, bit for bit.
 
-The training runs in subprocesses (same environment, one thread each). The run to kill is paused
-deterministically by its own dataset: when asked for the first image of a chosen batch (all earlier steps
-and their checkpoints are done by then, ``num_workers=0``) it creates a marker file and sleeps; the test
-waits for the marker and sends SIGKILL. A fresh process then resumes from ``train_state.safetensors``.
+The run to kill and the resumed run are subprocesses; the uninterrupted reference runs in the test process
+meanwhile (one thread everywhere). The run to kill is paused deterministically by its own dataset: when
+asked for the first image of a chosen batch (all earlier steps and their checkpoints are done by then,
+``num_workers=0``) it creates a marker file and sleeps; the test waits for the marker and sends SIGKILL. A
+fresh process then resumes from ``train_state.safetensors``.
 """
 
 import json
@@ -30,13 +31,11 @@ import torch
 from torch.utils.data import Dataset
 import fgvc
 
-cfg = json.loads(sys.argv[1])
-
 
 class Blobs(Dataset):
     """Class c: a bright square at a class-specific place; random flips (augmentation randomness)."""
 
-    def __init__(self, n, seed, pause_at=None):
+    def __init__(self, n, seed, pause_at=None, marker=None):
         g = torch.Generator().manual_seed(seed)
         self.targets = [i % 4 for i in range(n)]
         self.images = torch.randn(n, 3, 32, 32, generator=g) * 0.3
@@ -44,7 +43,7 @@ class Blobs(Dataset):
             r, col = divmod(c, 2)
             self.images[i, :, r * 16 : r * 16 + 16, col * 16 : col * 16 + 16] += 1.5
         self.classes = ["a", "b", "c", "d"]
-        self.pause_at, self.calls = pause_at, 0
+        self.pause_at, self.marker, self.calls = pause_at, marker, 0
 
     def __len__(self):
         return len(self.targets)
@@ -52,7 +51,7 @@ class Blobs(Dataset):
     def __getitem__(self, i):
         self.calls += 1
         if self.calls == self.pause_at:
-            open(cfg["marker"], "w").close()
+            open(self.marker, "w").close()
             time.sleep(600)  # killed here
         image = self.images[i]
         if torch.rand(()) < 0.5:
@@ -60,14 +59,19 @@ class Blobs(Dataset):
         return image, self.targets[i]
 
 
-torch.manual_seed(0)
-model = fgvc.create_model(cfg["method"], num_classes=4, img_size=32, **cfg["model"])
-history = fgvc.fit(
-    model, Blobs(48, 0, cfg.get("pause_at")), Blobs(16, 1), epochs=3, batch_size=8, lr=2e-3, seed=3,
-    out_dir=cfg["out"], progress=False, log_every_steps=1, resume=cfg["resume"], **cfg["fit"]
-)
-with open(cfg["result"], "w") as f:
-    json.dump(dict(epochs=history.epochs, best_epoch=history.best_epoch), f)
+def run(cfg):
+    torch.manual_seed(0)
+    model = fgvc.create_model(cfg["method"], num_classes=4, img_size=32, **cfg["model"])
+    history = fgvc.fit(
+        model, Blobs(48, 0, cfg.get("pause_at"), cfg["marker"]), Blobs(16, 1), epochs=3, batch_size=8, lr=2e-3,
+        seed=3, out_dir=cfg["out"], progress=False, log_every_steps=1, resume=cfg["resume"], **cfg["fit"]
+    )
+    with open(cfg["result"], "w") as f:
+        json.dump(dict(epochs=history.epochs, best_epoch=history.best_epoch), f)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))
 '''
 
 CASES = {
@@ -83,11 +87,15 @@ CASES = {
 }
 
 
-def _launch(tmp_path, name, case, out, resume, pause_at=None):
-    cfg = dict(
+def _config(tmp_path, name, case, out, resume, pause_at=None):
+    return dict(
         method=case["method"], model=case["model"], fit=case["fit"], out=str(out), resume=resume,
         pause_at=pause_at, marker=str(tmp_path / f"{name}.paused"), result=str(tmp_path / f"{name}.json"),
     )
+
+
+def _launch(tmp_path, name, case, out, resume, pause_at=None):
+    cfg = _config(tmp_path, name, case, out, resume, pause_at)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
     return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(cfg)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -108,9 +116,16 @@ def _log(path):
 def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, name):
     case = CASES[name]
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    reference = _launch(tmp_path, "reference", case, ref_dir, resume=False)
     # item 1 is fit's image-size check; then 8 images per batch
     killed = _launch(tmp_path, "killed", case, run_dir, resume=True, pause_at=1 + case["kill_after_batches"] * 8 + 1)
+    runner = {"__name__": "resume_runner"}
+    exec(RUNNER, runner)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
+    try:
+        runner["run"](_config(tmp_path, "reference", case, ref_dir, resume=False))
+    finally:
+        torch.set_num_threads(threads)
     marker = tmp_path / "killed.paused"
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -127,7 +142,6 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, name):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "no temporary files left behind"
 
     _finish(_launch(tmp_path, "resumed", case, run_dir, resume=True))
-    _finish(reference)
 
     for file in ("last.safetensors", "best.safetensors"):
         a, b = load_file(str(ref_dir / file)), load_file(str(run_dir / file))
