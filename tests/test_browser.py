@@ -94,10 +94,11 @@ def lab(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_notebook_03_runs_in_jupyterlab_and_the_layer_slider_redraws_the_explorer(request, tmp_path):
+def test_notebook_03_runs_in_jupyterlab_and_the_layer_slider_redraws_the_explorer(request, tmp_path, capsys):
     missing = _missing()
     if missing:
-        print(f"browser test skipped: {missing}")
+        with capsys.disabled():  # printed even when pytest captures output
+            print(f"\nbrowser test skipped: {missing}")
         pytest.skip(missing)
     lab = request.getfixturevalue("lab")
     base, token, log = lab
@@ -146,7 +147,8 @@ def test_notebook_03_runs_in_jupyterlab_and_the_layer_slider_redraws_the_explore
             tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t]
         finally:
             browser.close()
-    print(f"screenshot: {screenshot}")
+    with capsys.disabled():
+        print(f"\nbrowser test screenshot: {screenshot}")
     assert before_layer != after_layer, (before_layer, after_layer)
     assert before_label  # the top-5 / true-label panel was there
     assert not tracebacks, tracebacks[:1]
