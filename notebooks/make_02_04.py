@@ -8,11 +8,10 @@ cell ids, no outputs and the first code cell tagged ``parameters`` (papermill / 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _build import build  # notebooks/_build.py (this script's folder is on sys.path)
 
 HERE = Path(__file__).parent
 
@@ -226,7 +225,7 @@ checkpoint's before evaluating. Missing checkpoints are replaced by small from-s
 epochs on what is available, clearly labelled: their numbers show the tools, not the methods' accuracy.
 """),
     ("code", """
-from fgvc.data import EvalBoxes, build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
+from fgvc.data import build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
 from fgvc.recipe import evaluate_checkpoint
 
 results, tests, models = {}, {}, {}
@@ -350,26 +349,6 @@ print(cost.to_markdown())
 """),
 ]
 
-
-def build(cells: list[tuple[str, str]], key: str) -> nbformat.NotebookNode:
-    """A notebook with stable cell ids (hash of key and position), no outputs, the parameters cell tagged."""
-    out = []
-    for i, (kind, source) in enumerate(cells):
-        source = source.strip("\n")
-        cell_id = hashlib.sha1(f"{key}-{i}".encode()).hexdigest()[:8]
-        if kind == "md":
-            cell = new_markdown_cell(source, id=cell_id)
-        else:
-            cell = new_code_cell(source, id=cell_id)
-            if kind == "params":
-                cell.metadata["tags"] = ["parameters"]
-        out.append(cell)
-    nb = new_notebook(cells=out)
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    return nb
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ ids, no outputs and the first code cell tagged ``parameters`` (papermill / nbmak
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _build import build  # notebooks/_build.py (this script's folder is on sys.path)
 
 OUT = Path(__file__).with_name("03_attention_visualization.ipynb")
 
@@ -210,27 +209,7 @@ if pairs:
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook: stable cell ids (hash of the position), no outputs, the parameters cell tagged."""
-    cells = []
-    for i, (kind, source) in enumerate(CELLS):
-        source = source.strip("\n")
-        cell_id = hashlib.sha1(f"03-{i}".encode()).hexdigest()[:8]
-        if kind == "md":
-            cell = new_markdown_cell(source, id=cell_id)
-        else:
-            cell = new_code_cell(source, id=cell_id)
-            if kind == "params":
-                cell.metadata["tags"] = ["parameters"]
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    return nb
-
 
 if __name__ == "__main__":
-    nbformat.write(build(), OUT)
+    nbformat.write(build(CELLS, "03"), OUT)
     print(f"wrote {OUT}")
