@@ -312,6 +312,11 @@ def fit(
         opt.load_state_dict(saved["optimizer_state_dict"])
         if saved.get("scheduler", {}).get("t_initial") == total_steps:
             sched.load_state_dict(saved["scheduler"])
+        elif saved["epoch"] <= epochs:
+            warnings.warn(
+                f"resuming a {saved['epochs']}-epoch run with epochs={epochs}: the learning-rate schedule is "
+                f"recomputed for the new length from step {saved['step']} on", stacklevel=2
+            )
         if scaler.is_enabled() and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         step, start_epoch, micro_done = saved["step"], saved["epoch"], saved["batches_done"]
@@ -389,9 +394,10 @@ def fit(
                         loss_value = loss.item()
                         if any_rank(not math.isfinite(loss_value), device):
                             lr_now = opt.param_groups[0]["lr"]
+                            what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
                             kept = f"; the last good checkpoint is kept in {out_dir}" if out_dir is not None else ""
                             raise FloatingPointError(
-                                f"loss is {loss_value} at epoch {epoch}, step {step} (lr {lr_now:.3g}); "
+                                f"loss is {what} at epoch {epoch}, step {step} (lr {lr_now:.3g}); "
                                 f"lower the learning rate or enable gradient clipping{kept}"
                             )
                         scaler.scale(loss / group_size).backward()
@@ -454,8 +460,8 @@ def fit(
                 if improved:
                     save_model(net, out_dir / "best.safetensors", class_names=net.class_names, extra=meta)
                 save_model(net, out_dir / "last.safetensors", class_names=net.class_names, extra=meta)
+            log.write(dict(kind="epoch", step=step, **record))  # before the state: a resume rewrites it if lost
             checkpoint(epoch + 1, 0)
-            log.write(dict(kind="epoch", step=step, **record))
             if progress and main:
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                 tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
@@ -679,7 +685,8 @@ class _Log:
                 if tensorboard:
                     raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
                 return
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
+            purge = None if resume_step is None else resume_step + 1  # drop events after the checkpoint
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is None:

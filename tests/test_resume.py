@@ -272,3 +272,24 @@ def test_log_jsonl_and_plot(tmp_path):
     assert fgvc.History.from_jsonl(tmp_path / "log.jsonl").epochs == history.epochs
     fig = fgvc.plot_log(tmp_path)
     assert len(fig.axes) == 3
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    from test_train_evaluate import Blobs
+
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    fgvc.fit(model, Blobs(n=32), epochs=1, batch_size=8, out_dir=tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".safetensors"}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fgvc.checkpoint.save_file", full)
+    with pytest.raises(OSError, match="No space left"):
+        fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=8, out_dir=tmp_path, resume=True, progress=False,
+                 save_every_steps=2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".safetensors"} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    history = fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=8, out_dir=tmp_path, resume=True, progress=False)
+    assert [e["epoch"] for e in history.epochs] == [1, 2]
