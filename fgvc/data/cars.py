@@ -9,14 +9,13 @@ they become 0-based boxes with exclusive ends: ``(x1 - 1, y1 - 1, x2, y2)``. Cla
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .common import ImageDataset, Records, missing_annotation
+from .common import ReaderDataset, Records, missing_annotation
 from .folder import FOLDER_SPLITS, read_folder
 
 __all__ = ["CARS_LAYOUT", "StanfordCars", "read_cars"]
@@ -113,15 +112,7 @@ def read_cars(root: str | os.PathLike, split: str = "train") -> Records:
     )
 
 
-class StanfordCars(ImageDataset):
+class StanfordCars(ReaderDataset):
     """Stanford Cars (devkit or class-folder layout, see ``CARS_LAYOUT``): split ``"train"`` or ``"test"``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Any], Any] | None = None,
-        *,
-        skip_corrupt: bool | str = False,
-    ) -> None:
-        super().__init__(read_cars(root, split), transform, skip_corrupt)
+    reader = staticmethod(read_cars)

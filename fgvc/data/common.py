@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -280,3 +280,23 @@ class ImageDataset(Dataset):
             f"{type(self).__name__}({self.name!r}, split={self.split!r}, {len(self)} images, "
             f"{len(self.classes)} classes{boxes}, root={str(self.root)!r})"
         )
+
+
+class ReaderDataset(ImageDataset):
+    """An ``ImageDataset`` built from ``root`` and ``split`` by the subclass's annotation ``reader``.
+
+    The datasets whose reader takes no option but the split (CUB, Stanford Cars, NABirds, Flowers-102, image
+    folders) are one line each: ``class CUB200(ReaderDataset): reader = staticmethod(read_cub)``.
+    """
+
+    reader: ClassVar[Callable[..., Records]]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_corrupt: bool | str = False,
+    ) -> None:
+        super().__init__(type(self).reader(root, split), transform, skip_corrupt)

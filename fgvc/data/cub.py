@@ -12,11 +12,10 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .common import ImageDataset, Records, read_table
+from .common import ReaderDataset, Records, read_table
 
 __all__ = ["CUB200", "CUB_LAYOUT", "cub_display_name", "read_cub", "read_cub_style"]
 
@@ -127,15 +126,7 @@ def read_cub(root: str | os.PathLike, split: str = "train") -> Records:
     )
 
 
-class CUB200(ImageDataset):
+class CUB200(ReaderDataset):
     """CUB-200-2011 (official layout, see ``CUB_LAYOUT``): split ``"train"`` or ``"test"``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Any], Any] | None = None,
-        *,
-        skip_corrupt: bool | str = False,
-    ) -> None:
-        super().__init__(read_cub(root, split), transform, skip_corrupt)
+    reader = staticmethod(read_cub)

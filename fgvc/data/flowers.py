@@ -9,12 +9,10 @@ No boxes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
-from .common import ImageDataset, Records, missing_annotation
+from .common import ReaderDataset, Records, missing_annotation
 from .cub import find_root
 
 __all__ = ["FLOWERS_LAYOUT", "FLOWERS_SPLITS", "Flowers102", "read_flowers"]
@@ -58,15 +56,7 @@ def read_flowers(root: str | os.PathLike, split: str = "train") -> Records:
     )
 
 
-class Flowers102(ImageDataset):
+class Flowers102(ReaderDataset):
     """Oxford Flowers-102 (official layout, see ``FLOWERS_LAYOUT``): ``train``, ``val`` or ``test``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Any], Any] | None = None,
-        *,
-        skip_corrupt: bool | str = False,
-    ) -> None:
-        super().__init__(read_flowers(root, split), transform, skip_corrupt)
+    reader = staticmethod(read_flowers)

@@ -15,11 +15,9 @@ Images are files with an ending in ``IMAGE_EXTENSIONS`` (any case); hidden files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .common import IMAGE_EXTENSIONS, ImageDataset, Records, read_table
+from .common import IMAGE_EXTENSIONS, ReaderDataset, Records, read_table
 
 __all__ = ["FOLDER_LAYOUT", "FOLDER_SPLITS", "ImageFolderDataset", "folder_splits", "read_folder"]
 
@@ -106,15 +104,7 @@ def read_folder(root: str | os.PathLike, split: str = "train", *, dataset: str =
     )
 
 
-class ImageFolderDataset(ImageDataset):
+class ImageFolderDataset(ReaderDataset):
     """A class-per-folder image dataset (see ``FOLDER_LAYOUT``); ``folder_splits(root)`` lists its splits."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Any], Any] | None = None,
-        *,
-        skip_corrupt: bool | str = False,
-    ) -> None:
-        super().__init__(read_folder(root, split), transform, skip_corrupt)
+    reader = staticmethod(read_folder)

@@ -8,10 +8,8 @@ splits. ``hierarchy.txt`` is not needed to classify and is not read.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
 
-from .common import ImageDataset, Records
+from .common import ReaderDataset, Records
 from .cub import find_root, read_cub_style
 
 __all__ = ["NABIRDS_LAYOUT", "NABirds", "read_nabirds"]
@@ -32,15 +30,7 @@ def read_nabirds(root: str | os.PathLike, split: str = "train") -> Records:
     return read_cub_style(find_root(root, "images.txt", "nabirds"), split, dataset="nabirds", layout=NABIRDS_LAYOUT)
 
 
-class NABirds(ImageDataset):
+class NABirds(ReaderDataset):
     """NABirds (official layout, see ``NABIRDS_LAYOUT``): split ``"train"`` or ``"test"``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Any], Any] | None = None,
-        *,
-        skip_corrupt: bool | str = False,
-    ) -> None:
-        super().__init__(read_nabirds(root, split), transform, skip_corrupt)
+    reader = staticmethod(read_nabirds)
