@@ -9,7 +9,7 @@ built-in synthetic fine-grained data; validation splits, class subsets, dataset 
 from .aircraft import FGVCAircraft
 from .cars import StanfordCars
 from .check import DataReport, SplitReport, check_dataset
-from .common import CorruptImageError, ImageDataset, Records, check_image, load_rgb, to_rgb
+from .common import CorruptImageError, ImageDataset, ReaderDataset, Records, check_image, load_rgb, to_rgb
 from .cub import CUB200
 from .datasets import DATASETS, build_dataset, dataset_splits, list_datasets
 from .flowers import Flowers102
@@ -30,6 +30,7 @@ __all__ = [
     "ImageDataset",
     "ImageFolderDataset",
     "NABirds",
+    "ReaderDataset",
     "Records",
     "SplitReport",
     "StanfordCars",
