@@ -450,6 +450,8 @@ def fit(
                 record.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
                 if result.mean_iou is not None:
                     record["val_iou"] = result.mean_iou
+                if getattr(result, "pointing_game", None) is not None:
+                    record["val_pointing_game"] = result.pointing_game
             record["seconds"] = time.perf_counter() - epoch_start
             history.epochs.append(record)
             improved = val_data is not None and record["val_top1"] > best_top1

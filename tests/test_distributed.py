@@ -145,3 +145,13 @@ def test_unwrap_model_sees_through_ddp_and_compile_wrappers():
 
     assert unwrap_model(Compiled(model)) is model
     assert unwrap_model(model) is model
+
+
+@pytest.mark.parametrize("method", fgvc.list_models())
+def test_every_method_uses_all_parameters_in_training(method):
+    """DDP runs with find_unused_parameters=False: a parameter without gradient would stop it at step 2."""
+    options = dict(top_k=2) if method == "glsim" else {}
+    model = fgvc.create_model(method, num_classes=4, img_size=32, **options, **TINY).train()
+    out = model(torch.randn(4, 3, 32, 32))
+    model.loss(out, torch.tensor([0, 1, 2, 3])).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
