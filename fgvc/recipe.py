@@ -214,13 +214,21 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
 
 
 def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
-    """The ``fgvc.fit`` keyword arguments of a recipe: ``steps`` -> epochs, ``lr`` scaled by the batch size."""
+    """The ``fgvc.fit`` keyword arguments of a recipe: ``steps`` -> epochs, ``lr`` scaled by the batch size.
+
+    ``lr_base_batch_size`` scales ``lr`` by the images per optimizer update (``batch_size`` x
+    ``accumulate_steps`` x processes under torchrun); ``steps`` counts optimizer updates, as TransFG does.
+    """
+    from .distributed import get_world_size
+
     args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
     batch_size = int(args.get("batch_size", 32))
+    # the images per optimizer update: batch_size is per process (torchrun) and per accumulated step
+    total = batch_size * int(args.get("accumulate_steps", 1)) * get_world_size()
     if recipe["train"].get("lr_base_batch_size") is not None:  # null (e.g. --set train.lr_base_batch_size=null): off
-        args["lr"] = float(args.get("lr", 5e-4)) * batch_size / float(recipe["train"]["lr_base_batch_size"])
+        args["lr"] = float(args.get("lr", 5e-4)) * total / float(recipe["train"]["lr_base_batch_size"])
     if recipe["train"].get("steps") is not None:
-        steps_per_epoch = max(train_size // batch_size, 1)
+        steps_per_epoch = max(train_size // total, 1)  # optimizer updates per epoch
         args["epochs"] = max(math.ceil(int(recipe["train"]["steps"]) / steps_per_epoch), 1)
     return args
 
@@ -438,7 +446,9 @@ def evaluate_checkpoint(
     """
     from .checkpoint import load_model
     from .data import build_dataset, subset_classes
+    from .distributed import init_distributed
 
+    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
     data = dict(config.get("data") or {})

@@ -10,6 +10,7 @@ from conftest import TINY
 from test_datasets import make_cub
 
 import fgvc
+import fgvc.recipe
 from fgvc.recipe import fit_arguments, list_recipes, load_recipe, train_recipe
 
 METHODS = ("vit", "glsim", "dcal", "transfg")
@@ -52,6 +53,11 @@ def test_recipe_settings_follow_the_papers():
     assert fit_arguments(dcal, train_size=5395)["lr"] == pytest.approx(5e-4 * 16 / 512)
     args = fit_arguments(transfg, train_size=5395)  # 337 steps per epoch
     assert args["epochs"] == math.ceil(10000 / 337) and "steps" not in args
+    # accumulating 2 batches per update: twice the images per update, so twice the lr and half the updates
+    accumulated = fgvc.recipe.apply_overrides(dcal, {"train.accumulate_steps": 2})
+    assert fit_arguments(accumulated, train_size=5395)["lr"] == pytest.approx(5e-4 * 32 / 512)
+    transfg2 = fgvc.recipe.apply_overrides(transfg, {"train.accumulate_steps": 2})
+    assert fit_arguments(transfg2, train_size=5395)["epochs"] == math.ceil(10000 / 168)
 
 
 @pytest.mark.parametrize("method", METHODS)
