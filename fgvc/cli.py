@@ -151,7 +151,7 @@ def _add_benchmark_command(sub: argparse._SubParsersAction) -> None:
         help="input sizes, N or HxW (default: 224 448)",
     )
     bench.add_argument(
-        "--batch-size", type=int, default=4, help="images per timed batch, at least 2 (default: %(default)s)"
+        "--batch-size", type=int, default=2, help="images per timed batch, at least 2 (default: %(default)s)"
     )
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument(
@@ -159,7 +159,7 @@ def _add_benchmark_command(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: %(default)s)")
     bench.add_argument(
-        "--repeats", type=int, default=5, help="timed runs; the median is reported (default: %(default)s)"
+        "--repeats", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)"
     )
     bench.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for the run (default: torch's setting)"
