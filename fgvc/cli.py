@@ -36,6 +36,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         options["resume"] = True
     result = train_recipe(recipe, out, seeds=args.seeds, **options)
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     print(result.to_markdown())
     print(f"runs, checkpoints and results in {out}/")
     return 0
@@ -50,6 +54,10 @@ def _eval(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
         device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
     )
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank evaluated its shard; rank 0 reports
+        return 0
     summary = result.summary()
     for key, value in summary.items():
         print(f"{key:>12}: {value:.4g}")
