@@ -105,3 +105,34 @@ def test_train_resume_continues_the_finished_run_instead_of_starting_over(cub_ru
     assert after["test_top1"] == before["test_top1"] and after["best_epoch"] == before["best_epoch"]
     epochs_logged = [json.loads(line) for line in (out / "seed0" / "log.jsonl").read_text().splitlines()]
     assert len(epochs_logged) == len(log_lines)  # nothing was trained again
+
+
+def test_torchrun_fgvc_train_with_two_processes_writes_one_set_of_results(tmp_path):
+    # torchrun --nproc_per_node=2 -m fgvc train ...: gloo on the CPU, rank 0 alone writes, test metrics exact
+    import os
+    import subprocess
+    import sys
+
+    root = make_cub(tmp_path / "CUB_200_2011")
+    recipe = dict(
+        name="ddp", expected_top1=None, source="a test", seeds=[0],
+        model=dict(method="vit", img_size=32, **TINY),
+        data=dict(dataset="cub", root=str(root), val_fraction=0.5, resize=36),
+        train=dict(epochs=1, batch_size=1, lr=1e-3, device="cpu"),
+    )
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fgvc",
+           "train", "--config", str(path), "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("| mean ± std |") == 1  # printed by rank 0 only
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert (out / "seed0" / "best.safetensors").is_file() and (out / "seed0" / "log.jsonl").is_file()
+    # the sharded test evaluation equals a single-process evaluation of the saved checkpoint
+    single = main(["eval", "--checkpoint", run["checkpoint"], "--data", str(root), "--out", str(tmp_path / "m.json"),
+                   "--no-progress"])
+    assert single == 0
+    assert json.loads((tmp_path / "m.json").read_text())["top1"] == pytest.approx(run["test_top1"])
