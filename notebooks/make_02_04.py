@@ -33,6 +33,17 @@ SUBSET = REPO.parent / "shared" / "data" / "CUB_200_2011_subset100"   # real CUB
 """
 
 TRAIN_CUB: list[tuple[str, str]] = [
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+RECIPE = "glsim_cub_224"                            # any of fgvc.list_recipes(), or a path to your own YAML
+CUB_ROOT = "../data/CUB_200_2011"                   # the official download
+OUT = "runs/train_cub"                              # one folder per seed inside
+SEEDS = [0] if SMOKE else [0, 1]                    # the recipes list [0, 1, 2]
+DEVICE = None                                       # None: CUDA when available, else CPU
+"""),
     ("md", """
 # Train a paper recipe on CUB-200-2011
 
@@ -47,17 +58,6 @@ Data, in order of preference (the notebook says which one it uses):
 1. the official CUB-200-2011 download in `CUB_ROOT` (see `data/README.md`): the recipe as published;
 2. the real 100-species CUB subset in `../shared/data` (cropped 227 px birds): a short from-scratch sanity run;
 3. the built-in synthetic fine-grained dataset: runs anywhere, no download.
-"""),
-    ("params", """
-# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
-import os
-
-SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
-RECIPE = "glsim_cub_224"                            # any of fgvc.list_recipes(), or a path to your own YAML
-CUB_ROOT = "../data/CUB_200_2011"                   # the official download
-OUT = "runs/train_cub"                              # one folder per seed inside
-SEEDS = [0] if SMOKE else [0, 1]                    # the recipes list [0, 1, 2]
-DEVICE = None                                       # None: CUDA when available, else CPU
 """),
     ("md", """
 ## 1. The recipe
@@ -171,18 +171,6 @@ Every override made above works there as `--set key=value`; `scripts/` has a Slu
 ]
 
 EVALUATE: list[tuple[str, str]] = [
-    ("md", """
-# Evaluate checkpoints on CUB-200-2011 and Stanford Cars
-
-A fine-grained model is judged by more than its top-1. For each method this notebook reports, on the test
-split: accuracy (top-1, top-5), retrieval with its embeddings (Recall@1, mAP), where it looks (crop IoU and
-pointing game against the annotated boxes), which classes it gets wrong and which pairs it confuses, and what
-it costs (parameters, GMACs, throughput).
-
-Checkpoints come from `fgvc train` (`runs/<recipe>/seed0/best.safetensors`). When a dataset or a checkpoint is
-missing, the notebook says so and falls back: it trains small models briefly on the real CUB subset in
-`../shared/data` (or on synthetic data), so every cell runs anywhere.
-"""),
     ("params", """
 # Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
 import os
@@ -198,6 +186,18 @@ CHECKPOINTS = {
 }
 FALLBACK_EPOCHS = 1 if SMOKE else 15                  # quick models when checkpoints are missing
 DEVICE = None                                         # None: CUDA when available, else CPU
+"""),
+    ("md", """
+# Evaluate checkpoints on CUB-200-2011 and Stanford Cars
+
+A fine-grained model is judged by more than its top-1. For each method this notebook reports, on the test
+split: accuracy (top-1, top-5), retrieval with its embeddings (Recall@1, mAP), where it looks (crop IoU and
+pointing game against the annotated boxes), which classes it gets wrong and which pairs it confuses, and what
+it costs (parameters, GMACs, throughput).
+
+Checkpoints come from `fgvc train` (`runs/<recipe>/seed0/best.safetensors`). When a dataset or a checkpoint is
+missing, the notebook says so and falls back: it trains small models briefly on the real CUB subset in
+`../shared/data` (or on synthetic data), so every cell runs anywhere.
 """),
     ("md", """
 ## 1. Which data and checkpoints are here

@@ -16,6 +16,18 @@ from _build import build  # notebooks/_build.py (this script's folder is on sys.
 OUT = Path(__file__).with_name("03_attention_visualization.ipynb")
 
 CELLS: list[tuple[str, str]] = [
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+EPOCHS = 1 if SMOKE else 6                          # training epochs per model
+TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic images per split
+IMG_SIZE = (64, 96)                                 # (height, width): non-square on purpose
+METHODS = ["vit", "glsim", "dcal", "transfg"]
+CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
+DEVICE = None                                       # None: CUDA when available, else CPU
+"""),
     ("md", """
 # Attention visualization: what each method looks at
 
@@ -32,18 +44,6 @@ the detail.
    queries and attention, TransFG's parts.
 5. Grad-CAM and FinerCAM (optional package).
 6. The interactive explorer and the error analysis.
-"""),
-    ("params", """
-# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
-import os
-
-SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
-EPOCHS = 1 if SMOKE else 6                          # training epochs per model
-TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic images per split
-IMG_SIZE = (64, 96)                                 # (height, width): non-square on purpose
-METHODS = ["vit", "glsim", "dcal", "transfg"]
-CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
-DEVICE = None                                       # None: CUDA when available, else CPU
 """),
     ("md", """
 ## 1. Data and models
