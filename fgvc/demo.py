@@ -43,7 +43,7 @@ class DemoSettings:
     test: int = 1000
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3  # 1e-3 left the plain ViT on its plateau past 20 epochs for 2 of 3 seeds; 2e-3 took off by epoch 8 for both tried
     weight_decay: float = 0.05
     seed: int = 0
 
