@@ -72,13 +72,15 @@ attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout
 
 The rollout map is propagated as a vector (``fgvc.layers.rollout.rollout_map``): no (T, T) product.
 
-Cost (``benchmarks/method_cost.py``: deit_tiny, batch 4, CPU, 1 thread, ratios to the ViT in the same run):
-inference 1.04x at 224 px and 1.13x at 448 px (the explicit attention of blocks 1..p-2, about +25% of their
-attention time at 448 px, then the rollout and the GLCA block). Training step 2.17x and 2.47x: PWCA alone is
-1.11x and 1.38x the ViT's training-step FLOPs (a second pass through every block with its backward, over
-twice the keys: 1x plus the attention's share again), SA and the rest about 1x. The issue's 2x training
-target (the paper reports 1.8x) is therefore out of reach with PWCA in all L blocks, whatever GLCA and the
-rollout cost.
+Cost (``benchmarks/method_cost.py --dcal-only --pwca-blocks 6 3``: deit_tiny (12 blocks), batch 4, CPU, 1
+thread, ratios to the ViT in the same run; matmul MACs are exact, times vary with the machine's load):
+inference MACs 1.02x at 224 and 448 px (time 1.04-1.14x at 224, 1.13-1.25x at 448 in different runs: the
+explicit attention of blocks 1..p-2, the rollout and the GLCA block). Training-step MACs with PWCA in all 12
+blocks (the default, as the paper): 2.13x at 224 and 2.39x at 448 (time 2.2-2.5x): PWCA alone is 1.11x and
+1.38x the ViT's training step (a second pass through every block with its backward, over twice the keys: 1x
+plus the attention's share again), so the issue's 2x training target (the paper reports 1.8x wall time) is
+out of reach with PWCA in every block, whatever GLCA and the rollout cost. ``pwca_blocks=6``: 1.57x / 1.70x
+(time 1.62x at 224); ``pwca_blocks=3``: 1.28x / 1.35x (time 1.33x at 224).
 
 Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
 87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
