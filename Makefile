@@ -27,7 +27,7 @@ test: venv
 	FGVC_SMOKE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests --nbmake notebooks $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check fgvc tests benchmarks
+	$(BIN)/ruff check fgvc tests benchmarks notebooks scripts
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

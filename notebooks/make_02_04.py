@@ -17,9 +17,6 @@ HERE = Path(__file__).parent
 
 # Shared by both notebooks: where the data is, and the fallbacks when it is not (said out loud).
 FIND_DATA = """
-from pathlib import Path
-
-
 def find_root(*candidates):
     \"\"\"The first folder that holds a dataset's annotation file, or None.\"\"\"
     for label, path, marker in candidates:
@@ -65,11 +62,14 @@ Data, in order of preference (the notebook says which one it uses):
 Three sections map onto the API: `model` -> `fgvc.create_model`, `data` -> datasets, transforms and the
 validation split, `train` -> `fgvc.fit`. `expected_top1` and `source` say what the paper reported.
 """),
-    ("code", FIND_DATA + """
+    ("code", """
+from pathlib import Path
+
 import yaml
 
 import fgvc
 
+""" + FIND_DATA + """
 recipe = fgvc.load_recipe(RECIPE)
 print(yaml.safe_dump(recipe, sort_keys=False))
 """),
@@ -202,9 +202,12 @@ missing, the notebook says so and falls back: it trains small models briefly on 
     ("md", """
 ## 1. Which data and checkpoints are here
 """),
-    ("code", FIND_DATA + """
+    ("code", """
+from pathlib import Path
+
 import fgvc
 
+""" + FIND_DATA + """
 datasets = {}
 for name, root, marker, layout in (("cub", CUB_ROOT, "images.txt", "cub"),
                                    ("cars", CARS_ROOT, "devkit", "cars")):

@@ -139,7 +139,7 @@ the top cells of the last map, i.e. what that map points at.
 * **TransFG parts**: the patch each head selects (the count of heads per patch).
 """),
     ("code", """
-for method, model in models.items():
+for model in models.values():
     fig = viz.plot_maps(model, images, targets=targets, gt_boxes=gt_boxes, class_names=test.classes,
                         mean=test.mean, std=test.std)
     plt.show()
