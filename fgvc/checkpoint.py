@@ -93,19 +93,24 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of an fgvc checkpoint, without loading its weights."""
+def _header_json(path: str | os.PathLike, key: str, what: str) -> dict[str, Any]:
+    """The JSON under ``key`` in a safetensors header, without loading tensors; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {e}") from e
-    if "fgvc" not in header:
-        raise ValueError(f"{path} is a safetensors file but not an fgvc checkpoint (no 'fgvc' metadata)")
-    return json.loads(header["fgvc"])
+        raise ValueError(f"{path} is not a readable safetensors {what}: {e}") from e
+    if key not in header:
+        raise ValueError(f"{path} is a safetensors file but not an fgvc {what} (no {key!r} metadata)")
+    return json.loads(header[key])
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of an fgvc checkpoint, without loading its weights."""
+    return _header_json(path, "fgvc", "checkpoint")
 
 
 def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
@@ -222,17 +227,7 @@ def load_train_state(
 
     The optimizer's state dict is rebuilt into ``state["optimizer_state_dict"]``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training state not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-    if "fgvc_train_state" not in header:
-        raise ValueError(f"{path} is not an fgvc training state (no 'fgvc_train_state' metadata)")
-    meta = json.loads(header["fgvc_train_state"])
+    meta = _header_json(path, "fgvc_train_state", "training state")
     flat = load_file(str(path))
     model_state = {k[len("model/") :]: v for k, v in flat.items() if k.startswith("model/")}
     opt_state: dict[int, dict[str, Any]] = {}
