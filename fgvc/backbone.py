@@ -24,6 +24,8 @@ import timm
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
+from .weights import shipped_backbone
+
 __all__ = ["EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "to_2tuple"]
 
 
@@ -93,7 +95,8 @@ class ViTBackbone(nn.Module):
     """A timm ViT (ViT, DeiT, DeiT-distilled, ...) at any resolution, without its classifier head.
 
     Args:
-        name: timm model name, with or without a pretrained tag (``vit_base_patch16_224.augreg_in21k``).
+        name: timm model name, with or without a pretrained tag (``vit_base_patch16_224.augreg_in21k``), or
+            the name of a backbone that ships with fgvc (``fgvc_synth_vit_tiny``, see ``fgvc.weights``).
         img_size: input resolution, int or (height, width); each side a multiple of the patch size.
             Position embeddings of pretrained weights are resampled to it (timm's ``resample_abs_pos_embed``).
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
@@ -124,6 +127,17 @@ class ViTBackbone(nn.Module):
         super().__init__()
         self.name = name
         self.img_size = to_2tuple(img_size)
+        timm_name = name
+        shipped = shipped_backbone(name)
+        if shipped is not None:  # fgvc's own pretrained backbone: a timm architecture + a packaged file
+            timm_name, timm_kwargs = shipped.timm_name, {**shipped.timm_kwargs, **timm_kwargs}
+            if pretrained and checkpoint_path is None:
+                if not shipped.weights.is_file():
+                    raise FileNotFoundError(
+                        f"the weights of {name} are missing from this installation ({shipped.weights}); "
+                        f"re-create them with the command in its model card, or reinstall fgvc"
+                    )
+                checkpoint_path = shipped.weights
         kwargs: dict[str, Any] = dict(num_classes=0, img_size=self.img_size, drop_path_rate=drop_path_rate)
         kwargs.update(timm_kwargs)
         if patch_stride is not None:
@@ -140,8 +154,8 @@ class ViTBackbone(nn.Module):
             # (drops the classifier, resamples position embeddings) as for its own pretrained weights
             kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
             pretrained = True
-        self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
-        self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
+        self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(timm_name))
+        self.vit = timm.create_model(timm_name, pretrained=pretrained, **kwargs)
         if isinstance(getattr(self.vit, "pretrained_cfg", None), dict):
             self.vit.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):

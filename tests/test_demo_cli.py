@@ -8,47 +8,63 @@ from dataclasses import replace
 import pytest
 
 from fgvc.cli import build_parser
-from fgvc.demo import FULL, QUICK, run_demo
+from fgvc.data.synthetic import SyntheticFGVC
+from fgvc.demo import FULL, HARD, QUICK, run_demo
+
+TINY = replace(QUICK, train=40, val=20, test=20, epochs=1, batch_size=20)
 
 
-def test_demo_writes_table_checkpoints_and_figure(tmp_path, capsys):
-    tiny = replace(
-        QUICK, train=64, val=32, test=32, epochs=1, batch_size=32,
-        backbone_kwargs=dict(QUICK.backbone_kwargs, depth=1),
-    )
-    rows = run_demo(out_dir=tmp_path, settings=tiny, progress=False)
-    assert [r["method"] for r in rows] == ["vit", "glsim"]
+def test_demo_fine_tunes_every_method_from_the_shipped_backbone(tmp_path, capsys):
+    rows = run_demo(out_dir=tmp_path, settings=TINY, progress=False)
+    assert [r["method"] for r in rows] == ["vit", "glsim", "dcal", "transfg"]
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["params_m"] > 0 and r["train_minutes"] > 0
-    assert rows[0]["crop_iou"] is None and 0 <= rows[1]["crop_iou"] <= 1
+        assert (tmp_path / r["method"] / "best.safetensors").exists()
+    by = {r["method"]: r for r in rows}
+    assert by["vit"]["crop_iou"] is None and 0 <= by["glsim"]["crop_iou"] <= 1
+    assert by["glsim"]["pointing_game"] is not None and by["dcal"]["pointing_game"] is not None
     printed = capsys.readouterr().out
-    assert "| method | top-1 (%) | top-5 (%) | params (M) | training (min) | crop IoU |" in printed
-    assert (tmp_path / "vit" / "best.safetensors").exists() and (tmp_path / "glsim" / "best.safetensors").exists()
-    assert (tmp_path / "glsim_crops.png").stat().st_size > 10_000
+    assert "| method | seed | top-1 (%) | top-5 (%) | crop IoU | pointing game (%) | params (M) |" in printed
+    assert "chance 10%" in printed and "from the shipped fgvc_synth_vit_tiny" in printed
+    assert (tmp_path / "where_they_look.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["results"] == rows and saved["settings"]["epochs"] == 1
+    assert {"fgvc", "torch", "timm", "threads"} <= set(saved["versions"])
 
 
-def test_quick_demo_is_a_smaller_version_of_the_full_one():
+def test_the_same_demo_twice_gives_identical_metrics(tmp_path):
+    settings = replace(TINY, methods=("vit", "glsim"))
+    first = run_demo(out_dir=tmp_path / "a", settings=settings, progress=False)
+    second = run_demo(out_dir=tmp_path / "b", settings=settings, progress=False)
+    keys = ("top1", "top5", "crop_iou", "pointing_game")
+    assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]
+
+
+def test_quick_and_hard_are_variants_of_the_full_demo():
     assert QUICK.train < FULL.train and QUICK.epochs <= FULL.epochs
-    assert QUICK.backbone == FULL.backbone and QUICK.img_size == FULL.img_size
+    assert QUICK.backbone == FULL.backbone == HARD.backbone and QUICK.img_size == FULL.img_size == HARD.img_size
+    assert FULL.pretrained and HARD.detail_px < FULL.detail_px
+    assert SyntheticFGVC(2, image_size=HARD.img_size, detail_fraction=HARD.detail_fraction).side == HARD.detail_px
+    assert SyntheticFGVC(2, image_size=FULL.img_size, detail_fraction=FULL.detail_fraction).side == FULL.detail_px
 
 
 def test_cli_parses_demo_options():
-    args = build_parser().parse_args(["demo", "--quick", "--out", "somewhere", "--methods", "vit,dcal"])
-    assert args.quick and args.out == "somewhere" and args.methods == "vit,dcal" and args.func.__name__ == "_demo"
-
-
-def test_demo_can_compare_every_method(tmp_path):
-    tiny = replace(
-        QUICK, train=32, val=16, test=16, epochs=1, batch_size=16,
-        backbone_kwargs=dict(QUICK.backbone_kwargs, depth=2),
+    args = build_parser().parse_args(
+        ["demo", "--quick", "--hard", "--out", "somewhere", "--methods", "vit,dcal", "--seeds", "0,1,2"]
     )
-    rows = run_demo(out_dir=tmp_path, settings=tiny, methods=["dcal", "transfg"], progress=False)
-    assert [r["method"] for r in rows] == ["dcal", "transfg"]
-    assert not (tmp_path / "glsim_crops.png").exists()  # the crop figure is GLSim's
+    assert args.quick and args.hard and args.out == "somewhere" and args.methods == "vit,dcal"
+    assert args.seeds == "0,1,2" and args.func.__name__ == "_demo"
+
+
+def test_several_seeds_add_a_mean_and_std_table(tmp_path):
+    settings = replace(TINY, methods=("vit",), train=20, val=10, test=10)
+    rows = run_demo(out_dir=tmp_path, settings=settings, seeds=[0, 1], progress=False)
+    assert [r["seed"] for r in rows] == [0, 1]
+    text = (tmp_path / "results.md").read_text()
+    assert "Mean +- std over seeds 0, 1" in text and "| vit | 2 |" in text
+    assert (tmp_path / "seed0" / "where_they_look.png").exists()
     with pytest.raises(ValueError, match="unknown demo methods \\['vitt'\\]"):
-        run_demo(out_dir=tmp_path, settings=tiny, methods=["vitt"], progress=False)
+        run_demo(out_dir=tmp_path, settings=settings, methods=["vitt"], progress=False)
 
 
 def test_python_dash_m_fgvc_help():

@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc.data.synthetic import COLOURS, FRAME_COLOUR, SHAPES, SyntheticFGVC, synthetic_splits
+from fgvc.data.synthetic import (
+    COLOURS,
+    FRAME_COLOUR,
+    SHAPES,
+    SyntheticFGVC,
+    all_class_names,
+    grid_class_names,
+    synthetic_splits,
+)
 
 SIZES = [64, 128, (48, 96), (96, 48), (40, 300)]
 
@@ -78,7 +86,7 @@ def test_box_is_inside_the_image_small_and_exactly_where_the_white_frame_is(size
     for i in range(len(ds)):
         x0, y0, x1, y1 = ds.box_pixels(i)
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-        assert (x1 - x0) * (y1 - y0) / (h * w) <= 0.03
+        assert (x1 - x0) * (y1 - y0) / (h * w) <= 0.025 + 1e-9  # the default detail_fraction
         assert torch.allclose(ds.boxes[i], torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h]))
         img = pixels(ds, i)
         assert img.shape == (h, w, 3) and img.dtype == np.uint8
@@ -193,7 +201,10 @@ def test_global_colour_statistics_are_near_chance_but_the_detail_gives_the_class
         (dict(image_size=(64, 8)), "image_size"),
         (dict(image_size=(64, 64, 3)), "image_size"),
         (dict(image_size=40, num_classes=16), "look identical"),
-        (dict(detail_fraction=0.05), "detail_fraction"),
+        (dict(detail_fraction=0.12), "detail_fraction"),
+        (dict(vocabulary=["red-circle", "pink-star"]), "vocabulary"),
+        (dict(vocabulary=["red-circle", "red-circle"]), "vocabulary"),
+        (dict(vocabulary=["red-circle", "red-ring"], num_classes=3), "vocabulary has 2"),
         (dict(detail_fraction=0.0), "detail_fraction"),
         (dict(split="validation"), "split"),
         (dict(seed=-1), "seed"),
@@ -204,3 +215,25 @@ def test_global_colour_statistics_are_near_chance_but_the_detail_gives_the_class
 def test_bad_arguments_raise_a_value_error_naming_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticFGVC(10, **kwargs)
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def test_default_classes_are_the_grid_class_names():
+    for k in (2, 5, 10, 16, 64):
+        assert SyntheticFGVC(4, num_classes=k).classes == grid_class_names(k)
+    assert len(set(all_class_names())) == len(SHAPES) * len(COLOURS)
+
+
+def test_a_vocabulary_sets_the_classes_and_every_glyph_comes_from_it():
+    vocab = ["cyan-plus", "orange-bar", "purple-triangle"]
+    ds = SyntheticFGVC(30, image_size=64, vocabulary=vocab, num_distractors=6, seed=2)
+    assert ds.classes == vocab and ds.num_classes == 3 and ds.targets[:4] == [0, 1, 2, 0]
+    assert ds._glyphs[:, :, 2].max() < 3  # the detail and every distractor are vocabulary interiors
+    # the detail's interior is painted in its class colour
+    for i in range(3):
+        x0, y0, x1, y1 = ds.box_pixels(i)
+        inside = pixels(ds, i)[y0:y1, x0:x1].reshape(-1, 3)
+        colour = COLOURS[vocab[ds.targets[i]].split("-")[0]]
+        assert (inside == colour).all(-1).any()

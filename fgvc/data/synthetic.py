@@ -14,7 +14,7 @@ shape* (circle, ring, square, diamond, plus, cross, triangle, bar) painted in on
 Exactly one glyph, the *detail*, has a pure white frame (255, 255, 255); background, clutter and the other
 glyphs never use that colour (they stay at or below 220 in every channel), so the detail is well-defined
 and its ground-truth box is known to the pixel. The detail's box covers about ``detail_fraction`` of the
-image (at most 3 %); at 64 x 64 pixels it is 10 x 10. It must be at least 6 pixels wide to be legible, so
+image (at most 10 %); at 64 x 64 pixels and the default 2.5 % it is 10 x 10. It must be at least 6 pixels wide to be legible, so
 images need about 40 x 40 pixels or more; very small details also limit how many classes stay distinct.
 
 **What carries the class.** The class is the detail's interior: the pair (inner shape, inner colour), named
@@ -31,6 +31,11 @@ noise, and a classifier on global colour statistics scores close to chance (the 
 while the same classifier on the pixels inside the detail's box is nearly perfect. To classify an image a
 model has to locate the white-framed glyph among look-alikes and read its interior.
 
+**Vocabulary.** ``vocabulary=["cyan-plus", ...]`` replaces the default grid with any list of class names
+(``all_class_names()`` lists the 64); the distractors and palette clutter then draw from that list only.
+fgvc's shipped backbones are pretrained on a vocabulary that leaves out every class of the default grids
+up to 16 classes (``fgvc.pretrain``), so fine-tuning on the default grid meets classes never seen.
+
 Determinism: sample ``i`` depends only on ``(seed, split, i)`` and the constructor arguments, never on
 access order, caching or data-loader workers; labels cycle ``i % num_classes`` (balanced, and a longer
 dataset extends a shorter one). ``split`` selects disjoint random streams, so train, val and test hold
@@ -41,7 +46,7 @@ pixels are rendered on first access (well under a millisecond at 64 x 64) and ca
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +54,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticFGVC", "synthetic_splits", "FRAME_COLOUR", "SHAPES", "COLOURS"]
+__all__ = ["SyntheticFGVC", "synthetic_splits", "all_class_names", "grid_class_names", "FRAME_COLOUR", "SHAPES", "COLOURS"]
 
 #: The detail's frame colour. Nothing else in any image uses it (all other colours are <= ``_MAX_LEVEL``).
 FRAME_COLOUR: tuple[int, int, int] = (255, 255, 255)
@@ -73,7 +78,7 @@ SHAPES: tuple[str, ...] = ("circle", "ring", "square", "diamond", "plus", "cross
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _MIN_DETAIL_SIDE = 6
-_MAX_DETAIL_FRACTION = 0.03
+_MAX_DETAIL_FRACTION = 0.1
 _ATTEMPTS = 24  # candidate positions per distractor
 
 
@@ -116,6 +121,18 @@ def _shape_mask(shape: str, n: int) -> np.ndarray:
     return masks[shape]
 
 
+def all_class_names() -> list[str]:
+    """Every possible class name, ``"colour-shape"``, colours major (64 with 8 colours and 8 shapes)."""
+    return [f"{c}-{s}" for c in COLOURS for s in SHAPES]
+
+
+def grid_class_names(num_classes: int) -> list[str]:
+    """The class names of the default vocabulary for ``num_classes`` (the near-square grid)."""
+    n_col = min(len(COLOURS), math.ceil(math.sqrt(num_classes)))
+    colours = list(COLOURS)
+    return [f"{colours[k % n_col]}-{SHAPES[k // n_col]}" for k in range(num_classes)]
+
+
 def _as_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         hw = (int(image_size), int(image_size))
@@ -140,10 +157,11 @@ class SyntheticFGVC(Dataset):
         self,
         num_samples: int = 2000,
         *,
-        num_classes: int = 10,
+        num_classes: int | None = None,
         image_size: int | tuple[int, int] = 64,
         seed: int = 0,
         split: str = "train",
+        vocabulary: Sequence[str] | None = None,
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         transform: Callable[[Image.Image], Any] | None = None,
@@ -154,6 +172,20 @@ class SyntheticFGVC(Dataset):
         self.image_size: tuple[int, int] = _as_hw(image_size)
         h, w = self.image_size
         max_classes = len(SHAPES) * len(COLOURS)
+        if vocabulary is not None:
+            vocabulary = list(vocabulary)
+            bad = [v for v in vocabulary if v not in all_class_names()]
+            if bad or len(set(vocabulary)) != len(vocabulary):
+                raise ValueError(
+                    f"vocabulary must be distinct 'colour-shape' names from {len(COLOURS)} colours "
+                    f"({', '.join(COLOURS)}) and {len(SHAPES)} shapes ({', '.join(SHAPES)}); "
+                    f"unknown or repeated: {bad or vocabulary}"
+                )
+            if num_classes not in (None, len(vocabulary)):
+                raise ValueError(f"num_classes={num_classes} but the vocabulary has {len(vocabulary)} classes")
+            num_classes = len(vocabulary)
+        elif num_classes is None:
+            num_classes = 10
         if int(num_samples) != num_samples or num_samples < 0:
             raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
         if int(num_classes) != num_classes or not 2 <= num_classes <= max_classes:
@@ -199,10 +231,16 @@ class SyntheticFGVC(Dataset):
         self.cache = bool(cache)
         self.side = side
 
-        # Classes on a near-square grid of shapes x colours: neighbours differ in one attribute.
-        n_col = min(len(COLOURS), math.ceil(math.sqrt(self.num_classes)))
+        # Classes on a near-square grid of shapes x colours (neighbours differ in one attribute), or the
+        # given vocabulary.
         colour_names = list(COLOURS)
-        self._codes = [(k // n_col, k % n_col) for k in range(self.num_classes)]  # (shape idx, colour idx)
+        if vocabulary is None:
+            n_col = min(len(COLOURS), math.ceil(math.sqrt(self.num_classes)))
+            self._codes = [(k // n_col, k % n_col) for k in range(self.num_classes)]  # (shape, colour) idx
+        else:
+            self._codes = [
+                (SHAPES.index(v.split("-")[1]), colour_names.index(v.split("-")[0])) for v in vocabulary
+            ]
         self.classes: list[str] = [f"{colour_names[c]}-{SHAPES[s]}" for s, c in self._codes]
         self._class_colours = np.array([COLOURS[colour_names[c]] for _, c in self._codes], dtype=np.uint8)
         self._tiles = self._make_tiles()

@@ -1,0 +1,387 @@
+"""``fgvc pretrain``: fgvc's own small ViT backbone, pretrained on synthetic fine-grained data.
+
+GLSim, DCAL and TransFG are fine-tuning methods: their selection (CLS-patch similarity, attention rollout,
+part attention) only means something in a backbone that already knows where to look. This module makes such
+a backbone on a laptop CPU, from data fgvc generates itself, so every method can be shown working with no
+download (``fgvc demo``).
+
+**Why a classifier alone is not enough.** A small ViT trained only with cross-entropy on its CLS token can
+learn the task while its *final* patch tokens stay unsupervised: nothing asks them to resemble the CLS token,
+and their cosine similarity with it is set by whatever the last block leaves in them (positions, colours).
+``fgvc demo``'s from-scratch ViT puts the peak of that similarity inside the detail for about 2 % of test
+images, chance for a 2.5 % detail. GLSim's selection reads exactly that similarity, so it needs a backbone in
+which the CLS token and the patches it draws on agree.
+
+**Objective** (the model card states it): cross-entropy on the CLS token (label smoothing 0.1) plus
+``loc_weight`` times a localization term: over the patches of an image, the softmax of
+``cos(CLS, patch) / tau`` (final-norm tokens, the similarity GLSim computes) is matched by cross-entropy to
+the share of each patch covered by the detail's true box (grown about its centre to at least
+``min_region`` x ``min_region`` patches, the area GLSim's top-8 patches span, so that for a detail smaller
+than that the most similar patches form one compact region around it rather than the detail plus
+scattered patches). The second term is an auxiliary localization
+signal, the synthetic counterpart of part annotations; it trains, openly, the property GLSim's selection
+relies on. Fine-tuning (``fgvc demo``) uses no box at all.
+
+**Data.** ``SyntheticFGVC`` at 128 px with the *pretraining vocabulary*: the 48 colour-shape classes left
+when the 16 classes of the default grids ({red, green, blue, yellow} x {circle, ring, square, diamond}: every
+class of ``SyntheticFGVC(num_classes=k)`` for k <= 16) are removed. Those 16 never appear in pretraining, as
+the detail or as a distractor, as ImageNet pretraining does not see a user's private dataset. Details of
+several sizes (``detail_sides``), and with probability ``zoom_p`` a zoomed view: a random crop that holds
+the detail, resized to full size as GLSim's crop pass resizes its box (bilinear, ``align_corners=True``).
+Pretraining uses its own seeds, disjoint from the demo's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .backbone import ViTBackbone
+from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
+from .weights import SHIPPED_BACKBONES
+
+__all__ = [
+    "HELD_OUT_CLASSES",
+    "PRETRAIN_VOCABULARY",
+    "PretrainSettings",
+    "detail_coverage",
+    "grow_boxes",
+    "pretrain",
+]
+
+#: Every class of the default synthetic grids up to 16 classes: never seen in pretraining.
+HELD_OUT_CLASSES: tuple[str, ...] = tuple(grid_class_names(16))
+#: The 48 classes pretraining uses.
+PRETRAIN_VOCABULARY: tuple[str, ...] = tuple(c for c in all_class_names() if c not in HELD_OUT_CLASSES)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Everything pretraining uses (written to the model card)."""
+
+    backbone: str = "fgvc_synth_vit_tiny"
+    img_size: int = 128
+    detail_sides: tuple[int, ...] = (7, 10, 14, 20, 31)  # px at img_size: from the hard demo's to the demo's
+    images_per_side: int = 8000  # rendered once, seen again under fresh zoom / flip draws
+    num_distractors: int = 4
+    zoom_p: float = 0.5
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    loc_weight: float = 1.0
+    tau: float = 0.1
+    min_region: float = 3.0  # patches: small details' target region grows to min_region x min_region patches
+    seed: int = 1000  # the demo uses seeds 0-2
+    val_per_side: int = 400
+    threads: int = 2
+
+
+def detail_coverage(boxes: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
+    """Share of each patch covered by each box: boxes (B, 4) pixels (x0, y0, x1, y1) -> (B, rows, cols)."""
+    rows, cols = grid
+    start_y = torch.arange(rows, dtype=boxes.dtype) * patch  # (rows,)
+    start_x = torch.arange(cols, dtype=boxes.dtype) * patch
+    oy = (torch.minimum(boxes[:, 3:4], start_y + patch) - torch.maximum(boxes[:, 1:2], start_y)).clamp(min=0)
+    ox = (torch.minimum(boxes[:, 2:3], start_x + patch) - torch.maximum(boxes[:, 0:1], start_x)).clamp(min=0)
+    return oy[:, :, None] * ox[:, None, :] / patch**2  # (B, rows, cols)
+
+
+def grow_boxes(boxes: Tensor, min_side: float, img_size: tuple[int, int]) -> Tensor:
+    """Boxes (B, 4) grown about their centres to at least ``min_side`` pixels a side, kept in the image."""
+    h, w = img_size
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # (B, 2) x, y
+    half = torch.maximum((boxes[:, 2:] - boxes[:, :2]) / 2, torch.full_like(centre, min_side / 2))
+    limit = torch.tensor([w, h], dtype=boxes.dtype)
+    lo = (centre - half).clamp(min=0)
+    lo = torch.minimum(lo, (limit - 2 * half).clamp(min=0))  # shift inward at the borders
+    return torch.cat([lo, torch.minimum(lo + 2 * half, limit)], dim=1)
+
+
+class _Views:
+    """Pretraining images: several detail sizes, rendered once; zoomed / flipped views drawn per batch."""
+
+    def __init__(self, s: PretrainSettings, split: str, n_per_side: int) -> None:
+        h = w = s.img_size
+        self.size = s.img_size
+        self.parts = [
+            SyntheticFGVC(
+                n_per_side,
+                image_size=s.img_size,
+                seed=s.seed + k,
+                split=split,
+                vocabulary=PRETRAIN_VOCABULARY,
+                num_distractors=s.num_distractors,
+                detail_fraction=(side * side + 0.5) / (h * w),
+                cache=False,
+            )
+            for k, side in enumerate(s.detail_sides)
+        ]
+        self.n_per_side = n_per_side
+        # One preallocated block for every picture, filled on first use: tens of thousands of small cached
+        # arrays between the large activation buffers fragment the heap (RSS grew ~50 MB per step).
+        self.pixels = np.empty((len(self), h, w, 3), dtype=np.uint8)
+        self.rendered = np.zeros(len(self), dtype=bool)
+
+    def __len__(self) -> int:
+        return self.n_per_side * len(self.parts)
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None, zoom_p: float) -> tuple[Tensor, ...]:
+        """Images (B, 3, S, S) normalised to [-1, 1], labels (B,), true boxes (B, 4) in pixels of the view."""
+        images, labels, boxes = [], [], []
+        for i in index:
+            part, j = self.parts[i // self.n_per_side], int(i % self.n_per_side)
+            if not self.rendered[i]:
+                self.pixels[i] = part._array(j)
+                self.rendered[i] = True
+            img = torch.from_numpy(self.pixels[i]).permute(2, 0, 1).float()  # (3, S, S), 0..255
+            box = torch.tensor(part.box_pixels(j), dtype=torch.float32)
+            if rng is not None and rng.random() < zoom_p:
+                img, box = self._zoom(img, box, rng)
+            if rng is not None and rng.random() < 0.5:  # every shape is left-right symmetric
+                img = img.flip(-1)
+                box = torch.stack([self.size - box[2], box[1], self.size - box[0], box[3]])
+            images.append(img)
+            labels.append(part.targets[j])
+            boxes.append(box)
+        x = torch.stack(images).div_(127.5).sub_(1.0)
+        return x, torch.tensor(labels), torch.stack(boxes)
+
+    def _zoom(self, img: Tensor, box: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """A crop that holds (most of) the detail, resized to full size: what GLSim's second pass sees."""
+        s = self.size
+        x0, y0, x1, y1 = box.tolist()
+        d = x1 - x0
+        side = d * math.exp(rng.uniform(math.log(0.9), math.log(s / d)))
+        cw = int(round(min(s, max(4.0, side * math.exp(rng.uniform(-0.25, 0.25))))))
+        ch = int(round(min(s, max(4.0, side * math.exp(rng.uniform(-0.25, 0.25))))))
+
+        def start(a0: float, a1: float, c: int) -> int:
+            lo, hi = min(a0, a1 - c), max(a0, a1 - c)  # the crop holds the detail (or sits inside it)
+            lo, hi = max(0.0, lo), min(float(s - c), hi)
+            return int(round(rng.uniform(lo, hi))) if hi > lo else int(max(0.0, min(lo, s - c)))
+
+        cx, cy = start(x0, x1, cw), start(y0, y1, ch)
+        crop = img[None, :, cy : cy + ch, cx : cx + cw]
+        out = F.interpolate(crop, size=(s, s), mode="bilinear", align_corners=True)[0]
+        sx, sy = s / cw, s / ch
+        new = torch.tensor([(x0 - cx) * sx, (y0 - cy) * sy, (x1 - cx) * sx, (y1 - cy) * sy]).clamp(0, s)
+        return out, new
+
+
+class _Pretrainer(nn.Module):
+    """Backbone + a linear head on CLS; returns the classification and localization losses."""
+
+    def __init__(self, s: PretrainSettings, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = ViTBackbone(s.backbone, img_size=s.img_size, pretrained=False)
+        self.head = nn.Linear(self.backbone.embed_dim, num_classes)
+        self.s = s
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.backbone(x).tokens  # (B, 1 + N, D) after the final norm
+        logits = self.head(tokens[:, 0])  # (B, C)
+        sim = F.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1)  # (B, N): GLSim's similarity
+        return logits, sim
+
+    def losses(self, x: Tensor, y: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits, sim = self(x)
+        bb = self.backbone
+        region = grow_boxes(boxes, self.s.min_region * bb.patch_size[0], bb.img_size)
+        cover = detail_coverage(region, bb.grid_size, bb.patch_size[0]).flatten(1)  # (B, N)
+        target = cover / cover.sum(-1, keepdim=True).clamp(min=1e-6)
+        loss_cls = F.cross_entropy(logits, y, label_smoothing=self.s.label_smoothing)
+        loss_loc = -(target * F.log_softmax(sim / self.s.tau, dim=-1)).sum(-1).mean()
+        return loss_cls, loss_loc, logits, sim
+
+
+@torch.no_grad()
+def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[str, float]:
+    """Per detail size: CLS top-1, and the pointing game of GLSim's similarity (peak inside the box)."""
+    from .methods.glsim import select_box
+
+    model.eval()
+    out: dict[str, float] = {}
+    bb = model.backbone
+    for k, part in enumerate(views.parts):
+        idx = np.arange(k * views.n_per_side, (k + 1) * views.n_per_side)
+        correct = hit = iou_sum = 0.0
+        for lo in range(0, len(idx), batch_size):
+            x, y, boxes = views.batch(idx[lo : lo + batch_size], None, 0.0)
+            logits, sim = model(x)
+            correct += (logits.argmax(-1) == y).sum().item()
+            cover = detail_coverage(boxes, bb.grid_size, bb.patch_size[0]).flatten(1)
+            peak = sim.argmax(-1)
+            hit += (cover.gather(1, peak[:, None]) > 0).sum().item()
+            sel = select_box(sim.reshape(-1, *bb.grid_size), 8, bb.patch_size, bb.img_size).float()
+            inter = (torch.minimum(sel[:, 2:], boxes[:, 2:]) - torch.maximum(sel[:, :2], boxes[:, :2])).clamp(min=0)
+            inter = inter.prod(-1)
+            union = (sel[:, 2:] - sel[:, :2]).prod(-1) + (boxes[:, 2:] - boxes[:, :2]).prod(-1) - inter
+            iou_sum += (inter / union).sum().item()
+        n = len(idx)
+        out[f"top1_{part.side}px"] = 100.0 * correct / n
+        out[f"pointing_{part.side}px"] = 100.0 * hit / n
+        out[f"glsim_box_iou_{part.side}px"] = iou_sum / n
+    model.train()
+    return out
+
+
+def pretrain(
+    out_dir: str | os.PathLike,
+    settings: PretrainSettings | None = None,
+    *,
+    progress: bool = True,
+    eval_every: int = 400,
+) -> dict[str, Any]:
+    """Pretrain the backbone; writes ``NAME.safetensors`` (timm state dict), ``NAME.md`` and ``log.jsonl``.
+
+    Returns the final validation metrics. Deterministic for given settings and thread count.
+    """
+    s = settings or PretrainSettings()
+    if s.backbone not in SHIPPED_BACKBONES:
+        raise ValueError(f"unknown backbone {s.backbone!r}; fgvc pretrains {sorted(SHIPPED_BACKBONES)}")
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(s.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train = _Views(s, "train", s.images_per_side)
+    val = _Views(s, "val", s.val_per_side)
+    model = _Pretrainer(s, len(PRETRAIN_VOCABULARY))
+    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=s.lr, weight_decay=s.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < s.warmup_steps:
+            return s.lr * (step + 1) / s.warmup_steps
+        t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+        return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1 + math.cos(math.pi * t))
+
+    from tqdm.auto import tqdm
+
+    log = (out / "log.jsonl").open("w")
+    start = time.perf_counter()
+    order = np.empty(0, dtype=np.int64)
+    bar = tqdm(range(s.steps), desc="pretrain", disable=not progress)
+    metrics: dict[str, float] = {}
+    for step in bar:
+        if len(order) < s.batch_size:
+            order = np.concatenate([order, rng.permutation(len(train))])
+        index, order = order[: s.batch_size], order[s.batch_size :]
+        x, y, boxes = train.batch(index, rng, s.zoom_p)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss_cls, loss_loc, logits, _ = model.losses(x, y, boxes)
+        loss = loss_cls + s.loc_weight * loss_loc
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        if step % 20 == 0:
+            acc = (logits.argmax(-1) == y).float().mean().item() * 100
+            bar.set_postfix(cls=f"{loss_cls.item():.2f}", loc=f"{loss_loc.item():.2f}", acc=f"{acc:.0f}")
+            rec = dict(step=step, loss_cls=loss_cls.item(), loss_loc=loss_loc.item(), train_top1=acc)
+            rec["seconds"] = time.perf_counter() - start
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if (step + 1) % eval_every == 0 or step + 1 == s.steps:
+            metrics = _evaluate(model, val)
+            log.write(json.dumps(dict(step=step + 1, seconds=time.perf_counter() - start, **metrics)) + "\n")
+            log.flush()
+            tqdm.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            _save_weights(model, out / f"{s.backbone}.safetensors", step + 1)
+    seconds = time.perf_counter() - start
+    log.close()
+    state = _save_weights(model, out / f"{s.backbone}.safetensors", s.steps)
+    _write_card(out / f"{s.backbone}.md", s, metrics, seconds, sum(v.numel() for v in state.values()))
+    return metrics
+
+
+def _save_weights(model: _Pretrainer, path: Path, step: int) -> dict[str, Tensor]:
+    """The backbone as a timm state dict (what ``checkpoint_path=`` and the shipped loader read)."""
+    state = {k: v.detach().contiguous() for k, v in model.backbone.vit.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=dict(format="timm", source="fgvc pretrain", step=str(step)))
+    os.replace(tmp, path)
+    return state
+
+
+def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seconds: float, n: int) -> None:
+    from . import __version__
+
+    shipped = SHIPPED_BACKBONES[s.backbone]
+    rows = "\n".join(
+        f"| {side} px | {metrics[f'top1_{side}px']:.1f} | {metrics[f'pointing_{side}px']:.1f} | "
+        f"{metrics[f'glsim_box_iou_{side}px']:.2f} |"
+        for side in s.detail_sides
+    )
+    defaults = asdict(PretrainSettings())
+    changed = " ".join(
+        f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in asdict(s).items()
+        if v != defaults[k] and k != "backbone"
+    )
+    text = f"""# {s.backbone}
+
+A {shipped.timm_name} architecture ({", ".join(f"{k}={v}" for k, v in shipped.timm_kwargs.items())}),
+{n / 1e6:.2f} M parameters, pretrained by fgvc at {s.img_size} x {s.img_size} px on its own synthetic data.
+Load it with `fgvc.create_model(METHOD, backbone="{s.backbone}", pretrained=True, num_classes=..., img_size=...)`;
+position embeddings are resampled to other sizes. Input normalisation: mean 0.5, std 0.5 (the synthetic data's).
+
+## Data
+`SyntheticFGVC` ({s.img_size} px, {s.num_distractors} distractors) with the pretraining vocabulary: the
+{len(PRETRAIN_VOCABULARY)} colour-shape classes left when the 16 classes of the default grids
+({", ".join(HELD_OUT_CLASSES)}) are removed. Those 16 never appear in pretraining, neither as the detail nor as a
+distractor: fine-tuning on `SyntheticFGVC(num_classes=k)`, k <= 16, meets unseen classes. Detail sides
+{", ".join(map(str, s.detail_sides))} px, {s.images_per_side} images each (seeds {s.seed}..{s.seed + len(s.detail_sides) - 1},
+disjoint from the demo's 0-2), each seen again under fresh draws of a zoomed view (probability {s.zoom_p}: a
+random crop holding the detail, resized to full size as GLSim's crop pass does) and a horizontal flip.
+
+## Objective
+Cross-entropy of a linear head on the CLS token (label smoothing {s.label_smoothing}) plus {s.loc_weight} x a
+localization term: the softmax over patches of cos(CLS, patch) / {s.tau} (final-norm tokens: the similarity
+GLSim selects with) is matched by cross-entropy to the share of each patch covered by the detail's true box,
+grown about its centre to at least {s.min_region:g} x {s.min_region:g} patches (so that the most similar
+patches of a small detail form one compact region around it).
+The second term is an auxiliary localization signal (the synthetic counterpart of part annotations); it
+trains the property GLSim's selection relies on. Fine-tuning uses no boxes.
+
+## Settings
+AdamW, lr {s.lr} (warmup {s.warmup_steps} steps, cosine to {s.min_lr}), weight decay {s.weight_decay},
+batch {s.batch_size}, {s.steps} steps, gradient clipping {s.grad_clip}, seed {s.seed}, {s.threads} threads,
+deterministic algorithms.
+
+Time: {seconds / 60:.1f} min on {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__},
+timm {timm.__version__}, fgvc {__version__}.
+
+## Validation (pretraining vocabulary, {s.val_per_side} images per detail size, no zoom)
+| detail | CLS top-1 (%) | pointing game (%) | GLSim box IoU (top-8) |
+|---|---|---|---|
+{rows}
+
+## Re-create
+```
+fgvc pretrain --out runs/pretrain {changed}
+```
+then copy `runs/pretrain/{s.backbone}.safetensors` and `.md` into `fgvc/weights/`.
+"""
+    path.write_text(text)
