@@ -233,8 +233,9 @@ def fmt(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, float):  # YAML 1.1 (PyYAML) reads 1e-05 as a string: a float needs its dot, 1.0e-05
+        text = repr(value)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text
     if isinstance(value, list):
         return "[" + ", ".join(fmt(v) for v in value) + "]"
     if isinstance(value, dict):
