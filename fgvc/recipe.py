@@ -44,6 +44,8 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
+from .settings import check_data_settings, check_fit_settings, number_from_text
+
 __all__ = [
     "RecipeResult",
     "build_recipe_data",
@@ -71,6 +73,7 @@ DATA_KEYS = {
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
 RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
 
 
 def list_recipes() -> list[str]:
@@ -81,6 +84,8 @@ def list_recipes() -> list[str]:
 def _recipe_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ValueError(f"recipe {path} is a directory, not a recipe file (a .yaml file or a recipe name)")
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return path
@@ -142,6 +147,11 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
         raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
+    try:  # the values themselves, with the checks fit applies to its arguments
+        check_fit_settings(recipe["train"], prefix="train.")
+        check_data_settings(recipe["data"], prefix="data.")
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
     seeds = recipe.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -158,9 +168,22 @@ def load_recipe(
         raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping with model, data and train sections")
-    recipe = apply_overrides(recipe, overrides)
+    recipe = read_numbers(apply_overrides(recipe, overrides))
     validate_recipe(recipe, origin=str(path))
     return recipe
+
+
+def read_numbers(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with ``"1e-3"`` read as 0.001 in its model, data and train sections (YAML 1.1 reads an
+    exponent without a dot as text); names and paths are left as written."""
+    def convert(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: convert(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [convert(v, key) for v in node]
+        return node if key in TEXT_KEYS else number_from_text(node)
+
+    return {k: convert(v) if k in ("model", "data", "train") else v for k, v in recipe.items()}
 
 
 def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
@@ -321,7 +344,7 @@ def train_recipe(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = apply_overrides(dict(recipe), overrides)
-    recipe = copy.deepcopy(dict(recipe))
+    recipe = read_numbers(copy.deepcopy(dict(recipe)))
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
     out_dir = Path(out_dir)
