@@ -429,6 +429,18 @@ def _plain(x: Any) -> Any:
     return str(x)  # e.g. torch.device
 
 
+def check_output_file(path: str | os.PathLike, what: str = "the results") -> None:
+    """Fail now, naming the path, when ``path`` cannot be written (before a long run that would write it)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} to {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
+
+
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
     path = Path(checkpoint).with_name("config.yaml")
@@ -464,11 +476,12 @@ def evaluate_checkpoint(
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
     beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
-    when some class has two images or more; crop IoU when the dataset has boxes.
+    checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
+    from the run's options (``root`` is not used), so the split is the very one training evaluated.
+    Retrieval metrics are added when some class has two images or more; crop IoU when the dataset has boxes.
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes
+    from .data import build_dataset, subset_classes, synthetic_splits
     from .distributed import init_distributed
 
     init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
@@ -480,7 +493,14 @@ def evaluate_checkpoint(
         raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
     same = name == data.get("dataset")
     options = dict(data.get("options") or {}) if same else {}
-    test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
+    if name == "synthetic":  # the very split training evaluated: same sizes, seed and input size, no transform
+        options.setdefault("image_size", tuple(model.img_size))
+        splits = synthetic_splits(**options)
+        if split not in splits:
+            raise ValueError(f"the synthetic dataset has the splits {sorted(splits)}, got {split!r}")
+        test = splits[split]
+    else:
+        test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
     classes = list(getattr(test, "classes", None) or [])
