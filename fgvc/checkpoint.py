@@ -53,6 +53,8 @@ __all__ = [
 FORMAT_VERSION = 1
 TRAIN_STATE_VERSION = 1
 CHECKSUM_KEY = "fgvc_crc32"
+TRAIN_STATE_KEYS = {"step", "epoch", "batches_done", "epochs", "world_size", "batch_size", "accumulate_steps", "seed",
+                    "num_train", "sums", "history", "best_epoch", "best_top1", "rng", "optimizer"}
 REQUIRED_METADATA = {"method": str, "backbone": str, "num_classes": int, "img_size": list}
 _TEMPORARY = re.compile(r"\.(?P<name>.+\.safetensors|log\.jsonl)\.tmp-(?P<pid>\d+)")
 
@@ -333,6 +335,13 @@ def load_train_state(
     The optimizer's state dict is rebuilt into ``state["optimizer_state_dict"]``.
     """
     meta = _header_json(path, "fgvc_train_state", "training state")
+    absent = sorted(TRAIN_STATE_KEYS - set(meta))
+    optimizer = meta.get("optimizer")
+    if absent or not isinstance(optimizer, dict) or not {"param_groups", "scalars"} <= set(optimizer):
+        raise ValueError(
+            f"{path}: the training state's metadata is incomplete (missing {absent or ['optimizer']}); the file "
+            f"was not written by fgvc.fit or was edited"
+        )
     flat, _ = load_tensors(path, "training state")
     model_state = {k[len("model/") :]: v for k, v in flat.items() if k.startswith("model/")}
     opt_state: dict[int, dict[str, Any]] = {}

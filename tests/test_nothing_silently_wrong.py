@@ -183,6 +183,13 @@ def test_errors_name_the_file(tmp_path):
         with pytest.raises(ValueError, match=f"{name}.safetensors"):
             fgvc.load_model(crafted)
 
+    fgvc.fit(model, Blobs(n=16, num_classes=3), epochs=1, batch_size=8, out_dir=tmp_path / "run", progress=False)
+    state = tmp_path / "run" / "train_state.safetensors"
+    crafted = tmp_path / "state.safetensors"
+    save_file(load_file(str(state)), str(crafted), metadata={"fgvc_train_state": json.dumps(dict(step=3))})
+    with pytest.raises(ValueError, match=r"state.safetensors: the training state's metadata is incomplete"):
+        fgvc.fit(model, Blobs(n=16, num_classes=3), epochs=2, batch_size=8, resume=crafted, progress=False)
+
     root = make_cub(tmp_path / "cub")
     raw = (root / "images.txt").read_bytes().replace(b"Sooty", b"S\xe9oty", 1)
     (root / "images.txt").write_bytes(raw)
