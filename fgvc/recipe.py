@@ -152,9 +152,14 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
         check_data_settings(recipe["data"], prefix="data.")
     except ValueError as err:
         raise ValueError(f"{origin}: {err}") from None
-    seeds = recipe.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
+    _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
+
+
+def _check_seeds(seeds: Any, name: str) -> None:
+    """One run per seed: a repeated seed would overwrite its run and count twice in the mean +- std."""
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
 
 
 def load_recipe(
@@ -347,6 +352,7 @@ def train_recipe(
     recipe = read_numbers(copy.deepcopy(dict(recipe)))
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
+    _check_seeds(seeds, "seeds")
     out_dir = Path(out_dir)
     result = RecipeResult(recipe=recipe)
     # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its

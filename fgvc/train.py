@@ -269,6 +269,7 @@ def fit(
     if val_data is not None:
         _check_class_count(net, val_data, "val_data")
         _check_image_size(net, val_data, "val_data")
+        _check_same_classes(train_data, val_data)
     class_names = getattr(train_data, "classes", None) or net.class_names
     if class_names is not None:
         net.class_names = list(class_names)
@@ -281,7 +282,7 @@ def fit(
     if state_path is not None:
         model_state, saved, saved_tensors = load_train_state(state_path)
         _check_resume(net, saved, train_data, state_path, optimizer=optimizer, world=world, batch_size=batch_size,
-                      accumulate_steps=accumulate_steps, seed=seed, settings=settings)
+                      accumulate_steps=accumulate_steps, seed=seed, epochs=epochs, settings=settings)
         _check_state_matches(net, model_state, state_path)
         net.load_state_dict(model_state, strict=True)
 
@@ -606,7 +607,8 @@ def _resume_path(resume: bool | str | os.PathLike, out_dir: Path | None) -> Path
 
 
 def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: Path, *, optimizer: str,
-                  world: int, batch_size: int, accumulate_steps: int, seed: int, settings: dict[str, Any]) -> None:
+                  world: int, batch_size: int, accumulate_steps: int, seed: int, epochs: int,
+                  settings: dict[str, Any]) -> None:
     """A resumed run must train the same model on the same data with the same optimizer settings (the saved
     optimizer state and schedule belong to them); mid-epoch also with the same batches."""
     was = saved.get("model_config") or {}
@@ -618,6 +620,13 @@ def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: 
     names = getattr(data, "classes", None)
     if names is not None and saved.get("class_names") is not None and list(names) != saved["class_names"]:
         raise ValueError(f"the classes of train_data differ from those of the run saved in {path}")
+    done = saved["epoch"] - 1  # whole epochs trained; one more is under way when batches_done > 0
+    if epochs < done or (epochs == done and saved["batches_done"]):
+        trained = f"{done} epochs" + (f" and {saved['batches_done']} batches" if saved["batches_done"] else "")
+        raise ValueError(
+            f"{path} has already trained {trained}, more than epochs={epochs} asks for; resume with "
+            f"epochs >= {done + bool(saved['batches_done'])}, or start a new run in another out_dir"
+        )
     if saved.get("optimizer_name", optimizer) != optimizer:
         raise ValueError(f"{path} was trained with optimizer={saved['optimizer_name']!r}, not {optimizer!r}")
     was_settings = saved.get("settings") or {}  # absent in states written before fgvc saved them
@@ -664,6 +673,17 @@ def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
         raise ValueError(
             f"{name} has {len(classes)} classes but the model was built with num_classes={model.num_classes}"
         )
+
+
+def _check_same_classes(train_data: Dataset, val_data: Dataset) -> None:
+    """Label k must mean the same class in both datasets (same count is not enough: the order matters)."""
+    train, val = getattr(train_data, "classes", None), getattr(val_data, "classes", None)
+    if train is None or val is None or list(train) == list(val):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(val, train)) if a != b), min(len(val), len(train)))
+    shown = (f"label {k} is {val[k]!r} vs {train[k]!r}" if k < min(len(val), len(train))
+             else f"{len(val)} vs {len(train)} classes")
+    raise ValueError(f"val_data's classes differ from train_data's: {shown} (label k must be the same class in both)")
 
 
 def _check_image_size(model: FGVCModel, data: Dataset, name: str) -> None:

@@ -310,3 +310,28 @@ def test_the_same_checks_guard_the_recipe_and_fit():
     with pytest.raises(ValueError, match="train.epochs must be an integer >= 1, got 2.5"):
         check_fit_settings(dict(epochs=2.5), prefix="train.")
 
+
+
+# ------------------------------------------------------------------ found by probing further
+def test_resuming_with_fewer_epochs_than_already_trained_is_refused(tmp_path):
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    fgvc.fit(model, Blobs(n=16), epochs=3, batch_size=8, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"already trained 3 epochs.*epochs=2"):
+        fgvc.fit(model, Blobs(n=16), epochs=2, batch_size=8, out_dir=tmp_path, resume=True, progress=False)
+    assert len(fgvc.fit(model, Blobs(n=16), epochs=3, batch_size=8, out_dir=tmp_path, resume=True,
+                        progress=False)) == 3  # the finished run itself
+
+
+def test_validation_classes_in_another_order_are_refused():
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    val = Blobs(n=8, seed=1)
+    val.classes = ["c1", "c0", "c2", "c3"]  # label 0 means another class than in training
+    with pytest.raises(ValueError, match=r"val_data's classes differ from train_data's: label 0 is 'c1' vs 'c0'"):
+        fgvc.fit(model, Blobs(n=16), val, epochs=1, batch_size=8, progress=False)
+
+
+def test_repeated_seeds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"seeds must be .*without repeats, got \[0, 0\]"):
+        load_recipe("vit_cub_224", ["seeds=[0, 0]"])
+    with pytest.raises(ValueError, match=r"seeds .*without repeats, got \[1, 1\]"):
+        train_recipe(tiny_recipe(dataset="synthetic"), tmp_path, seeds=[1, 1])
