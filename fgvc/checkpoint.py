@@ -202,6 +202,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: the fgvc metadata has no valid {key!r} (a {kind.__name__}, got {meta.get(key)!r}); "
                 f"the file was not written by fgvc.save_model or was edited"
             )
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != meta["num_classes"]):
+        count = len(names) if isinstance(names, list) else "no list of"
+        raise ValueError(f"{path}: {count} class names for {meta['num_classes']} classes in the fgvc metadata")
     return meta
 
 

@@ -680,7 +680,7 @@ def _check_same_classes(train_data: Dataset, val_data: Dataset) -> None:
     train, val = getattr(train_data, "classes", None), getattr(val_data, "classes", None)
     if train is None or val is None or list(train) == list(val):
         return
-    k = next((i for i, (a, b) in enumerate(zip(val, train)) if a != b), min(len(val), len(train)))
+    k = next((i for i, (a, b) in enumerate(zip(val, train, strict=False)) if a != b), len(val))
     shown = (f"label {k} is {val[k]!r} vs {train[k]!r}" if k < min(len(val), len(train))
              else f"{len(val)} vs {len(train)} classes")
     raise ValueError(f"val_data's classes differ from train_data's: {shown} (label k must be the same class in both)")

@@ -335,3 +335,21 @@ def test_repeated_seeds_are_refused(tmp_path):
         load_recipe("vit_cub_224", ["seeds=[0, 0]"])
     with pytest.raises(ValueError, match=r"seeds .*without repeats, got \[1, 1\]"):
         train_recipe(tiny_recipe(dataset="synthetic"), tmp_path, seeds=[1, 1])
+
+
+def test_an_image_listed_twice_in_one_split_is_a_problem(tmp_path):
+    root_split = tmp_path / "folder"
+    for cls in ("a", "b"):
+        write_image(root_split / cls / "x.jpg")
+    (root_split / "split.txt").write_text("a/x.jpg train\nb/x.jpg test\na/x.jpg train\n")
+    with pytest.raises(ValueError, match=r"split.txt: image 'a/x.jpg' on lines 1 and 3"):
+        build_dataset("folder", root_split, "train")
+
+
+def test_class_names_that_do_not_match_the_head_are_refused(tmp_path):
+    model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"fgvc": json.dumps(dict(model.config, class_names=["a", "b"], format=1))})
+    with pytest.raises(ValueError, match=r"m.safetensors: 2 class names for 3 classes"):
+        fgvc.load_model(path)
