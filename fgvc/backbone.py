@@ -142,7 +142,8 @@ class ViTBackbone(nn.Module):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
             from .checkpoint import backbone_state_dict  # late: checkpoint imports the methods
 
-            # read safely (.pth through torch.load(weights_only=True)) before building anything
+            # read safely (.pth through torch.load(weights_only=True)) before building anything; a given
+            # pretrained_cfg_overlay (e.g. a recipe's mean / std) stays in kwargs and applies as usual
             state, aside = backbone_state_dict(checkpoint_path)
             pretrained = False
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))

@@ -133,6 +133,7 @@ DATA_RULES: dict[str, Callable[[str, Any], None]] = {
     "resize": _size,
     "test_resize": _size,
     "trivial_augment": _flag(optional=False),
+    "auto_augment": _flag(optional=False),
     "random_erasing": _fraction(closed=True),
 }
 
