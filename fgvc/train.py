@@ -237,7 +237,10 @@ def fit(
         resume: True: continue from ``out_dir/train_state.safetensors`` if it exists (else start fresh, so
             a requeued job can always pass it); a path (file or directory): continue from that state, which
             must exist. Model, optimizer, schedule, grad scaler, RNG and the position in the epoch are
-            restored; the data, model architecture and class count must match the saved run.
+            restored; the data, model architecture and class count must match the saved run, and so must
+            the optimizer settings (``lr``, ``weight_decay``, ``momentum`` for SGD, ``min_lr``,
+            ``warmup_steps``, ``label_smoothing``, ``grad_clip``): a resume with others is refused, naming
+            them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
         save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
             preemptible machines); None: at epoch ends only.
         accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
@@ -249,6 +252,11 @@ def fit(
         tensorboard: write TensorBoard scalars to ``out_dir/tensorboard``; None: when it is installed.
         find_unused_parameters: passed to DistributedDataParallel (every built-in method uses all its
             parameters in training, so it stays off).
+
+    Every setting is checked before anything runs (``fgvc.settings.check_fit_settings``, which recipes use
+    too). A non-finite loss stops training naming the optimizer step; so does an update that leaves a weight
+    or optimizer tensor non-finite, checked before every save and at every epoch end: nothing non-finite is
+    ever written, so the checkpoints in ``out_dir`` stay good ones.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the process group is joined here (NCCL on CUDA, gloo on the CPU),
     the model wrapped in DistributedDataParallel, the training set sharded by ``DistributedSampler``,
