@@ -73,8 +73,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .recipe import evaluate_checkpoint
+    from .recipe import check_output_file, evaluate_checkpoint
 
+    if args.out:
+        check_output_file(args.out, "the metrics")  # now, not after the whole evaluation
     result = evaluate_checkpoint(
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
         device=args.device, num_workers=args.num_workers, progress=not args.no_progress,

@@ -52,6 +52,8 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
+from .settings import check_data_settings, check_fit_settings, number_from_text
+
 __all__ = [
     "RecipeResult",
     "build_recipe_data",
@@ -82,6 +84,7 @@ DATA_KEYS = {
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
 RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
 
 
 def list_recipes() -> list[str]:
@@ -92,6 +95,8 @@ def list_recipes() -> list[str]:
 def _recipe_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ValueError(f"recipe {path} is a directory, not a recipe file (a .yaml file or a recipe name)")
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return path
@@ -153,11 +158,21 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
         raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
+    try:  # the values themselves, with the checks fit applies to its arguments
+        check_fit_settings(recipe["train"], prefix="train.")
+        check_data_settings(recipe["data"], prefix="data.")
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
     if recipe.get("protocol", "val") not in PROTOCOLS:
         raise ValueError(f"{origin}: protocol must be one of {list(PROTOCOLS)}, got {recipe.get('protocol')!r}")
-    seeds = recipe.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
+    _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
+
+
+def _check_seeds(seeds: Any, name: str) -> None:
+    """One run per seed: a repeated seed would overwrite its run and count twice in the mean +- std."""
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
 
 
 def load_recipe(
@@ -171,9 +186,22 @@ def load_recipe(
         raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping with model, data and train sections")
-    recipe = apply_overrides(recipe, overrides)
+    recipe = read_numbers(apply_overrides(recipe, overrides))
     validate_recipe(recipe, origin=str(path))
     return recipe
+
+
+def read_numbers(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with ``"1e-3"`` read as 0.001 in its model, data and train sections (YAML 1.1 reads an
+    exponent without a dot as text); names and paths are left as written."""
+    def convert(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: convert(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [convert(v, key) for v in node]
+        return node if key in TEXT_KEYS else number_from_text(node)
+
+    return {k: convert(v) if k in ("model", "data", "train") else v for k, v in recipe.items()}
 
 
 def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
@@ -355,9 +383,10 @@ def train_recipe(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = apply_overrides(dict(recipe), overrides)
-    recipe = copy.deepcopy(dict(recipe))
+    recipe = read_numbers(copy.deepcopy(dict(recipe)))
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
+    _check_seeds(seeds, "seeds")
     out_dir = Path(out_dir)
     result = RecipeResult(recipe=recipe)
     # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its
@@ -441,6 +470,18 @@ def _plain(x: Any) -> Any:
     return str(x)  # e.g. torch.device
 
 
+def check_output_file(path: str | os.PathLike, what: str = "the results") -> None:
+    """Fail now, naming the path, when ``path`` cannot be written (before a long run that would write it)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} to {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
+
+
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
     path = Path(checkpoint).with_name("config.yaml")
@@ -476,11 +517,12 @@ def evaluate_checkpoint(
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
     beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
-    when some class has two images or more; crop IoU when the dataset has boxes.
+    checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
+    from the run's options (``root`` is not used), so the split is the very one training evaluated.
+    Retrieval metrics are added when some class has two images or more; crop IoU when the dataset has boxes.
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes
+    from .data import build_dataset, subset_classes, synthetic_splits
     from .distributed import init_distributed
 
     init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
@@ -492,7 +534,14 @@ def evaluate_checkpoint(
         raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
     same = name == data.get("dataset")
     options = dict(data.get("options") or {}) if same else {}
-    test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
+    if name == "synthetic":  # the very split training evaluated: same sizes, seed and input size, no transform
+        options.setdefault("image_size", tuple(model.img_size))
+        splits = synthetic_splits(**options)
+        if split not in splits:
+            raise ValueError(f"the synthetic dataset has the splits {sorted(splits)}, got {split!r}")
+        test = splits[split]
+    else:
+        test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
     classes = list(getattr(test, "classes", None) or [])
