@@ -127,3 +127,16 @@ def test_pretraining_images_come_from_the_pretraining_vocabulary():
     part = views.parts[0]
     assert part.classes == list(PRETRAIN_VOCABULARY) and part.side == 10
     assert isinstance(part, SyntheticFGVC) and part.seed == PretrainSettings().seed
+
+
+def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
+    import fgvc.pretrain
+    from fgvc.cli import build_parser
+
+    seen = {}
+    monkeypatch.setattr(fgvc.pretrain, "pretrain", lambda out, s, progress: seen.update(out=out, s=s) or {})
+    args = build_parser().parse_args(
+        ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--no-progress"]
+    )
+    assert args.func(args) == 0
+    assert seen["s"] == replace(PretrainSettings(), steps=7, detail_sides=(7, 31)) and seen["out"] == str(tmp_path)
