@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 __all__ = [
     "RecipeResult",
     "build_recipe_data",
+    "checkpoint_split",
     "evaluate_checkpoint",
     "list_recipes",
     "load_recipe",
@@ -429,26 +430,24 @@ def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) 
     return build_transforms(model, train=False, img_size=tuple(model.img_size), resize=resize)
 
 
-def evaluate_checkpoint(
+def checkpoint_split(
     checkpoint: str | os.PathLike,
     root: str | os.PathLike | None,
     *,
     dataset: str | None = None,
     split: str = "test",
-    **evaluate_options: Any,
-) -> Any:
-    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+) -> tuple[Any, Dataset]:
+    """The model of an fgvc checkpoint and the split it is evaluated on, as ``evaluate_checkpoint`` builds it.
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
-    beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
-    when some class has two images or more; crop IoU when the dataset has boxes.
+    beside the checkpoint when it is there; ``dataset`` overrides the name. The items are the checkpoint's
+    test transform of each image (normalized tensors at its input size), the labels its classes; when the
+    dataset has boxes, ``input_boxes`` are in the model's input frame. The dataset's classes must be the
+    checkpoint's (same count and names), else the error says which differ.
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes
-    from .distributed import init_distributed
+    from .data import EvalBoxes, build_dataset, subset_classes
 
-    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
     data = dict(config.get("data") or {})
@@ -469,7 +468,31 @@ def evaluate_checkpoint(
     if classes and model.class_names and classes != list(model.class_names):
         diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
         raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
-    return _evaluate_split(model, test, data, **evaluate_options)
+    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+        resize = _size(data.get("test_resize", data.get("resize")))
+        test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
+    return model, test
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    root: str | os.PathLike | None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    **evaluate_options: Any,
+) -> Any:
+    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+
+    The model and the split are ``checkpoint_split``'s (the run's dataset, class subset and test transform
+    from its ``config.yaml``). Retrieval metrics are added when some class has two images or more; crop IoU
+    when the dataset has boxes.
+    """
+    from .distributed import init_distributed
+
+    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
+    model, test = checkpoint_split(checkpoint, root, dataset=dataset, split=split)
+    return _evaluate_split(model, test, {}, **evaluate_options)
 
 
 def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:
