@@ -19,6 +19,7 @@ __all__ = [
     "Evaluated",
     "LAPTOP",
     "evaluate_checkpoints",
+    "examples",
     "laptop_overrides",
     "parse_checkpoints",
     "quick_stand_ins",
@@ -128,12 +129,12 @@ def evaluate_checkpoints(
     else:
         pairs = parse_checkpoints(checkpoints)  # type: ignore[arg-type]
     out = Evaluated()
+    skipped: dict[str, list[str]] = {}
     for (dataset, method), path in pairs.items():
         root = roots.get(dataset)
         if root is None or not Path(path).is_file():
-            if verbose:
-                why = f"no {dataset} folder" if root is None else f"no file {path}"
-                print(f"{dataset}:{method}: {why}, skipped")
+            why = f"no {dataset} data folder" if root is None else "no checkpoint file"
+            skipped.setdefault(why, []).append(f"{dataset}:{method}")
             continue
         model, test = checkpoint_split(path, root, dataset=dataset)
         out.results[(dataset, method)] = _evaluate_split(model, test, {}, device=device)
@@ -141,6 +142,9 @@ def evaluate_checkpoints(
         out.tests[dataset] = test  # one test split per dataset: the checkpoints of a dataset share it
         if verbose:
             print(f"{dataset}:{method}: {path} on {len(test)} test images, {model.num_classes} classes")
+    if verbose:
+        for why, keys in skipped.items():
+            print(f"skipped ({why}): {', '.join(keys)}")
     return out
 
 
@@ -186,3 +190,17 @@ def quick_stand_ins(
         out.results[(label, method)] = evaluate(model, test, retrieval=True)
         out.models[(label, method)] = model
     return out
+
+
+def examples(test: Any, n: int = 3, *, start: int = 0) -> dict[str, Any]:
+    """``n`` test items spread over the split (from ``start``), as ``viz.plot_maps`` takes them: ``images``
+    (n, 3, H, W), ``targets``, ``gt_boxes`` (n, 4) in input pixels or None, ``indices``."""
+    import torch
+
+    step = max(1, len(test) // max(n, 1))
+    indices = [(start + k * step) % len(test) for k in range(min(n, len(test)))]
+    images = torch.stack([torch.as_tensor(test[i][0]) for i in indices])
+    h, w = images.shape[-2:]
+    boxes = getattr(test, "input_boxes", None)
+    gt = None if boxes is None else torch.as_tensor(boxes)[indices].float() * torch.tensor([w, h, w, h])
+    return {"images": images, "targets": [int(test[i][1]) for i in indices], "gt_boxes": gt, "indices": indices}

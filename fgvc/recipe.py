@@ -260,6 +260,7 @@ class RecipeResult:
 
     recipe: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    num_classes: int | None = None  # for the chance row (100 / classes)
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{metric: (mean, std)}`` over seeds for every numeric test metric."""
@@ -276,6 +277,8 @@ class RecipeResult:
         if not self.runs:
             return "(no runs)"
         keys = [k for k in self.runs[0] if k.startswith("test_")]
+        if self.num_classes is not None and self.num_classes <= 5:
+            keys = [k for k in keys if k != "test_top5"]  # 100% by construction with 5 classes or fewer
         lines = ["| seed | best epoch | val top-1 | " + " | ".join(k[5:] for k in keys) + " |"]
         lines.append("|" + "---|" * (len(keys) + 3))
         for r in self.runs:
@@ -284,6 +287,12 @@ class RecipeResult:
         summary = self.summary()
         cells = [_fmt_mean_std(*summary[k]) if k in summary else "-" for k in keys]
         lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
+        if self.num_classes:
+            chance = {"test_top1": 100.0 / self.num_classes,
+                      "test_top5": 100.0 * 5 / self.num_classes if self.num_classes > 5 else None}
+            cells = [_fmt(chance.get(k)) for k in keys]
+            lines.append(f"| chance ({self.num_classes} classes) | | {_fmt(chance['test_top1'])} | "
+                         + " | ".join(cells) + " |")
         expected = self.recipe.get("expected_top1")
         lines.append("")
         lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({self.recipe.get('source', 'no source')})")
@@ -335,7 +344,7 @@ def train_recipe(
         run_dir = out_dir / f"seed{seed}"
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        num_classes = _num_classes(recipe)
+        num_classes = result.num_classes = _num_classes(recipe)
         model = create_model(num_classes=num_classes, **recipe["model"])
         data = build_recipe_data(recipe, model)
         args = fit_arguments(recipe, len(data["train"]))

@@ -204,8 +204,19 @@ def row_title(
         parts.append(f"true: {name(int(target))}")
         parts.append("\u2713 correct" if right else "\u2717 wrong")
         color = "#006400" if right else "#b00000"
-    text = "  |  ".join(parts)
-    return textwrap.fill(text, width=max(30, int(width * 72 / (9 * 0.55)))), color
+    return join_parts(parts, max(30, int(width * 72 / (9 * 0.55)))), color
+
+
+def join_parts(parts: Sequence[str], width: int) -> str:
+    """``parts`` joined by " | ", broken into lines of at most ``width`` characters between parts (a part is
+    only broken itself when it is longer than a line)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 5 + len(part) <= width:
+            lines[-1] += "  |  " + part
+        else:
+            lines.extend(textwrap.wrap(part, width) or [""])
+    return "\n".join(lines)
 
 
 def plot_maps(
@@ -358,13 +369,14 @@ def plot_confused_pair(
     def name(c: int) -> str:
         return pretty_name(names[c]) if names else f"class {c}"
 
+    n = max(len(mistakes), len(right), 1)  # no empty columns when there are fewer examples
     first = data[int(mistakes[0])][0] if len(mistakes) else data[0][0]
     h, w = torch.as_tensor(first).shape[-2:]
     fig, subs, axes, _ = rows_figure(2, n, h / w, panel=2.0, footer=False, pyplot=pyplot)
     width = fig.get_figwidth()
     total = int(((targets == true) & (predictions == pred)).sum())
     rows = [
-        (mistakes, f"True {name(true)}, predicted {name(pred)}: {total} images"),
+        (mistakes, f"True {name(true)}, predicted {name(pred)}: {total} image{'s' if total != 1 else ''}"),
         (right, f"{name(pred)} ({right_label}): what the model took them for"),
     ]
     for row, (indices, label) in enumerate(rows):
@@ -378,6 +390,6 @@ def plot_confused_pair(
                 ax.set_title(f"#{int(indices[j])}", fontsize=7)
             else:
                 ax.axis("off")
-        subs[row].suptitle(textwrap.fill(label, width=max(30, int(width * 72 / (9 * 0.55)))), fontsize=9,
+        subs[row].suptitle(join_parts([label], max(30, int(width * 72 / (9 * 0.55)))), fontsize=9,
                            color="#b00000" if row == 0 else "black")
     return fig

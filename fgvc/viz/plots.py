@@ -78,13 +78,15 @@ def plot_per_class(
     methods = list(results)
     acc = np.stack([np.asarray(results[m].per_class_accuracy, dtype=np.float64) for m in methods])  # (M, C)
     num_classes = acc.shape[1]
-    mean = np.nanmean(np.where(np.isnan(acc), np.nan, acc), axis=0) if np.isfinite(acc).any() else acc[0]
+    seen = np.isfinite(acc).any(0)  # classes with test images (NaN: none)
+    mean = np.full(num_classes, np.nan)
+    mean[seen] = np.nanmean(acc[:, seen], axis=0)
     order = [c for c in np.argsort(np.nan_to_num(mean, nan=np.inf), kind="stable") if np.isfinite(mean[c])][:worst]
     names = [pretty_name(class_names[c]) if class_names else f"class {c}" for c in order]
     labels = [textwrap.fill(n, 36) for n in names]
     per_class = [max(0.15 * (label.count("\n") + 1), 0.14 * len(methods)) + 0.12 for label in labels]
     height = 1.3 + sum(per_class)
-    fig = _new_figure((7.5, height), pyplot=pyplot)
+    fig = _new_figure((8.5, height), pyplot=pyplot)
     ax = fig.subplots(1, 1)
     bar = 0.8 / len(methods)
     y = np.arange(len(order))
@@ -100,7 +102,7 @@ def plot_per_class(
     ax.invert_yaxis()
     ax.set(xlim=(0, 108), xlabel="top-1 on the class's test images (%)")
     ax.set_title(title or f"The {len(order)} hardest of {num_classes} classes", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, never on a bar
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
