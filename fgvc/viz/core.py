@@ -168,7 +168,7 @@ def overlay_map(
     input_size: tuple[int, int] | None = None,
     patch_size: tuple[int, int] | None = None,
     patch_stride: tuple[int, int] | None = None,
-    alpha: float = 0.85,
+    alpha: float = 0.75,
     cmap: str = HEAT_CMAP,
     smooth: bool = False,
     title: str | None = None,
