@@ -142,9 +142,8 @@ targets = [test[i][1] for i in range(4)]
 h, w = IMG_SIZE
 gt_boxes = test.input_boxes[:4] * torch.tensor([w, h, w, h])  # true boxes in input pixels
 
-for method, model in models.items():
+for model in models.values():
     fig = viz.plot_layer_heads(model, images[0], mean=test.mean, std=test.std)
-    fig.suptitle(f"{method}: CLS attention per layer and head")
     plt.show()
 """),
     ("md", """

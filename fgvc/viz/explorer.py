@@ -223,7 +223,7 @@ class Explorer(w.VBox):
         text, color = row_title(self.method.value, None, pred, label, self.class_names, fig.get_figwidth())
         subs[0].suptitle(text, fontsize=9, color=color)
         fig.suptitle(f"{self.method.value}: {_describe(kind, layer, head, maps.depth)}", fontsize=9)
-        draw_footer(footer, true_box=gt is not None, outlines=kind in MASK_KINDS)
+        draw_footer(footer, true_box=gt is not None, outlines=kind in MASK_KINDS, colorbar=kind not in MASK_KINDS)
         self.figure = fig
         self.image.value = _png(fig)
         self.info.value = self._predictions_html(maps, label)

@@ -169,12 +169,16 @@ def rows_figure(
     return fig, subs[:rows], axes, (subs[rows] if footer else None)
 
 
-def draw_footer(footer: Any, *, true_box: bool = True, model_box: bool = True, outlines: bool = False) -> None:
+def draw_footer(footer: Any, *, true_box: bool = True, model_box: bool = True, outlines: bool = False,
+                colorbar: bool = True) -> None:
     """The colorbar of per-panel normalised maps and the legend of the boxes and outlines, in one row."""
     from matplotlib.lines import Line2D
 
     cax, lax = footer.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
-    heat_colorbar(footer, cax=cax, orientation="horizontal")
+    if colorbar:
+        heat_colorbar(footer, cax=cax, orientation="horizontal")
+    else:  # only outlines drawn: no values to scale
+        cax.axis("off")
     lax.axis("off")
     handles = []
     if true_box:
@@ -266,7 +270,8 @@ def plot_maps(
         text, color = row_title(model.method, indices[i] if indices is not None else None, preds[i],
                                 None if targets is None else int(targets[i]), names, width)
         subs[i].suptitle(text, fontsize=9, color=color)
-    draw_footer(footer, true_box=gt_boxes is not None, outlines=any(k in MASK_KINDS for k in kinds))
+    draw_footer(footer, true_box=gt_boxes is not None, outlines=any(k in MASK_KINDS for k in kinds),
+                colorbar=any(k not in MASK_KINDS for k in kinds))
     return fig
 
 
@@ -300,7 +305,8 @@ def plot_layer_heads(
                 patch_stride=maps.patch_stride,
                 title=f"layer {layer + 1} " + ("mean" if head is None else f"head {head}"),
             )
-    fig.suptitle(f"{model.method}: CLS attention per layer and head", fontsize=10)
+    fig.suptitle(f"{model.method}: CLS attention per layer and head (each panel normalised to its range)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
