@@ -138,7 +138,9 @@ class ViTBackbone(nn.Module):
 
             # read here, safely (.pth through torch.load(weights_only=True)); timm then filters the dict
             # (drops the classifier, resamples position embeddings) as for its own pretrained weights
-            kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
+            # (merged into a given overlay, so that e.g. a recipe's mean / std survive a local weights file)
+            overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+            kwargs["pretrained_cfg_overlay"] = dict(overlay, state_dict=load_state_dict_file(checkpoint_path))
             pretrained = True
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
         self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)

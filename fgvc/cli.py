@@ -198,12 +198,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser(
         "train",
-        help="train a recipe (YAML) once per seed; checkpoint chosen on validation, test evaluated once",
+        help="train a recipe (YAML) once per seed; test evaluated once (protocol val or paper)",
         description="Trains the recipe's model on its dataset once per seed (fgvc.train_recipe). Each run "
         "goes to OUT/seed<N>/ (best.safetensors chosen on the validation split, last.safetensors, "
         "config.yaml with the resolved settings and the fgvc / torch / timm versions and git commit); the test "
         "split is evaluated once per run with the chosen checkpoint; OUT/results.md has every seed, the "
-        "mean +- std and the paper's number. Under torchrun (torchrun --nproc_per_node=N -m fgvc train ...) "
+        "mean +- std and the paper's number, compared only under --set protocol=paper (whole training split, "
+        "final checkpoint; the default protocol val chooses on a held-out 10%). Under torchrun (torchrun --nproc_per_node=N -m fgvc train ...) "
         "each process trains its share of every batch.",
     )
     train.add_argument(
