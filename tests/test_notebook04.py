@@ -116,3 +116,17 @@ def test_notebook_04_runs_on_official_folders_with_real_checkpoints(folders, tmp
     pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 4  # per-class bars (2), maps (2), the confused pair when there is one
     assert all(base64.b64decode(o["data"]["image/png"]).startswith(b"\x89PNG") for o in pngs)
+
+
+def test_notebook_02_runs_a_recipe_as_published_on_official_data_and_laptop_sized_elsewhere(tmp_path, monkeypatch):
+    from fgvc.notebook import LAPTOP, recipe_for_here
+
+    cub = make_cub(tmp_path / "CUB_200_2011")
+    recipe, note = recipe_for_here("glsim_cub_224", cub, smoke=False)
+    assert recipe["data"]["root"] == str(cub) and recipe["model"]["pretrained"] is True  # untouched otherwise
+    assert "as published" in note
+    recipe, note = recipe_for_here("glsim_cub_224", cub, smoke=True)
+    assert recipe["model"]["img_size"] == LAPTOP["smoke"]["model.img_size"] and recipe["data"]["classes"] == 5
+    monkeypatch.setenv("FGVC_CUB_SUBSET", str(tmp_path / "none"))
+    recipe, note = recipe_for_here("vit_cub_224", tmp_path / "none", smoke=True)
+    assert recipe["data"]["dataset"] == "synthetic" and "synthetic" in note and "top_k" not in recipe["model"]
