@@ -161,7 +161,7 @@ def rows_figure(
 
     Returns (figure, row subfigures, per row an array of axes, footer subfigure or None).
     """
-    heights = [panel * aspect + (0.62 if r == 0 else 0.42) for r in range(rows)] + ([0.75] if footer else [])
+    heights = [panel * aspect + (0.62 if r == 0 else 0.42) for r in range(rows)] + ([0.6] if footer else [])
     fig = _new_figure((panel * cols + 0.3, sum(heights) + 0.35), pyplot=pyplot)
     fig.set_layout_engine("constrained")
     subs = list(fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0])
@@ -177,6 +177,7 @@ def draw_footer(footer: Any, *, true_box: bool = True, model_box: bool = True, o
     cax, lax = footer.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     if colorbar:
         heat_colorbar(footer, cax=cax, orientation="horizontal")
+        cax.set_box_aspect(0.05)  # a thin bar, whatever the figure's width
     else:  # only outlines drawn: no values to scale
         cax.axis("off")
     lax.axis("off")
