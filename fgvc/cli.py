@@ -104,6 +104,11 @@ def _predict(args: argparse.Namespace) -> int:
     transform = test_transform_for(model, args.checkpoint)
     for prediction in predict(model, args.images, topk=args.topk, transform=transform, device=args.device):
         print(prediction)
+    if args.maps:
+        from .predict import save_maps
+
+        for path in save_maps(model, args.images, args.maps, transform=transform):
+            print(f"maps: {path}")
     return 0
 
 
@@ -280,6 +285,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     pred.add_argument("images", nargs="+", help="image files")
     pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
     pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    pred.add_argument("--maps", default=None, metavar="DIR",
+                      help="also save every attention map of each image as DIR/<name>_maps.png")
     pred.set_defaults(func=_predict)
 
 
