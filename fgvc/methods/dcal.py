@@ -182,6 +182,9 @@ class DCAL(FGVCModel):
         self.glca = copy.deepcopy(bb.blocks[self.glca_index])  # own weights, pretrained start
         self.glca_norm = copy.deepcopy(bb.norm)
         self.glca_head = nn.Linear(dim, self.num_classes)
+        for head in (self.head, self.glca_head):  # new heads start at zero, as the vit and glsim methods
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         self.loss_weights = nn.Parameter(torch.zeros(3))  # uncertainty weights w (SA, GLCA, PWCA)
         # Set True (fgvc.viz does, for one call) to get extras["glca_attention"]: (B, heads, R, T) GLCA
         # probabilities from the R local queries. Off by default: no extra cost in training or evaluation.

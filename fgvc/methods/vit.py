@@ -16,6 +16,10 @@ class ViT(FGVCModel):
     def __init__(self, **common: Any) -> None:
         super().__init__(**common)
         self.head = nn.Linear(self.backbone.embed_dim, self.num_classes)
+        # the new head starts at zero (as GLSim's official code and big_vision's fine-tuning): a random head
+        # would dominate the logits for many steps at a fine-tuning learning rate
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> ModelOutput:
         tokens = self.backbone(x).tokens  # (B, T, D)
