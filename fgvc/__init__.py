@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from .backbone import EncoderOutput, ViTBackbone
 from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
-from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
+from .methods import FGVCModel, ModelOutput, create_model, list_models, model_options, register_model
 from .predict import Prediction, predict
 from .profile import ProfileResult, profile
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
@@ -39,6 +39,7 @@ __all__ = [
     "load_recipe",
     "load_model",
     "load_weights",
+    "model_options",
     "plot_log",
     "predict",
     "profile",

@@ -88,6 +88,14 @@ class EncoderOutput:
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
 
+    def __repr__(self) -> str:
+        """Shapes, not values."""
+        from .methods.base import _shape
+
+        parts = [f"tokens={_shape(self.tokens)}"]
+        parts += [f"{k}={_shape(v)}" for k, v in (("hidden_states", self.hidden_states), ("attentions", self.attentions)) if v is not None]
+        return "EncoderOutput(" + ", ".join(parts) + ")"
+
 
 class ViTBackbone(nn.Module):
     """A timm ViT (ViT, DeiT, DeiT-distilled, ...) at any resolution, without its classifier head.

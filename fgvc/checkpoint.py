@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .hints import similar_files
 from .methods.base import FGVCModel, create_model
 
 __all__ = [
@@ -97,7 +98,7 @@ def _header_json(path: str | os.PathLike, key: str, what: str) -> dict[str, Any]
     """The JSON under ``key`` in a safetensors header, without loading tensors; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}{similar_files(path)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -165,7 +166,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path}{similar_files(path)}")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -50,9 +53,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .recipe import evaluate_checkpoint
 
+    as_file = args.out is not None and args.out.lower().endswith(".json")  # the old --out FILE.json
     result = evaluate_checkpoint(
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
-        device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
+        device=args.device, num_workers=args.num_workers, progress=not args.no_progress, tta=args.tta,
+        out_dir=None if as_file else args.out,
     )
     from .distributed import is_main_process
 
@@ -62,22 +67,103 @@ def _eval(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         print(f"{key:>12}: {value:.4g}")
     print(f"{'images':>12}: {result.num_samples}")
-    if args.out:
+    if result.tta:
+        print(f"{'tta':>12}: {result.tta}")
+    if as_file:
         with open(args.out, "w") as f:
-            json.dump(dict(summary, num_samples=result.num_samples, checkpoint=str(args.checkpoint)), f, indent=2)
+            info = dict(num_samples=result.num_samples, tta=result.tta, checkpoint=str(args.checkpoint))
+            json.dump(dict(summary, **info), f, indent=2)
+    elif args.out:
+        print(f"metrics, per-class accuracy, confusion matrix and confused pairs in {args.out}/")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .predict import predict
+    from .predict import expand_images, predict, save_predictions
     from .recipe import test_transform_for
 
+    images = expand_images(args.images)
     model = load_model(args.checkpoint)
     transform = test_transform_for(model, args.checkpoint)
-    for prediction in predict(model, args.images, topk=args.topk, transform=transform, device=args.device):
+    predictions = predict(model, images, topk=args.topk, transform=transform, device=args.device, tta=args.tta)
+    for prediction in predictions:
         print(prediction)
+    if args.out:
+        path = save_predictions(predictions, args.out, info=dict(checkpoint=str(args.checkpoint), tta=args.tta))
+        print(f"{len(predictions)} predictions written to {path}")
+    if args.maps:
+        paths = _save_maps(model, images, transform, args.maps, args.device)
+        print(f"maps and crops of {len(paths)} images in {args.maps}/")
     return 0
+
+
+def _save_maps(model: Any, images: Sequence[str], transform: Any, out_dir: str, device: str | None) -> list[str]:
+    """One PNG per image: the image, every map the method has, its crop (``fgvc.viz.plot_maps``)."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import load_rgb
+    from .viz import plot_maps
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to(device or "cpu")
+    written = []
+    for k, image in enumerate(images):
+        x = transform(load_rgb(image))[None].to(device or "cpu")
+        with torch.no_grad():
+            fig = plot_maps(model, x)
+        path = out / f"{k:04d}_{Path(image).stem}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``fgvc list [WHAT]``: methods (with their options), recipes, datasets, shipped weights, timm backbones."""
+    import fnmatch
+
+    from .data import list_datasets
+    from .methods.base import list_models, model_options
+    from .recipe import list_recipes
+
+    common = set(model_options("vit"))
+    sections: dict[str, list[str]] = {
+        "methods": [
+            m + ("  (" + ", ".join(o for o in model_options(m) if o not in common) + ")" if set(model_options(m)) - common else "")
+            for m in list_models()
+        ],
+        "recipes": list_recipes(),
+        "datasets": list_datasets(),
+        "weights": _shipped_weights(),
+    }
+    if args.what == "backbones":
+        import timm
+
+        sections = {"backbones": timm.list_models(args.filter or "*vit*")}
+    elif args.what is not None:
+        sections = {args.what: sections[args.what]}
+    for name, items in sections.items():
+        if args.filter and name != "backbones":
+            items = [i for i in items if fnmatch.fnmatch(i.split()[0], args.filter)]
+        print(f"{name} ({len(items)}):")
+        for item in items or ["(none)"]:
+            print(f"  {item}")
+    return 0
+
+
+def _shipped_weights() -> list[str]:
+    """Names of the pretrained weights fgvc ships, where such a registry exists in this version."""
+    try:
+        from . import weights  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    lister = getattr(weights, "list_weights", None)
+    return list(lister()) if callable(lister) else []
 
 
 def _img_size(text: str) -> int | tuple[int, int]:
@@ -238,28 +324,49 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     ev.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: %(default)s)")
     ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    ev.add_argument(
+        "--out", default=None,
+        help="folder for metrics.json, per_class_accuracy.csv, confusion_matrix.csv/.png, confused_pairs.csv and "
+        "example images of the confused pairs (a path ending in .json: only the metrics, to that file)",
+    )
+    ev.add_argument(
+        "--tta", default=None, choices=["hflip"],
+        help="test-time augmentation: average with the mirror image (off by default; recorded in the results)",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
 
     pred = sub.add_parser(
         "predict",
-        help="top-5 classes with names for image files",
-        description="Classifies image files with an fgvc checkpoint and prints the top classes with their "
-        "names and probabilities (test transform: resize, center crop, the backbone's normalization).",
+        help="top-5 classes with names for image files, folders or globs",
+        description="Classifies images with an fgvc checkpoint and prints the top classes with their names "
+        "(from the checkpoint) and probabilities (test transform: resize, center crop, the backbone's "
+        "normalization); --out writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
     )
     pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
-    pred.add_argument("images", nargs="+", help="image files")
+    pred.add_argument(
+        "images", nargs="+", help="image files, folders (every image below them) or quoted globs ('birds/**/*.jpg')"
+    )
+    pred.add_argument("--out", default=None, help="write the predictions to this .csv or .json file")
+    pred.add_argument("--maps", default=None, help="folder for one PNG per image: the image, its maps, the crop")
+    pred.add_argument(
+        "--tta", default=None, choices=["hflip"],
+        help="test-time augmentation: average with the mirror image (off by default; recorded in --out)",
+    )
     pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
     pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     pred.set_defaults(func=_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = _Parser(
         prog="fgvc", description="Fine-grained visual categorization with vision transformers."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fgvc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
         help="train a plain ViT and GLSim on synthetic fine-grained data and compare them (CPU, ~10 min)",
@@ -304,9 +411,94 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
     _add_run_commands(sub)
     _add_benchmark_command(sub)
+    _add_list_command(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+def _add_list_command(sub: argparse._SubParsersAction) -> None:
+    """``fgvc list``."""
+    lst = sub.add_parser(
+        "list",
+        help="methods (with their options), recipes, datasets, shipped weights; or timm backbones",
+        description="Lists what fgvc offers: methods with their own options, the shipped recipes, the datasets "
+        "and shipped weights. 'fgvc list backbones' lists timm's ViT models (--filter '*eva02*').",
+    )
+    lst.add_argument(
+        "what", nargs="?", default=None, choices=["methods", "recipes", "datasets", "weights", "backbones"],
+        help="one section only (default: all but backbones)",
+    )
+    lst.add_argument("--filter", default=None, help="shell-style pattern, e.g. 'glsim_*' or '*dinov2*'")
+    lst.set_defaults(func=_list)
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after any (sub)command too; SUPPRESS keeps a subcommand from resetting ``fgvc --debug``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--debug" not in child._option_string_actions:
+                    child.add_argument(
+                        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback"
+                    )
+                _add_debug_flag(child)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped subcommand or choice."""
+
+    def error(self, message: str) -> Any:
+        import re
+
+        from .hints import did_you_mean
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w.-]+)'?", match.group(2))
+            message += did_you_mean(match.group(1), choices)
+        super().error(message)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying what went wrong and, where fgvc knows it, how to fix it."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "RepositoryNotFoundError", "HfHubHTTPError"} or any(
+        "huggingface.co" in str(e) for e in chain
+    ):
+        offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") else ""
+        return (
+            f"could not download pretrained weights from the Hugging Face Hub{offline}: set model.pretrained=false "
+            "and model.checkpoint_path=FILE (a local .pth, .npz or .safetensors) with --set, or go online "
+            "(timm caches the weights after one download)"
+        )
+    if isinstance(err, KeyError):
+        text = f"missing key {err}"
+    elif isinstance(err, FileNotFoundError) and err.filename and err.errno is not None:  # raised by the OS
+        from .hints import similar_files
+
+        text = f"file not found: {err.filename}{similar_files(err.filename)}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; an error prints ``fgvc: error: ...`` on one line and returns 1 (``--debug``,
+    or ``FGVC_DEBUG=1``: the traceback instead)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fgvc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or os.environ.get("FGVC_DEBUG", "0") not in ("0", ""):
+            raise
+        print(f"fgvc: error: {describe_error(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+

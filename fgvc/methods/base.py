@@ -7,6 +7,7 @@ training loss. The training loop only ever calls these two, so it has no per-met
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from ..backbone import ViTBackbone, to_2tuple
 
-__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "register_model"]
+__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "model_options", "register_model"]
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 
@@ -38,6 +39,23 @@ class ModelOutput:
     boxes: Tensor | None = None
     similarity: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """Shapes, not values: ``ModelOutput(logits=(2, 10), embedding=(2, 64), extras={features: (2, 64)})``."""
+        parts = [f"{f}={_shape(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
+        parts = [p for p in parts if not p.endswith("=None")]
+        if self.extras:
+            parts.append("extras={" + ", ".join(f"{k}: {_shape(v)}" for k, v in self.extras.items()) + "}")
+        return "ModelOutput(" + ", ".join(parts) + ")"
+
+
+def _shape(x: Any) -> str:
+    """``(2, 10)`` for a tensor or array, ``[(2, 3), ...]`` for a list of them, repr for anything else."""
+    if hasattr(x, "shape"):
+        return str(tuple(x.shape))
+    if isinstance(x, (list, tuple)) and x and all(hasattr(v, "shape") for v in x):
+        return f"[{len(x)} x {tuple(x[0].shape)}]" if len({tuple(v.shape) for v in x}) == 1 else f"[{len(x)} tensors]"
+    return repr(x)
 
 
 class FGVCModel(nn.Module):
@@ -127,6 +145,44 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _check_method(method: str) -> type[FGVCModel]:
+    if method not in _REGISTRY:
+        from ..hints import did_you_mean
+
+        raise ValueError(f"unknown model {method!r}{did_you_mean(method, _REGISTRY)}; available: {', '.join(list_models())}")
+    return _REGISTRY[method]
+
+
+def model_options(method: str) -> list[str]:
+    """The keyword arguments ``create_model(method, ...)`` accepts: the common ones and the method's own."""
+    cls = _check_method(method)
+    names: set[str] = set()
+    for fn in (FGVCModel.__init__, cls.__init__):
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"):
+                names.add(p.name)
+    return sorted(names - {"options"})
+
+
+def check_model_options(method: str, options: Any, origin: str = "create_model") -> None:
+    """Unknown keyword arguments of a method are named with the near misses and the allowed list."""
+    allowed = model_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hint = did_you_mean_any(unknown, allowed)
+        raise ValueError(
+            f"{origin}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for method "
+            f"{method!r}{hint}; allowed: {', '.join(allowed)}"
+        )
+
+
+def did_you_mean_any(words: list[str], choices: list[str]) -> str:
+    """The first near miss among several unknown words (``""`` when none is close)."""
+    from ..hints import did_you_mean
+
+    return next((h for h in (did_you_mean(w, choices) for w in words) if h), "")
+
+
 def create_model(
     method: str,
     *,
@@ -148,8 +204,8 @@ def create_model(
             (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown model {method!r}; available: {', '.join(list_models())}")
-    return _REGISTRY[method](
+    cls = _check_method(method)
+    check_model_options(method, options)
+    return cls(
         backbone=backbone, num_classes=num_classes, img_size=img_size, pretrained=pretrained, **options
     )
