@@ -115,6 +115,51 @@ class FGVCModel(nn.Module):
         """Normalization and input size the model expects (from the backbone's pretrained config)."""
         return self.backbone.data_config
 
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm-style pretrained config of the whole model: what ``timm.data.resolve_data_config(model=m)`` reads.
+
+        The backbone's timm config with this model's input size, normalization, class count and fgvc's test crop
+        (``crop_pct`` = ``fgvc.data.CROP_RATIO``; ``crop_mode`` "center" for square inputs, "squash" for non-square
+        ones, whose resize fgvc stretches to the input's aspect ratio), so timm's and fgvc's test transforms agree:
+        ``timm.data.create_transform(**resolve_data_config(model=m))`` equals ``build_transforms(m, train=False)``.
+        """
+        from ..data.transforms import CROP_RATIO
+
+        cfg = dict(getattr(self.backbone.vit, "pretrained_cfg", None) or {})
+        data = self.data_config
+        cfg.update(
+            input_size=(3, *self.img_size),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            interpolation=data.get("interpolation", "bicubic"),
+            crop_pct=CROP_RATIO,
+            crop_mode="center" if self.img_size[0] == self.img_size[1] else "squash",
+            num_classes=self.num_classes,
+            fgvc_method=self.method,
+            backbone=self.config["backbone"],
+        )
+        for key in ("test_input_size", "test_crop_pct", "file", "hf_hub_id", "url", "state_dict"):
+            cfg.pop(key, None)  # the backbone's pretraining, not this model
+        return cfg
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (the name older timm code reads)."""
+        return self.pretrained_cfg
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **card: Any) -> Any:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` (``fgvc.hub.save_pretrained``)."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload ``save_pretrained``'s files to the Hugging Face Hub (``fgvc.hub.push_to_hub``)."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
