@@ -230,8 +230,34 @@ class ViTBackbone(nn.Module):
         v = self.vit
         x = v.patch_embed(x)
         x = v._pos_embed(x)
-        x = v.patch_drop(x)
+        if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
+            x = x[0]
+        else:
+            x = v.patch_drop(x)
         return v.norm_pre(x)
+
+    def block_kwargs(self) -> dict[str, Any]:
+        """What every block call needs besides the tokens: ``rope`` for EVA-02's rotary embeddings, else nothing.
+
+        Callers that run the blocks one by one write ``block(tokens, **bb.block_kwargs())``.
+        """
+        rope = getattr(self.vit, "rope", None)
+        if rope is None:
+            return {}
+        if getattr(self.vit, "rope_mixed", False):
+            raise ValueError(f"{self.name}: depth-dependent ('mixed') rotary embeddings are not supported")
+        return {"rope": rope.get_embed()}
+
+    def global_token(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, T, D) -> the token that stands for the whole image (B, D).
+
+        The CLS token where the ViT has one; for ViTs without one (SigLIP, ``*_gap_*``, register-only models)
+        the mean of the patch tokens (prefix / register tokens left out). GLSim's similarity and crop
+        aggregation, DCAL's rollout and TransFG's part selection use this token.
+        """
+        if self.has_class_token:
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(
         self,
@@ -242,12 +268,17 @@ class ViTBackbone(nn.Module):
     ) -> EncoderOutput:
         """Images (B, 3, H, W) -> ``EncoderOutput`` (tokens after the final norm, optional per-layer data)."""
         tokens = self.embed(x)
+        extra = self.block_kwargs()
         if not (return_hidden_states or return_attention):
-            return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
+            if not extra:
+                return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
+            for block in self.blocks:
+                tokens = block(tokens, **extra)
+            return EncoderOutput(tokens=self.norm(tokens))
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
             for block in self.blocks:
-                tokens = block(tokens)
+                tokens = block(tokens, **extra)
                 hidden.append(tokens)
         return EncoderOutput(
             tokens=self.norm(tokens),

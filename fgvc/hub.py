@@ -195,7 +195,8 @@ def export_timm(model: FGVCModel, path: str | os.PathLike) -> tuple[Path, str]:
 
     For the plain ``vit`` method the classifier is included (timm's ``head``: the same pooled feature and
     linear layer), so timm's model gives fgvc's logits; for the other methods the file holds the fine-tuned
-    backbone alone, loaded with ``num_classes=0``. Overlapping patches (``patch_stride``) have no timm
+    backbone alone, loaded with ``num_classes=0``. Any timm classifier behind the ``vit`` baseline (ResNet,
+    ConvNeXt, ...) exports the same way, its classifier under timm's name for it. Overlapping patches (``patch_stride``) have no timm
     equivalent and are refused.
     """
     cfg = model.config
@@ -207,16 +208,19 @@ def export_timm(model: FGVCModel, path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"export to a .safetensors file, got {path}")
-    vit = model.backbone.vit
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in vit.state_dict().items()}
+    net = model.backbone.vit  # the timm model (num_classes=0)
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in net.state_dict().items()}
     head = getattr(model, "head", None)
+    classifier = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"  # "fc" for ResNets
     with_head = model.method == "vit" and isinstance(head, nn.Linear)
     if with_head:
-        state["head.weight"] = head.weight.detach().contiguous().cpu().clone()
-        state["head.bias"] = head.bias.detach().contiguous().cpu().clone()
+        state[f"{classifier}.weight"] = head.weight.detach().contiguous().cpu().clone()
+        state[f"{classifier}.bias"] = head.bias.detach().contiguous().cpu().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"format": "pt", "fgvc_method": model.method, "timm_name": cfg["backbone"]})
-    kwargs = dict(num_classes=model.num_classes if with_head else 0, img_size=tuple(model.img_size))
+    kwargs: dict[str, Any] = dict(num_classes=model.num_classes if with_head else 0)
+    if getattr(model.backbone, "takes_img_size", True):
+        kwargs["img_size"] = tuple(model.img_size)
     kwargs.update(cfg.get("backbone_kwargs") or {})
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     call = f"timm.create_model({cfg['backbone']!r}, {args}, checkpoint_path={str(path)!r})"

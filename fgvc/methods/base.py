@@ -66,6 +66,8 @@ class FGVCModel(nn.Module):
     """
 
     method: ClassVar[str] = ""
+    #: False for methods that only need a pooled feature (the plain baseline): any timm classifier then works.
+    needs_vit: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -85,7 +87,7 @@ class FGVCModel(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.class_names: list[str] | None = None  # set by training / loading when known
-        self.backbone = ViTBackbone(
+        self.backbone = self._backbone_class(backbone)(
             backbone,
             img_size=img_size,
             pretrained=pretrained,
@@ -104,6 +106,20 @@ class FGVCModel(nn.Module):
             patch_stride=patch_stride,
             backbone_kwargs=dict(backbone_kwargs or {}),
             options=dict(options or {}),
+        )
+
+    def _backbone_class(self, name: str) -> type[nn.Module]:
+        """``ViTBackbone`` for ViT-family names; ``TimmBackbone`` for other timm models where the method allows."""
+        from ..timm_backbone import TimmBackbone, is_vit_family, timm_module
+
+        if is_vit_family(name):
+            return ViTBackbone
+        if not self.needs_vit:
+            return TimmBackbone
+        raise ValueError(
+            f"method {self.method!r} needs a ViT backbone (patch tokens and attention: timm's ViT, DeiT, EVA "
+            f"families); {name} is a timm.models.{timm_module(name)} model: use method 'vit', the plain baseline, "
+            f"which works on any timm classifier"
         )
 
     @property
