@@ -181,7 +181,7 @@ def _shipped_weights() -> list[str]:
         from . import weights  # type: ignore[attr-defined]
     except ImportError:
         return []
-    lister = getattr(weights, "list_weights", None)
+    lister = getattr(weights, "list_shipped", None) or getattr(weights, "list_weights", None)
     return list(lister()) if callable(lister) else []
 
 
