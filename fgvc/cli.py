@@ -142,6 +142,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    """``fgvc convert IN OUT``: an official GLSim / TransFG checkpoint as an fgvc ``.safetensors``."""
+    from .checkpoint import load_model, save_model
+
+    model = load_model(args.input, format=args.format)
+    path = save_model(model, args.output, extra=dict(converted_from=str(args.input)))
+    options = ", ".join(f"{k}={v}" for k, v in model.config["options"].items())
+    h, w = model.img_size
+    print(f"{model.method} ({options or 'default options'}) on {model.config['backbone']} "
+          f"{model.config['backbone_kwargs']}, {h}x{w} px, {model.num_classes} classes -> {path}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     """``fgvc list [WHAT]``: methods (with their options), recipes, datasets, shipped weights, timm backbones."""
     import fnmatch
@@ -432,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_command(sub)
     _add_list_command(sub)
     _add_export_command(sub)
+    _add_convert_command(sub)
     _add_debug_flag(parser)
     return parser
 
@@ -454,6 +468,24 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
     kind.add_argument("--push", action="store_true", help="upload to the Hugging Face Hub repository OUT")
     exp.add_argument("--private", action="store_true", help="with --push: create the repository as private")
     exp.set_defaults(func=_export)
+
+
+def _add_convert_command(sub: argparse._SubParsersAction) -> None:
+    """``fgvc convert``."""
+    conv = sub.add_parser(
+        "convert",
+        help="an official GLSim or TransFG checkpoint (.pth) as an fgvc checkpoint (.safetensors)",
+        description="Reads a checkpoint written by the official GLSim trainer or TransFG's train.py (safely: "
+        "torch.load(weights_only=True), only argparse.Namespace allowed), rebuilds the same model in fgvc from "
+        "its recorded settings and tensor shapes, and writes it as an fgvc .safetensors with the same outputs.",
+    )
+    conv.add_argument("input", help="the official .pth / .bin file")
+    conv.add_argument("output", help="the fgvc .safetensors to write")
+    conv.add_argument(
+        "--format", default=None, choices=["glsim-official", "transfg-official"],
+        help="the input's format (default: detected from its keys)",
+    )
+    conv.set_defaults(func=_convert)
 
 
 def _add_list_command(sub: argparse._SubParsersAction) -> None:

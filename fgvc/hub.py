@@ -205,6 +205,12 @@ def export_timm(model: FGVCModel, path: str | os.PathLike) -> tuple[Path, str]:
             f"this model uses overlapping patches (patch_stride={cfg['patch_stride']}), which timm.create_model "
             f"cannot rebuild from a name; export the fgvc checkpoint instead"
         )
+    if cfg.get("norm_eps") is not None:
+        raise ValueError(
+            f"this model's norms use eps={cfg['norm_eps']} (a converted official checkpoint); pass "
+            f"norm_layer=functools.partial(torch.nn.LayerNorm, eps={cfg['norm_eps']}) to timm.create_model "
+            f"yourself, or use the fgvc checkpoint"
+        )
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"export to a .safetensors file, got {path}")

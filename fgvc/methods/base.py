@@ -7,6 +7,7 @@ training loss. The training loop only ever calls these two, so it has no per-met
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -80,6 +81,7 @@ class FGVCModel(nn.Module):
         drop_path_rate: float = 0.0,
         patch_stride: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        norm_eps: float | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -87,6 +89,12 @@ class FGVCModel(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.class_names: list[str] | None = None  # set by training / loading when known
+        #: LayerNorm epsilon of every norm (backbone and the method's own layers); None: timm's / the method's
+        #: defaults. Converted official checkpoints set it (GLSim's official ViT uses 1e-12).
+        self.norm_eps = norm_eps
+        timm_kwargs = dict(backbone_kwargs or {})
+        if norm_eps is not None:
+            timm_kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=norm_eps)
         self.backbone = self._backbone_class(backbone)(
             backbone,
             img_size=img_size,
@@ -94,7 +102,7 @@ class FGVCModel(nn.Module):
             checkpoint_path=checkpoint_path,
             drop_path_rate=drop_path_rate,
             patch_stride=patch_stride,
-            **(backbone_kwargs or {}),
+            **timm_kwargs,
         )
         # Everything needed to rebuild this model (weights aside): saved with checkpoints.
         self.config: dict[str, Any] = dict(
@@ -107,6 +115,8 @@ class FGVCModel(nn.Module):
             backbone_kwargs=dict(backbone_kwargs or {}),
             options=dict(options or {}),
         )
+        if norm_eps is not None:
+            self.config["norm_eps"] = norm_eps
 
     def _backbone_class(self, name: str) -> type[nn.Module]:
         """``ViTBackbone`` for ViT-family names; ``TimmBackbone`` for other timm models where the method allows."""
@@ -261,7 +271,8 @@ def create_model(
         num_classes: number of classes of the new head.
         img_size: input resolution, int or (height, width).
         pretrained: load the backbone's timm pretrained weights.
-        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``patch_stride``
+        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``norm_eps`` (LayerNorm
+            epsilon of every norm; default timm's), ``patch_stride``
             (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """

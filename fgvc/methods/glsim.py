@@ -22,6 +22,7 @@ only): plain-ViT cost, usually lower accuracy.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -135,8 +136,9 @@ class GLSim(FGVCModel):
         self.crop_at_inference = crop_at_inference
         dim = bb.embed_dim
         heads = aggregator_heads or max(dim // 64, 1)
-        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True)
-        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6)
+        eps = {} if self.norm_eps is None else {"norm_layer": partial(nn.LayerNorm, eps=self.norm_eps)}
+        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, **eps)
+        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6 if self.norm_eps is None else self.norm_eps)
         self.head = nn.Linear(dim, self.num_classes)
         nn.init.zeros_(self.head.weight)  # as the official code: the new head starts at zero
         nn.init.zeros_(self.head.bias)
