@@ -106,7 +106,8 @@ class ViTBackbone(nn.Module):
             Position embeddings of pretrained weights are resampled to it (timm's ``resample_abs_pos_embed``).
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
         checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead
-            (timm state-dict format; classifier weights in it are dropped, position embeddings resampled).
+            (timm state-dict format; classifier weights in it are dropped, position embeddings resampled), or
+            an original ViT ``.npz`` in Google's layout (``ViT-B_16.npz``, read by timm's ``load_pretrained``).
             ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
             refused.
         drop_path_rate: stochastic depth.
@@ -138,18 +139,26 @@ class ViTBackbone(nn.Module):
             if "embed_layer" in kwargs:
                 raise ValueError("patch_stride replaces timm's embed_layer; give one or the other")
             kwargs["embed_layer"] = functools.partial(OverlapPatchEmbed, stride=patch_stride)
+        npz = None
         if checkpoint_path is not None:
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
             from .checkpoint import load_state_dict_file  # late: checkpoint imports the methods
 
-            # read here, safely (.pth through torch.load(weights_only=True)); timm then filters the dict
-            # (drops the classifier, resamples position embeddings) as for its own pretrained weights
-            kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
-            pretrained = True
+            if checkpoint_path.endswith(".npz"):
+                npz = checkpoint_path  # Google's ViT layout: timm's own reader, once the model is built
+            else:
+                # read here, safely (.pth through torch.load(weights_only=True)); timm then filters the dict
+                # (drops the classifier, resamples position embeddings) as for its own pretrained weights
+                kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
+                pretrained = True
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
         self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if npz is not None:
+            if not hasattr(self.vit, "load_pretrained"):
+                raise ValueError(f"{name} cannot read Google's .npz weights (timm's VisionTransformer family can)")
+            self.vit.load_pretrained(npz)  # numpy without pickles; position embeddings resampled to the grid
         if isinstance(getattr(self.vit, "pretrained_cfg", None), dict):
             self.vit.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):

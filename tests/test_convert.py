@@ -252,3 +252,51 @@ def test_transfg_image_size_and_patch_stride_follow_from_the_position_embeddings
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, official(x), atol=3e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------- Google's ViT .npz (the start)
+def write_google_npz(path, vit):
+    """A timm ViT's weights in the original ViT release's .npz layout (``ViT-B_16.npz``)."""
+    import numpy as np
+
+    def a(t):
+        return t.detach().numpy()
+
+    d, heads = vit.embed_dim, vit.blocks[0].attn.num_heads
+    w = {"embedding/kernel": a(vit.patch_embed.proj.weight.permute(2, 3, 1, 0)),
+         "embedding/bias": a(vit.patch_embed.proj.bias), "cls": a(vit.cls_token),
+         "Transformer/posembed_input/pos_embedding": a(vit.pos_embed),
+         "Transformer/encoder_norm/scale": a(vit.norm.weight), "Transformer/encoder_norm/bias": a(vit.norm.bias)}
+    for i, blk in enumerate(vit.blocks):
+        p = f"Transformer/encoderblock_{i}/"
+        mha = p + "MultiHeadDotProductAttention_1/"
+        for name, weight, bias in zip(("query", "key", "value"), blk.attn.qkv.weight.chunk(3),
+                                      blk.attn.qkv.bias.chunk(3), strict=True):
+            w[f"{mha}{name}/kernel"] = a(weight.T.reshape(d, heads, -1))
+            w[f"{mha}{name}/bias"] = a(bias.reshape(heads, -1))
+        w[f"{mha}out/kernel"] = a(blk.attn.proj.weight.reshape(d, heads, -1).permute(1, 2, 0))
+        w[f"{mha}out/bias"] = a(blk.attn.proj.bias)
+        for norm, name in ((blk.norm1, "LayerNorm_0"), (blk.norm2, "LayerNorm_2")):
+            w[f"{p}{name}/scale"], w[f"{p}{name}/bias"] = a(norm.weight), a(norm.bias)
+        for r, fc in enumerate((blk.mlp.fc1, blk.mlp.fc2)):
+            w[f"{p}MlpBlock_3/Dense_{r}/kernel"], w[f"{p}MlpBlock_3/Dense_{r}/bias"] = a(fc.weight.T), a(fc.bias)
+    np.savez(path, **w)
+    return path
+
+
+def test_checkpoint_path_reads_googles_vit_npz_and_resamples_the_position_embeddings(tmp_path):
+    import timm
+    from timm.layers import resample_abs_pos_embed
+
+    reference = timm.create_model("test_vit", num_classes=0, img_size=64).eval()  # 4x4 patches of 16 px
+    for p in reference.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    npz = write_google_npz(tmp_path / "ViT-test.npz", reference)
+    same = fgvc.create_model("vit", num_classes=3, img_size=64, backbone="test_vit", checkpoint_path=npz).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(same.backbone(x).tokens, reference.forward_features(x))
+    other = fgvc.create_model("transfg", num_classes=3, img_size=(48, 32), backbone="test_vit", checkpoint_path=npz)
+    expected = resample_abs_pos_embed(reference.pos_embed, new_size=(3, 2), num_prefix_tokens=1,
+                                      interpolation="bilinear", antialias=False)
+    torch.testing.assert_close(other.backbone.vit.pos_embed, expected)
