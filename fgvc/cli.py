@@ -51,9 +51,13 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .recipe import evaluate_checkpoint
+    from .recipe import check_output_file, evaluate_checkpoint
 
     as_file = args.out is not None and args.out.lower().endswith(".json")  # the old --out FILE.json
+    if as_file:
+        check_output_file(args.out, "the metrics")  # now, not after the whole evaluation
+    elif args.out:
+        _check_output_dir(args.out, "the evaluation report")
     result = evaluate_checkpoint(
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
         device=args.device, num_workers=args.num_workers, progress=not args.no_progress, tta=args.tta,
@@ -76,6 +80,17 @@ def _eval(args: argparse.Namespace) -> int:
     elif args.out:
         print(f"metrics, per-class accuracy, confusion matrix and confused pairs in {args.out}/")
     return 0
+
+
+def _check_output_dir(path: str, what: str) -> None:
+    """Create the output folder now (not after a long evaluation), or say why it cannot be."""
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise NotADirectoryError(f"cannot write {what} to {path}: it is a file, not a folder")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -311,12 +326,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser(
         "train",
-        help="train a recipe (YAML) once per seed; checkpoint chosen on validation, test evaluated once",
+        help="train a recipe (YAML) once per seed; test evaluated once (protocol val or paper)",
         description="Trains the recipe's model on its dataset once per seed (fgvc.train_recipe). Each run "
         "goes to OUT/seed<N>/ (best.safetensors chosen on the validation split, last.safetensors, "
         "config.yaml with the resolved settings and the fgvc / torch / timm versions and git commit); the test "
         "split is evaluated once per run with the chosen checkpoint; OUT/results.md has every seed, the "
-        "mean +- std and the paper's number. Under torchrun (torchrun --nproc_per_node=N -m fgvc train ...) "
+        "mean +- std and the paper's number, compared only under --set protocol=paper (whole training split, "
+        "final checkpoint; the default protocol val chooses on a held-out 10%). Under torchrun (torchrun --nproc_per_node=N -m fgvc train ...) "
         "each process trains its share of every batch.",
     )
     train.add_argument(

@@ -262,6 +262,13 @@ def evaluate(
         raise ValueError("evaluate() got an empty dataset")
 
     logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):  # argmax of NaN is class 0: the accuracy would be silently meaningless
+        first = int((~finite).nonzero()[0])
+        raise FloatingPointError(
+            f"the model's output is not finite (NaN or inf) for {int((~finite).sum())} of {len(finite)} images, "
+            f"the first at index {first} of the data: NaN in the images, or weights that are corrupt or diverged"
+        )
     num_classes = logits.shape[1]
     preds = logits.argmax(1)
     top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)

@@ -45,7 +45,8 @@ def predict(
     """Classify image files (or PIL images) with ``model``; class names from ``model.class_names``.
 
     ``transform`` defaults to the model's test transform (``build_transforms(model, train=False)``: resize,
-    center crop, the backbone's normalization). Unreadable files raise an error naming the file.
+    center crop, the backbone's normalization). Unreadable files raise an error naming the file; a model whose
+    output is not finite (corrupt or diverged weights) raises ``FloatingPointError`` rather than predicting NaN.
     ``tta="hflip"`` averages the probabilities of each image and its mirror image (``fgvc.evaluate.tta_forward``).
     """
     from .data import build_transforms, load_rgb
@@ -53,6 +54,8 @@ def predict(
 
     if transform is None:
         transform = build_transforms(model, train=False, img_size=tuple(model.img_size))
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk!r}")
     names = model.class_names or [str(c) for c in range(model.num_classes)]
     k = min(topk, model.num_classes)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -64,6 +67,13 @@ def predict(
         pil = [im if isinstance(im, Image.Image) else load_rgb(im) for im in chunk]
         batch = torch.stack([transform(im) for im in pil]).to(device)  # (b, 3, H, W)
         probs = tta_forward(model, batch, tta).logits.float().softmax(1).cpu()  # (b, C)
+        bad = [str(src) for src, ok in zip(chunk, torch.isfinite(probs).all(1).tolist(), strict=True) if not ok]
+        if bad:  # a NaN "probability" is no prediction: never print one as a result
+            raise FloatingPointError(
+                f"the model's output is not finite (NaN or inf) for {', '.join(bad[:3])}"
+                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: its weights are corrupt or diverged "
+                f"(or the image holds NaN); no prediction is given"
+            )
         values, labels = probs.topk(k, dim=1)
         for src, v, lab in zip(chunk, values.tolist(), labels.tolist(), strict=True):
             source = str(src) if not isinstance(src, Image.Image) else "<image>"

@@ -7,6 +7,7 @@ reported, so that a run can be compared with it::
     expected_top1: 90.93          # the paper's top-1 (null where the paper reports none)
     source: Rios et al., 2024 ...  # where that number comes from
     seeds: [0, 1, 2]              # one run per seed; mean +- std reported
+    protocol: val                 # val (default) or paper, see below
     model: {method: glsim, backbone: vit_base_patch16_224.augreg_in21k, pretrained: true, img_size: 224, ...}
     data:  {dataset: cub, root: data/CUB_200_2011, val_fraction: 0.1, resize: 256, trivial_augment: true, ...}
     train: {epochs: 50, batch_size: 8, optimizer: sgd, lr: 0.01, warmup_steps: 500, ...}
@@ -22,8 +23,15 @@ reported, so that a run can be compared with it::
 
 The recipes shipped with fgvc are in ``fgvc/recipes/`` (``list_recipes()``); ``load_recipe`` takes one of
 their names or a path, and ``key=value`` overrides (``"train.lr=0.001"``, values read as YAML).
-``train_recipe`` trains one model per seed, picks each checkpoint on the validation split, evaluates the test
-split once with that checkpoint, and reports every seed and the mean +- std.
+``train_recipe`` trains one model per seed, evaluates the test split once per seed, and reports every seed and
+the mean +- std. ``protocol`` says which checkpoint is evaluated:
+
+* ``val`` (the default, for new research): ``val_fraction`` of the training split is held out (stratified);
+  the checkpoint with the best validation top-1 is evaluated on test. Not the papers' setting (they train
+  on the whole training split), so ``expected_top1`` is shown for reference only, never compared;
+* ``paper``: the papers' protocol: the whole training split (``val_fraction`` is ignored), the fixed
+  schedule, and the final checkpoint evaluated on test once (no choice is made on test). Only under this
+  protocol is the result compared with ``expected_top1``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from .hints import did_you_mean
+from .settings import check_data_settings, check_fit_settings, number_from_text
 
 __all__ = [
     "RecipeResult",
@@ -57,7 +66,8 @@ __all__ = [
 ]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "model", "data", "train"}
+TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "protocol", "model", "data", "train"}
+PROTOCOLS = ("val", "paper")  # see the module doc; val is the default
 SAVED_ONLY = {"resolved_fit_arguments", "run_info"}  # what train_recipe adds to a run's config.yaml
 DATA_KEYS = {
     "dataset",
@@ -68,11 +78,14 @@ DATA_KEYS = {
     "resize",
     "test_resize",
     "trivial_augment",
+    "auto_augment",
     "random_erasing",
+    "random_erasing_scale",
     "options",
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
 RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
 
 
 def list_recipes() -> list[str]:
@@ -83,6 +96,8 @@ def list_recipes() -> list[str]:
 def _recipe_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ValueError(f"recipe {path} is a directory, not a recipe file (a .yaml file or a recipe name)")
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return path
@@ -155,9 +170,21 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
         )
     if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
-    seeds = recipe.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
+    try:  # the values themselves, with the checks fit applies to its arguments
+        check_fit_settings(recipe["train"], prefix="train.")
+        check_data_settings(recipe["data"], prefix="data.")
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
+    if recipe.get("protocol", "val") not in PROTOCOLS:
+        raise ValueError(f"{origin}: protocol must be one of {list(PROTOCOLS)}, got {recipe.get('protocol')!r}")
+    _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
+
+
+def _check_seeds(seeds: Any, name: str) -> None:
+    """One run per seed: a repeated seed would overwrite its run and count twice in the mean +- std."""
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
 
 
 def _near(unknown: set[str], allowed: set[str] | list[str]) -> str:
@@ -197,27 +224,42 @@ def load_recipe(
         raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping with model, data and train sections")
-    recipe = apply_overrides(recipe, overrides)
+    recipe = read_numbers(apply_overrides(recipe, overrides))
     validate_recipe(recipe, origin=str(path))
     return recipe
+
+
+def read_numbers(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with ``"1e-3"`` read as 0.001 in its model, data and train sections (YAML 1.1 reads an
+    exponent without a dot as text); names and paths are left as written."""
+    def convert(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: convert(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [convert(v, key) for v in node]
+        return node if key in TEXT_KEYS else number_from_text(node)
+
+    return {k: convert(v) if k in ("model", "data", "train") else v for k, v in recipe.items()}
 
 
 def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
     """``{"train", "val", "test"}`` datasets of a recipe, with the transforms of ``model`` (mean, std).
 
     ``val`` is carved from the training split (``val_fraction``, stratified, seeded by ``split_seed``) and
-    uses the test transform; it is absent when ``val_fraction`` is 0. The synthetic dataset has its own
+    uses the test transform; it is absent when ``val_fraction`` is 0 or under ``protocol: paper`` (the whole
+    training split is trained on). The synthetic dataset has its own
     train / val / test streams (``options`` go to ``synthetic_splits``; it is drawn at the model's input size).
     """
     from .data import build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
 
     data = recipe["data"]
     options = dict(data.get("options") or {})
+    val_fraction = 0.0 if recipe.get("protocol", "val") == "paper" else float(data.get("val_fraction", 0.1))
     if data["dataset"] == "synthetic":
         if model is not None:
             options.setdefault("image_size", tuple(model.img_size))
         splits: dict[str, Dataset] = dict(synthetic_splits(**options))
-        if not data.get("val_fraction", 0.1):
+        if not val_fraction:
             splits.pop("val")
         return splits
     if model is None:
@@ -233,7 +275,9 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
         img_size=img_size,
         resize=resize,
         trivial_augment=bool(data.get("trivial_augment", False)),
+        auto_augment=bool(data.get("auto_augment", False)),
         random_erasing=float(data.get("random_erasing", 0.0)),
+        random_erasing_scale=tuple(data.get("random_erasing_scale", (0.02, 0.33))),
     )
     test_tf = build_transforms(model, train=False, img_size=img_size, resize=test_resize)
     root = data.get("root")
@@ -241,7 +285,6 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     test = build_dataset(data["dataset"], root, "test", test_tf, **options)
     if data.get("classes") is not None:
         train, test = subset_classes(train, data["classes"]), subset_classes(test, data["classes"])
-    val_fraction = float(data.get("val_fraction", 0.1))
     if val_fraction > 0:
         train, val = train_val_split(
             train, val_fraction, seed=int(data.get("split_seed", 0)), train_transform=train_tf, val_transform=test_tf
@@ -310,9 +353,10 @@ class RecipeResult:
         return out
 
     def to_markdown(self) -> str:
-        """One row per seed, then mean +- std, beside the paper's number."""
+        """One row per seed, then mean +- std; the paper's number, compared only under ``protocol: paper``."""
         if not self.runs:
             return "(no runs)"
+        protocol = self.recipe.get("protocol", "val")
         keys = [k for k in self.runs[0] if k.startswith("test_")]
         lines = ["| seed | best epoch | val top-1 | " + " | ".join(k[5:] for k in keys) + " |"]
         lines.append("|" + "---|" * (len(keys) + 3))
@@ -323,8 +367,25 @@ class RecipeResult:
         cells = [_fmt_mean_std(*summary[k]) if k in summary else "-" for k in keys]
         lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
         expected = self.recipe.get("expected_top1")
+        source = self.recipe.get("source", "no source")
         lines.append("")
-        lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({self.recipe.get('source', 'no source')})")
+        if protocol == "paper":
+            lines.append(
+                "Protocol: paper (whole training split, fixed schedule, final checkpoint evaluated on test once)."
+            )
+            if expected is not None and "test_top1" in summary:
+                diff = summary["test_top1"][0] - float(expected)
+                lines.append(f"Paper top-1: {expected}; fgvc mean - paper = {diff:+.2f} ({source})")
+            else:
+                lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({source})")
+        else:
+            held_out = float((self.recipe.get("data") or {}).get("val_fraction", 0.1))
+            lines.append(
+                f"Protocol: val ({held_out:.0%} of the training split held out, checkpoint chosen on it): not the "
+                "papers' setting, so not compared with them."
+            )
+            shown = expected if expected is not None else "not reported"
+            lines.append(f"Paper top-1, for reference only (use protocol: paper to compare): {shown} ({source})")
         return "\n".join(lines)
 
 
@@ -346,8 +407,8 @@ def train_recipe(
 ) -> RecipeResult:
     """Train a recipe once per seed; each run in ``out_dir/seed<N>/`` with its checkpoints and config.
 
-    Each run: build the model and data, ``fgvc.fit`` (checkpoint chosen on the validation split), then one
-    evaluation of the test split with the chosen checkpoint (classification, retrieval Recall@K / mAP, and
+    Each run: build the model and data, ``fgvc.fit``, then one evaluation of the test split with the checkpoint
+    the recipe's ``protocol`` names (``val``: the best on the validation split; ``paper``: the final one) (classification, retrieval Recall@K / mAP, and
     crop IoU where the dataset has boxes). ``fit_options`` (e.g. ``device``, ``progress``) override the
     recipe's ``train`` section for every seed. ``results.json`` and ``results.md`` are written to ``out_dir``.
     """
@@ -360,9 +421,10 @@ def train_recipe(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = apply_overrides(dict(recipe), overrides)
-    recipe = copy.deepcopy(dict(recipe))
+    recipe = read_numbers(copy.deepcopy(dict(recipe)))
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
+    _check_seeds(seeds, "seeds")
     out_dir = Path(out_dir)
     result = RecipeResult(recipe=recipe)
     # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its
@@ -384,6 +446,7 @@ def train_recipe(
             (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
         history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
         barrier()  # the checkpoint rank 0 wrote is complete before any rank reads it
+        # protocol val: the best checkpoint on validation; paper (no validation split): the final one
         chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
         load_weights(model, chosen)
         ev = _evaluate_split(
@@ -412,7 +475,7 @@ def train_recipe(
         return result
     summary = {k: {"mean": m, "std": s} for k, (m, s) in result.summary().items()}
     (out_dir / "results.json").write_text(
-        json.dumps(dict(name=recipe.get("name"), expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), runs=result.runs, summary=summary), indent=2, allow_nan=True)
+        json.dumps(dict(name=recipe.get("name"), protocol=recipe.get("protocol", "val"), expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), runs=result.runs, summary=summary), indent=2, allow_nan=True)
     )
     (out_dir / "results.md").write_text(result.to_markdown() + "\n")
     return result
@@ -443,6 +506,18 @@ def _plain(x: Any) -> Any:
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
     return str(x)  # e.g. torch.device
+
+
+def check_output_file(path: str | os.PathLike, what: str = "the results") -> None:
+    """Fail now, naming the path, when ``path`` cannot be written (before a long run that would write it)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} to {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
 
 
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -481,13 +556,14 @@ def evaluate_checkpoint(
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
     beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
-    when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write the
-    metrics, per-class accuracy, confusion matrix and most confused pairs there (``EvalResult.save``).
-    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
+    checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
+    from the run's options (``root`` is not used), so the split is the very one training evaluated.
+    Retrieval metrics are added when some class has two images or more; crop IoU when the dataset has boxes.
+    ``out_dir``: also write the metrics, per-class accuracy, confusion matrix and most confused pairs there
+    (``EvalResult.save``). ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``).
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes
+    from .data import build_dataset, subset_classes, synthetic_splits
     from .distributed import init_distributed
 
     init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
@@ -499,7 +575,14 @@ def evaluate_checkpoint(
         raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
     same = name == data.get("dataset")
     options = dict(data.get("options") or {}) if same else {}
-    test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
+    if name == "synthetic":  # the very split training evaluated: same sizes, seed and input size, no transform
+        options.setdefault("image_size", tuple(model.img_size))
+        splits = synthetic_splits(**options)
+        if split not in splits:
+            raise ValueError(f"the synthetic dataset has the splits {sorted(splits)}, got {split!r}")
+        test = splits[split]
+    else:
+        test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
     classes = list(getattr(test, "classes", None) or [])

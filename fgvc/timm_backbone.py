@@ -72,11 +72,12 @@ class TimmBackbone(nn.Module):
         kwargs: dict[str, Any] = dict(num_classes=0, **timm_kwargs)
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
-        if checkpoint_path is not None:
-            from .checkpoint import load_state_dict_file
+        state = None
+        if checkpoint_path is not None:  # read safely, loaded strictly once built (as ViTBackbone does)
+            from .checkpoint import backbone_state_dict
 
-            kwargs["pretrained_cfg_overlay"] = dict(state_dict=load_state_dict_file(checkpoint_path))
-            pretrained = True
+            state, aside = backbone_state_dict(checkpoint_path)
+            pretrained = False
         #: whether timm built the model for ``img_size`` (Swin and other windowed models); CNNs take any size
         self.takes_img_size = True
         try:
@@ -86,8 +87,13 @@ class TimmBackbone(nn.Module):
                 raise
             self.takes_img_size = False
             self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
-        if isinstance(getattr(self.vit, "pretrained_cfg", None), dict):
-            self.vit.pretrained_cfg.pop("state_dict", None)
+        #: what ``checkpoint_path`` gave (as ``ViTBackbone.load_report``), None otherwise
+        self.load_report: dict[str, Any] | None = None
+        if state is not None:
+            from .backbone import _load_strict
+
+            self.load_report = _load_strict(self.vit, state, os.fspath(checkpoint_path), name)
+            self.load_report["left_aside"] += aside
 
     @property
     def embed_dim(self) -> int:

@@ -372,7 +372,7 @@ def test_contrastive_loss_by_hand():
 
 
 def test_overlapping_patch_embedding_grid_and_position_embeddings():
-    model = fgvc.create_model("transfg", num_classes=3, img_size=(64, 48), patch_stride=12, **TINY)
+    model = fgvc.create_model("transfg", num_classes=3, img_size=(64, 48), patch_stride=12, **TINY).eval()
     bb, vit = model.backbone, model.backbone.vit
     grid = ((64 - 16) // 12 + 1, (48 - 16) // 12 + 1)
     assert grid == (5, 3) and bb.grid_size == grid and bb.patch_size == (16, 16) and bb.patch_stride == (12, 12)

@@ -64,8 +64,12 @@ def test_recipe_settings_follow_the_papers():
 def test_each_methods_model_section_is_accepted_by_create_model(method):
     recipe = load_recipe(f"{method}_cub_224")
     options = {k: v for k, v in recipe["model"].items() if k not in ("method", "backbone", "pretrained")}
-    model = fgvc.create_model(method, num_classes=5, **options | {"img_size": 64}, **TINY)
+    # the tiny backbone, keeping the recipe's own backbone_kwargs (the official mean / std)
+    kwargs = dict(options.pop("backbone_kwargs", {}), **TINY["backbone_kwargs"])
+    model = fgvc.create_model(method, num_classes=5, **options | {"img_size": 64}, backbone=TINY["backbone"],
+                              backbone_kwargs=kwargs)
     assert model.num_classes == 5
+    assert model.data_config["mean"] == [0.485, 0.456, 0.406]  # ImageNet statistics, as the official codes
 
 
 def test_overrides_and_bad_recipes_are_named(tmp_path):

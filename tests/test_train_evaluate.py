@@ -73,7 +73,7 @@ def test_nan_loss_stops_with_step_and_lr():
     model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
     with torch.no_grad():
         model.head.weight.fill_(math.nan)
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, step 0 \(lr"):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at optimizer step 1 \(epoch 1, lr"):
         fgvc.fit(model, Blobs(), epochs=1, progress=False)
 
 
@@ -139,7 +139,7 @@ def test_speed_switches_run_on_the_cpu_and_restore_global_state():
     fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, channels_last=True, tf32=not before, amp="bf16",
              progress=False)
     assert torch.backends.cuda.matmul.allow_tf32 == before
-    with pytest.raises(ValueError, match="accumulate_steps must be >= 1"):
+    with pytest.raises(ValueError, match="accumulate_steps must be an integer >= 1"):
         fgvc.fit(model, Blobs(n=16), epochs=1, accumulate_steps=0, progress=False)
 
 

@@ -1,7 +1,7 @@
 """Image transforms for training and evaluation (torchvision transforms v2), and boxes mapped through them.
 
-Train: resize -> ``RandomCrop(img_size)`` -> horizontal flip -> (TrivialAugmentWide) -> float tensor ->
-normalize -> (RandomErasing). Test: resize -> ``CenterCrop(img_size)`` -> float tensor -> normalize. The
+Train: resize -> ``RandomCrop(img_size)`` -> horizontal flip -> (AutoAugment, ImageNet policy) ->
+(TrivialAugmentWide) -> float tensor -> normalize -> (RandomErasing). Test: resize -> ``CenterCrop(img_size)`` -> float tensor -> normalize. The
 mean / std and interpolation come from the model's ``data_config`` (the backbone's pretrained config:
 ImageNet statistics, or 0.5 / 0.5 for augreg ViTs), so the input matches what the weights were trained on.
 
@@ -87,6 +87,8 @@ def build_transforms(
     resize: int | tuple[int, int] | None = None,
     trivial_augment: bool = False,
     random_erasing: float = 0.0,
+    auto_augment: bool = False,
+    random_erasing_scale: tuple[float, float] = (0.02, 0.33),
 ) -> v2.Compose:
     """The train or test transform for a model (or a data config dict: mean, std, interpolation, input_size).
 
@@ -95,6 +97,9 @@ def build_transforms(
         resize: short side (int) or exact (height, width) before cropping; default ``default_resize``.
         trivial_augment: add TrivialAugmentWide (train only).
         random_erasing: probability of RandomErasing on the normalized tensor (train only; 0 = off).
+        auto_augment: add torchvision's AutoAugment with its ImageNet policy (train only; TransFG's Cars).
+        random_erasing_scale: (min, max) erased share of the image (torchvision's default (0.02, 0.33);
+            GLSim's official code uses (0.02, 0.4)).
     """
     cfg = _data_config(model_or_data_config)
     if img_size is None:
@@ -105,10 +110,17 @@ def build_transforms(
     resize = _check_resize(default_resize(size) if resize is None else resize, size)
     if not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing!r}")
+    scale = tuple(float(v) for v in random_erasing_scale)
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(
+            f"random_erasing_scale must be (min, max) with 0 < min <= max <= 1, got {random_erasing_scale!r}"
+        )
     interpolation = InterpolationMode(str(cfg.get("interpolation", "bicubic")))
     steps: list[Any] = [v2.Resize(resize, interpolation=interpolation, antialias=True)]
     if train:
         steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+        if auto_augment:
+            steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))  # torchvision's defaults
         if trivial_augment:
             steps.append(v2.TrivialAugmentWide())
     else:
@@ -119,7 +131,7 @@ def build_transforms(
         v2.Normalize(mean=[float(m) for m in cfg["mean"]], std=[float(s) for s in cfg["std"]]),
     ]
     if train and random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+        steps.append(v2.RandomErasing(p=random_erasing, scale=scale, value=0))
     steps.append(v2.ToPureTensor())
     return v2.Compose(steps)
 

@@ -24,7 +24,11 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
     pretrained weights help from the first step.
   - classifier: its own LayerNorm (initialised as a copy of the backbone's final norm) applied to every GLCA
     output token, then the **mean over the R query tokens** (no CLS among the queries, so exactly
-    ``ceil(R * N)`` queries), then its own linear head.
+    ``ceil(R * N)`` queries), then its own linear head. ``glca_cls_token=True`` adds the CLS token as one
+    more query (first, R + 1 queries) and classifies its output alone (after the norm) instead of the mean:
+    the paper's re-identification text speaks of "the final class tokens of SA and GLCA", which implies a
+    CLS query; its FGVC text selects the R local queries only, and no official code settles it, so the
+    default stays the mean of the R local queries (the FGVC description, and the checkpoints trained so far).
 * **PWCA** (pair-wise cross-attention), T = all L blocks by default (the paper's T = 12 for 12-block
   models), **training only** (not run at inference, zero cost there), shares every SA weight (no new
   parameters): SA norm and head classify its output. ``pwca_blocks=T`` runs it in the last T blocks only:
@@ -51,7 +55,8 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
 * **Training outputs**: ``logits`` = SA logits (what ``fit`` reports as train top-1), ``extras`` =
   ``sa_logits``, ``glca_logits``, ``pwca_logits`` (when run), ``pwca_pairs`` (the distractor index of each
   image), ``glca_queries`` (B, R) patch indices (0 = first patch token); ``glca_attention`` (B, heads, R, T)
-  only when ``model.return_glca_attention`` is set (``fgvc.viz`` sets it for the call it draws).
+  only when ``model.return_glca_attention`` is set (``fgvc.viz`` sets it for the call it draws; the rows of
+  the R local queries, also with ``glca_cls_token``).
 
 Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``),
 attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout needs a whole map:
@@ -132,7 +137,9 @@ class DCAL(FGVCModel):
     Options: ``glca_ratio`` (0.1: share of patch tokens used as GLCA queries), ``glca_block`` (-1: the SA
     block GLCA runs beside, at least the second), ``pwca`` (True; False turns the PWCA branch off, an
     ablation; it adds no parameters either way), ``pwca_blocks`` (the paper's T: PWCA in the last T blocks;
-    None, the default, is all L as the paper; fewer blocks make the training step cheaper, see the module doc).
+    None, the default, is all L as the paper; fewer blocks make the training step cheaper, see the module doc),
+    ``glca_cls_token`` (False: GLCA's feature is the mean of its R local query outputs; True: CLS is one more
+    GLCA query and its output is the feature, the reading of the paper's re-identification text).
     """
 
     def __init__(
@@ -142,9 +149,13 @@ class DCAL(FGVCModel):
         glca_block: int = -1,
         pwca: bool = True,
         pwca_blocks: int | None = None,
+        glca_cls_token: bool = False,
         **common: Any,
     ) -> None:
-        options = dict(glca_ratio=glca_ratio, glca_block=glca_block, pwca=pwca, pwca_blocks=pwca_blocks)
+        options = dict(
+            glca_ratio=glca_ratio, glca_block=glca_block, pwca=pwca, pwca_blocks=pwca_blocks,
+            glca_cls_token=glca_cls_token,
+        )
         super().__init__(options=options, **common)
         bb = self.backbone
         for block in bb.blocks:
@@ -162,6 +173,7 @@ class DCAL(FGVCModel):
         self.glca_ratio = glca_ratio
         self.glca_index = glca_block % depth
         self.pwca = pwca
+        self.glca_cls_token = bool(glca_cls_token)
         self.pwca_start = depth - (depth if pwca_blocks is None else pwca_blocks)  # first block with PWCA
         dim = bb.embed_dim
         self.head = nn.Linear(dim, self.num_classes)  # SA (and PWCA) classifier
@@ -208,10 +220,14 @@ class DCAL(FGVCModel):
         score = rollout_map(maps, prefix, class_token=bb.has_class_token)  # (B, N), no gradient
         n = t - prefix
         queries = score.topk(local_query_count(self.glca_ratio, n), dim=-1).indices  # (B, R)
+        query_index = queries + prefix
+        if self.glca_cls_token:  # CLS (token 0) as the first query: R + 1 queries
+            query_index = torch.cat([torch.zeros_like(query_index[:, :1]), query_index], dim=1)
         g, glca_probs, _ = block_forward(
-            self.glca, glca_input, query_index=queries + prefix, need_weights=self.return_glca_attention
-        )  # (B, R, D), (B, heads, R, T) or None
-        glca_feature = self.glca_norm(g).mean(dim=1)  # (B, D)
+            self.glca, glca_input, query_index=query_index, need_weights=self.return_glca_attention
+        )  # (B, R [+ 1], D), (B, heads, R [+ 1], T) or None
+        g = self.glca_norm(g)
+        glca_feature = g[:, 0] if self.glca_cls_token else g.mean(dim=1)  # (B, D)
         glca_logits = self.glca_head(glca_feature)
 
         sa_feature = bb.pool(bb.norm(sa))  # (B, D)
@@ -220,8 +236,8 @@ class DCAL(FGVCModel):
         similarity = score.reshape(b, rows, cols) if rows * cols == n else None
         embedding = torch.cat([sa_feature, glca_feature], dim=-1)  # (B, 2D)
         extras = dict(sa_logits=sa_logits, glca_logits=glca_logits, glca_queries=queries)
-        if glca_probs is not None:
-            extras["glca_attention"] = glca_probs
+        if glca_probs is not None:  # the R local queries' rows (the CLS query's row left out)
+            extras["glca_attention"] = glca_probs[:, :, 1:] if self.glca_cls_token else glca_probs
         if not self.training:
             logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
             logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)

@@ -18,6 +18,16 @@ Faithful to the official code (arkel23/GLSim, ``glsim/model_utils/glsim.py``):
 
 ``crop_at_inference=False`` skips the crop pass in evaluation (the aggregator then sees the global token
 only): plain-ViT cost, usually lower accuracy.
+
+Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
+
+* stochastic depth: the official ``BlockVanilla`` gives every block the same ``DropPath(sd)`` and the
+  aggregator is built with the same ``sd``. ``drop_path_schedule="constant"`` (default) does this with the
+  common ``drop_path_rate``: every backbone block and the aggregator drop at that rate.
+  ``"linear"`` keeps timm's rule (0 in the first block rising to the rate in the last, none in the aggregator);
+* the aggregator starts as the official ``init_weights`` leaves it: Xavier-uniform weights in every linear
+  layer (q, k and v each as its own D x D matrix, as the official separate projections) and biases drawn
+  from N(0, 1e-6); LayerNorms at ones / zeros. The head starts at zero.
 """
 
 from __future__ import annotations
@@ -27,12 +37,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .base import FGVCModel, ModelOutput, register_model
 
-__all__ = ["GLSim", "cls_patch_similarity", "crop_and_resize", "select_box"]
+__all__ = ["GLSim", "cls_patch_similarity", "crop_and_resize", "init_aggregator_official", "select_box"]
+
+DROP_PATH_SCHEDULES = ("constant", "linear")
 
 
 def cls_patch_similarity(
@@ -95,12 +108,31 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | None 
     return torch.cat(crops, dim=0)
 
 
+@torch.no_grad()
+def init_aggregator_official(block: nn.Module) -> None:
+    """Xavier-uniform linear weights, N(0, 1e-6) biases (official ``init_weights``); norms reset to 1 / 0.
+
+    timm's fused ``qkv`` (3D x D) is initialised as three D x D matrices, the official separate q, k, v.
+    """
+    for module in block.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear):
+            out_features, in_features = module.weight.shape
+            chunks = 3 if module is getattr(getattr(block, "attn", None), "qkv", None) else 1
+            for w in module.weight.split(out_features // chunks, dim=0):
+                nn.init.xavier_uniform_(w)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=1e-6)
+
+
 @register_model("glsim")
 class GLSim(FGVCModel):
     """Global-local similarity: crop the patches most similar to CLS, re-encode, aggregate both CLS tokens.
 
     Options: ``top_k`` (8), ``inclusive_box`` (False: official exclusive end), ``crop_at_inference``
-    (True), ``aggregator_heads`` (default ``embed_dim // 64``, at least 1).
+    (True), ``aggregator_heads`` (default ``embed_dim // 64``, at least 1), ``drop_path_schedule``
+    (``"constant"``: official, every block and the aggregator at ``drop_path_rate``; ``"linear"``: timm's).
     """
 
     def __init__(
@@ -110,6 +142,7 @@ class GLSim(FGVCModel):
         inclusive_box: bool = False,
         crop_at_inference: bool = True,
         aggregator_heads: int | None = None,
+        drop_path_schedule: str = "constant",
         **common: Any,
     ) -> None:
         options = dict(
@@ -117,7 +150,10 @@ class GLSim(FGVCModel):
             inclusive_box=inclusive_box,
             crop_at_inference=crop_at_inference,
             aggregator_heads=aggregator_heads,
+            drop_path_schedule=drop_path_schedule,
         )
+        if drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ValueError(f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {drop_path_schedule!r}")
         super().__init__(options=options, **common)
         bb = self.backbone
         if bb.patch_stride != bb.patch_size:
@@ -136,8 +172,17 @@ class GLSim(FGVCModel):
         self.crop_at_inference = crop_at_inference
         dim = bb.embed_dim
         heads = aggregator_heads or max(dim // 64, 1)
+        rate = float(self.config["drop_path_rate"])
+        aggregator_rate = 0.0
+        if drop_path_schedule == "constant" and rate > 0:
+            for block in bb.blocks:  # the official DropPath(sd) in every block, in place of timm's 0 -> rate
+                if not (hasattr(block, "drop_path1") and hasattr(block, "drop_path2")):
+                    raise ValueError(f"drop_path_schedule='constant' needs timm Blocks, got {type(block).__name__}")
+                block.drop_path1, block.drop_path2 = DropPath(rate), DropPath(rate)
+            aggregator_rate = rate
         eps = {} if self.norm_eps is None else {"norm_layer": partial(nn.LayerNorm, eps=self.norm_eps)}
-        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, **eps)
+        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path=aggregator_rate, **eps)
+        init_aggregator_official(self.aggregator)
         self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6 if self.norm_eps is None else self.norm_eps)
         self.head = nn.Linear(dim, self.num_classes)
         nn.init.zeros_(self.head.weight)  # as the official code: the new head starts at zero

@@ -16,10 +16,15 @@
   official ``Block`` starts (attention projections with PyTorch's default Linear init, MLP weights Xavier
   uniform, MLP biases normal with std 1e-6, norms at ones / zeros). ``"pretrained"`` keeps the backbone's
   pretrained last block.
-* **Loss**: cross-entropy (label smoothing passed through) plus the contrastive loss of the official
-  ``con_loss`` on the L2-normalized pooled features: ``1 - cos`` for same-label pairs, ``max(cos - 0.4, 0)``
-  for different-label pairs, summed over all B^2 ordered pairs (the diagonal included) and divided by B^2.
-  The same loss is used in evaluation mode.
+* **Loss**: in training, cross-entropy (label smoothing passed through) plus the contrastive loss of the
+  official ``con_loss`` on the L2-normalized pooled features: ``1 - cos`` for same-label pairs,
+  ``max(cos - 0.4, 0)`` for different-label pairs, summed over all B^2 ordered pairs (the diagonal included)
+  and divided by B^2. In evaluation mode, cross-entropy only, as the official ``valid`` (``train.py``), so
+  the reported validation loss is the official one.
+* **Dropout** (option ``dropout``, default 0.1 as the official ``configs.py`` ``dropout_rate``): on the
+  embeddings after the position embedding and after both MLP layers of every block (the official
+  ``Embeddings`` and ``Mlp``), the part block included; attention probabilities and the attention output
+  projection keep none (the official ``attention_dropout_rate`` is 0).
 * **Overlapping patches** (the official ``--split overlap --slide_step 12``): the common option
   ``patch_stride=12`` (``fgvc.backbone.OverlapPatchEmbed``): the patch-embedding convolution keeps its
   kernel (and pretrained weights) but moves by stride S, so the grid is ``(H - P) // S + 1`` by
@@ -48,7 +53,7 @@ from torch import Tensor, nn
 from ..layers.blocks import block_forward, check_timm_block, gather_tokens
 from .base import FGVCModel, ModelOutput, register_model
 
-__all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official"]
+__all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official", "set_official_dropout"]
 
 
 def part_selection(attentions: Sequence[Tensor], num_prefix_tokens: int = 1, class_token: bool = True) -> Tensor:
@@ -100,21 +105,34 @@ def reset_block_official(block: nn.Module) -> None:
                 nn.init.normal_(module.bias, std=1e-6)
 
 
+def set_official_dropout(backbone: nn.Module, p: float) -> None:
+    """Dropout ``p`` where the official TransFG has it: after the position embedding and in every MLP."""
+    backbone.vit.pos_drop = nn.Dropout(p)
+    for block in backbone.blocks:
+        mlp = block.mlp
+        if not (hasattr(mlp, "drop1") and hasattr(mlp, "drop2")):
+            raise ValueError(f"TransFG's dropout needs timm's Mlp (drop1, drop2), got {type(mlp).__name__}")
+        mlp.drop1, mlp.drop2 = nn.Dropout(p), nn.Dropout(p)
+
+
 @register_model("transfg")
 class TransFG(FGVCModel):
     """TransFG: per-head part selection from the attention product, a part block, contrastive loss.
 
-    Options: ``part_block_init`` (``"random"``, official; or ``"pretrained"``). The official overlapping
-    16 px patches are the common option ``patch_stride=12``.
+    Options: ``part_block_init`` (``"random"``, official; or ``"pretrained"``), ``dropout`` (0.1, official:
+    embeddings and MLPs). The official overlapping 16 px patches are the common option ``patch_stride=12``.
     """
 
     def __init__(
         self,
         *,
         part_block_init: str = "random",
+        dropout: float = 0.1,
         **common: Any,
     ) -> None:
-        options = dict(part_block_init=part_block_init)
+        options = dict(part_block_init=part_block_init, dropout=dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout is a probability in [0, 1), got {dropout!r}")
         super().__init__(options=options, **common)
         bb = self.backbone
         if bb.depth < 2:
@@ -125,6 +143,7 @@ class TransFG(FGVCModel):
             raise ValueError(f"part_block_init must be 'random' or 'pretrained', got {part_block_init!r}")
         if part_block_init == "random":
             reset_block_official(self.part_block)
+        set_official_dropout(bb, dropout)
         self.head = nn.Linear(bb.embed_dim, self.num_classes)
 
     @property
@@ -150,6 +169,8 @@ class TransFG(FGVCModel):
         )
 
     def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
-        """Cross-entropy + contrastive loss on the pooled features (training and evaluation alike)."""
+        """Training: cross-entropy + contrastive loss on the pooled features. Evaluation: cross-entropy only."""
         ce = F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+        if not self.training:
+            return ce
         return ce + contrastive_loss(output.extras["features"], targets)
