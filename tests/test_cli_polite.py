@@ -93,7 +93,9 @@ def test_version_and_list(capsys):
     out = capsys.readouterr().out
     for section in ("methods", "recipes", "datasets", "weights"):
         assert f"{section} (" in out
-    assert "glsim  (aggregator_heads, crop_at_inference, inclusive_box, top_k)" in out  # the method's options
+    glsim_line = next(line for line in out.splitlines() if line.strip().startswith("glsim  ("))
+    assert all(option in glsim_line for option in ("top_k", "inclusive_box", "crop_at_inference"))  # its options
+    assert "patch_stride" not in glsim_line  # the common options are not repeated per method
     assert "glsim_cub_448" in out and "nabirds" in out
     assert main(["list", "recipes", "--filter", "dcal_cub_*"]) == 0
     assert capsys.readouterr().out.split() == ["recipes", "(2):", "dcal_cub_224", "dcal_cub_448"]
