@@ -95,7 +95,7 @@ def _check_output_dir(path: str, what: str) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .predict import expand_images, predict, save_predictions
+    from .predict import expand_images, predict, save_maps, save_predictions
     from .recipe import test_transform_for
 
     images = expand_images(args.images)
@@ -108,34 +108,9 @@ def _predict(args: argparse.Namespace) -> int:
         path = save_predictions(predictions, args.out, info=dict(checkpoint=str(args.checkpoint), tta=args.tta))
         print(f"{len(predictions)} predictions written to {path}")
     if args.maps:
-        paths = _save_maps(model, images, transform, args.maps, args.device)
-        print(f"maps and crops of {len(paths)} images in {args.maps}/")
+        for path in save_maps(model, images, args.maps, transform=transform):
+            print(f"maps: {path}")
     return 0
-
-
-def _save_maps(model: Any, images: Sequence[str], transform: Any, out_dir: str, device: str | None) -> list[str]:
-    """One PNG per image: the image, every map the method has, its crop (``fgvc.viz.plot_maps``)."""
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-    import torch
-
-    from .data import load_rgb
-    from .viz import plot_maps
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.eval().to(device or "cpu")
-    written = []
-    for k, image in enumerate(images):
-        x = transform(load_rgb(image))[None].to(device or "cpu")
-        with torch.no_grad():
-            fig = plot_maps(model, x)
-        path = out / f"{k:04d}_{Path(image).stem}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(str(path))
-    return written
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -396,13 +371,14 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "images", nargs="+", help="image files, folders (every image below them) or quoted globs ('birds/**/*.jpg')"
     )
     pred.add_argument("--out", default=None, help="write the predictions to this .csv or .json file")
-    pred.add_argument("--maps", default=None, help="folder for one PNG per image: the image, its maps, the crop")
     pred.add_argument(
         "--tta", default=None, choices=["hflip"],
         help="test-time augmentation: average with the mirror image (off by default; recorded in --out)",
     )
     pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
     pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    pred.add_argument("--maps", default=None, metavar="DIR",
+                      help="also save every attention map of each image as DIR/<name>_maps.png")
     pred.set_defaults(func=_predict)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .methods.base import FGVCModel
 
-__all__ = ["Prediction", "expand_images", "predict", "save_predictions"]
+__all__ = ["Prediction", "expand_images", "predict", "save_maps", "save_predictions"]
 
 
 @dataclass
@@ -136,3 +136,31 @@ def save_predictions(
         for p in predictions:
             w.writerow([p.source, p.tta or ""] + [x for c, n, q in p.top for x in (n, c, f"{q:.6f}")])
     return path
+
+
+def save_maps(
+    model: FGVCModel,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    transform: Callable[[Image.Image], Any] | None = None,
+    dpi: int = 110,
+) -> list[str]:
+    """Save, for each image file, the figure of every map of ``model`` (``fgvc.viz.plot_maps``, the figure
+    the notebooks and the explorer draw) as ``out_dir/<file stem>_maps.png``; returns the paths written."""
+    from .data import build_transforms, load_rgb
+    from .viz import plot_maps
+
+    if transform is None:
+        transform = build_transforms(model, train=False, img_size=tuple(model.img_size))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    written = []
+    for src in images:
+        x = transform(load_rgb(src))[None].to(device)  # (1, 3, H, W)
+        fig = plot_maps(model, x, indices=[Path(src).name], pyplot=False)
+        path = out / f"{Path(src).stem}_maps.png"
+        fig.savefig(path, dpi=dpi)
+        written.append(str(path))
+    return written

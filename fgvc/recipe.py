@@ -58,6 +58,7 @@ from .settings import check_data_settings, check_fit_settings, number_from_text
 __all__ = [
     "RecipeResult",
     "build_recipe_data",
+    "checkpoint_split",
     "evaluate_checkpoint",
     "list_recipes",
     "load_recipe",
@@ -341,6 +342,7 @@ class RecipeResult:
 
     recipe: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    num_classes: int | None = None  # for the chance row (100 / classes)
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{metric: (mean, std)}`` over seeds for every numeric test metric."""
@@ -358,6 +360,8 @@ class RecipeResult:
             return "(no runs)"
         protocol = self.recipe.get("protocol", "val")
         keys = [k for k in self.runs[0] if k.startswith("test_")]
+        if self.num_classes is not None and self.num_classes <= 5:
+            keys = [k for k in keys if k != "test_top5"]  # 100% by construction with 5 classes or fewer
         lines = ["| seed | best epoch | val top-1 | " + " | ".join(k[5:] for k in keys) + " |"]
         lines.append("|" + "---|" * (len(keys) + 3))
         for r in self.runs:
@@ -366,6 +370,12 @@ class RecipeResult:
         summary = self.summary()
         cells = [_fmt_mean_std(*summary[k]) if k in summary else "-" for k in keys]
         lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
+        if self.num_classes:
+            chance = {"test_top1": 100.0 / self.num_classes,
+                      "test_top5": 100.0 * 5 / self.num_classes if self.num_classes > 5 else None}
+            cells = [_fmt(chance.get(k)) for k in keys]
+            lines.append(f"| chance ({self.num_classes} classes) | | {_fmt(chance['test_top1'])} | "
+                         + " | ".join(cells) + " |")
         expected = self.recipe.get("expected_top1")
         source = self.recipe.get("source", "no source")
         lines.append("")
@@ -435,7 +445,7 @@ def train_recipe(
         run_dir = out_dir / f"seed{seed}"
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        num_classes = _num_classes(recipe)
+        num_classes = result.num_classes = _num_classes(recipe)
         model = create_model(num_classes=num_classes, **recipe["model"])
         data = build_recipe_data(recipe, model)
         args = fit_arguments(recipe, len(data["train"]))
@@ -543,30 +553,25 @@ def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) 
     return build_transforms(model, train=False, img_size=tuple(model.img_size), resize=resize)
 
 
-def evaluate_checkpoint(
+def checkpoint_split(
     checkpoint: str | os.PathLike,
     root: str | os.PathLike | None,
     *,
     dataset: str | None = None,
     split: str = "test",
-    out_dir: str | os.PathLike | None = None,
-    **evaluate_options: Any,
-) -> Any:
-    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+) -> tuple[Any, Dataset]:
+    """The model of an fgvc checkpoint and the split it is evaluated on, as ``evaluate_checkpoint`` builds it.
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
-    beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
+    beside the checkpoint when it is there; ``dataset`` overrides the name. The items are the checkpoint's
+    test transform of each image (normalized tensors at its input size), the labels its classes; when the
+    dataset has boxes, ``input_boxes`` are in the model's input frame. The dataset's classes must be the
     checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
     from the run's options (``root`` is not used), so the split is the very one training evaluated.
-    Retrieval metrics are added when some class has two images or more; crop IoU when the dataset has boxes.
-    ``out_dir``: also write the metrics, per-class accuracy, confusion matrix and most confused pairs there
-    (``EvalResult.save``). ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``).
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes, synthetic_splits
-    from .distributed import init_distributed
+    from .data import EvalBoxes, build_dataset, subset_classes, synthetic_splits
 
-    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
     data = dict(config.get("data") or {})
@@ -594,11 +599,39 @@ def evaluate_checkpoint(
     if classes and model.class_names and classes != list(model.class_names):
         diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
         raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
-    result = _evaluate_split(model, test, data, **evaluate_options)
+    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+        resize = _size(data.get("test_resize", data.get("resize")))
+        test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
+    return model, test
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    root: str | os.PathLike | None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    **evaluate_options: Any,
+) -> Any:
+    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+
+    The model and the split are ``checkpoint_split``'s (the run's dataset, class subset and test transform
+    from its ``config.yaml``; the synthetic dataset rebuilt from the run's options). Retrieval metrics are
+    added when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write
+    the metrics, per-class accuracy, confusion matrix and most confused pairs there (``EvalResult.save``).
+    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
+    """
+    from .distributed import init_distributed
+
+    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
+    model, test = checkpoint_split(checkpoint, root, dataset=dataset, split=split)
+    result = _evaluate_split(model, test, {}, **evaluate_options)
     from .distributed import is_main_process
 
     if out_dir is not None and is_main_process():
         cfg = model.data_config
+        name = dataset or ((run_config(checkpoint) or {}).get("data") or {}).get("dataset")
         info = dict(checkpoint=str(checkpoint), dataset=name, data=str(root), split=split)
         result.save(out_dir, data=test, info=info, mean=cfg["mean"], std=cfg["std"])
     return result

@@ -114,16 +114,18 @@ class History:
         else:
             fig = ax[0].figure
         x = self["epoch"]
-        ax[0].plot(x, self["train_loss"], label="train")
-        ax[1].plot(x, self["train_top1"], label="train")
+        marker = "o" if len(x) <= 30 else None  # a short curve shows its points
+        ax[0].plot(x, self["train_loss"], label="train", marker=marker)
+        ax[1].plot(x, self["train_top1"], label="train", marker=marker)
         if any(not math.isnan(v) for v in self["val_loss"]):
-            ax[0].plot(x, self["val_loss"], label="val")
-            ax[1].plot(x, self["val_top1"], label="val")
+            ax[0].plot(x, self["val_loss"], label="val", marker=marker)
+            ax[1].plot(x, self["val_top1"], label="val", marker=marker)
         ax[0].set(xlabel="epoch", ylabel="loss")
         ax[1].set(xlabel="epoch", ylabel="top-1 (%)")
         for a in ax:
             a.legend()
             a.grid(alpha=0.3)
+            a.ticklabel_format(axis="y", useOffset=False)
         fig.tight_layout()
         return fig
 
@@ -146,8 +148,10 @@ def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
     else:
         fig = ax[0].figure
     if steps:
-        ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="train (step)")
-        ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps])
+        marker = "." if len(steps) <= 30 else None  # a short curve shows its points
+        ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, marker=marker,
+                   label="train (step)")
+        ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps], marker=marker)
     for key, label in (("train_loss", "train (epoch)"), ("val_loss", "val")):
         pts = [(r["step"], r[key]) for r in epochs if key in r]
         if pts:
@@ -163,6 +167,7 @@ def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
         if a.get_legend_handles_labels()[0]:
             a.legend()
         a.grid(alpha=0.3)
+        a.ticklabel_format(axis="y", useOffset=False)  # a loss that barely moves reads 2.3026, not 1e-6+2.30258
     fig.tight_layout()
     return fig
 

@@ -129,7 +129,7 @@ def test_predict_writes_the_maps_and_crop_per_image(checkpoint, folder, tmp_path
     maps = tmp_path / "maps"
     assert main(["predict", "--checkpoint", str(checkpoint), str(folder / "test" / "Parakeet_Auklet"),
                  "--maps", str(maps)]) == 0
-    assert sorted(p.name for p in maps.iterdir()) == ["0000_Parakeet_Auklet_0.png", "0001_Parakeet_Auklet_1.png"]
+    assert sorted(p.name for p in maps.iterdir()) == ["Parakeet_Auklet_0_maps.png", "Parakeet_Auklet_1_maps.png"]
 
 
 def test_eval_out_dir_writes_metrics_per_class_confusion_and_confused_pairs(checkpoint, folder, tmp_path, capsys):

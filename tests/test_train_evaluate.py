@@ -49,6 +49,7 @@ def test_short_fit_lowers_the_loss_and_records_history(tmp_path, method):
     assert (tmp_path / "last.safetensors").exists()
     fig = history.plot()
     assert len(fig.axes) == 2
+    assert all(line.get_marker() == "o" for line in fig.axes[0].lines)  # 4 epochs: every point marked
 
 
 def test_fit_is_reproducible_with_a_seed():
