@@ -91,6 +91,14 @@ class EncoderOutput:
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
 
+    def __repr__(self) -> str:
+        """Shapes, not values."""
+        from .methods.base import _shape
+
+        parts = [f"tokens={_shape(self.tokens)}"]
+        parts += [f"{k}={_shape(v)}" for k, v in (("hidden_states", self.hidden_states), ("attentions", self.attentions)) if v is not None]
+        return "EncoderOutput(" + ", ".join(parts) + ")"
+
 
 class ViTBackbone(nn.Module):
     """A timm ViT (ViT, DeiT, DeiT-distilled, ...) at any resolution, without its classifier head.
@@ -106,7 +114,9 @@ class ViTBackbone(nn.Module):
             the model family), or fgvc's own ``best`` / ``last`` checkpoints and ``train_state`` (their backbone
             is taken, the method's layers left aside). Loading is strict: a file that does not give every
             backbone tensor, in its shape, or that holds tensors the backbone does not have, is refused with
-            what matched, what is missing and what is unexpected. ``load_report`` says what was loaded.
+            what matched, what is missing and what is unexpected. ``load_report`` says what was loaded. Also
+            an original ViT ``.npz`` in Google's layout (``ViT-B_16.npz``, read by timm's ``load_pretrained``,
+            position embeddings resampled).
             ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
             refused.
         drop_path_rate: stochastic depth.
@@ -150,23 +160,33 @@ class ViTBackbone(nn.Module):
                 raise ValueError("patch_stride replaces timm's embed_layer; give one or the other")
             kwargs["embed_layer"] = functools.partial(OverlapPatchEmbed, stride=patch_stride)
         state: dict[str, Tensor] | None = None
+        npz = None
         if checkpoint_path is not None:
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
             from .checkpoint import backbone_state_dict  # late: checkpoint imports the methods
 
-            # read safely (.pth through torch.load(weights_only=True)) before building anything; a given
-            # pretrained_cfg_overlay (e.g. a recipe's mean / std) stays in kwargs and applies as usual
-            state, aside = backbone_state_dict(checkpoint_path)
+            if checkpoint_path.endswith(".npz"):
+                npz = checkpoint_path  # Google's ViT layout: timm's own reader, once the model is built
+            else:
+                # read safely (.pth through torch.load(weights_only=True)) before building anything; a given
+                # pretrained_cfg_overlay (e.g. a recipe's mean / std) stays in kwargs and applies as usual
+                state, aside = backbone_state_dict(checkpoint_path)
             pretrained = False
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(timm_name))
         self.vit = timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+        if npz is not None:
+            if not hasattr(self.vit, "load_pretrained"):
+                raise ValueError(f"{name} cannot read Google's .npz weights (timm's VisionTransformer family can)")
+            self.vit.load_pretrained(npz)  # numpy without pickles; position embeddings resampled to the grid
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):
             raise ValueError(f"{name} is not a ViT-family model (it has no patch_embed and blocks)")
         self._check_divisible(self.vit.patch_embed.patch_size)
         #: what ``checkpoint_path`` gave: the file, the tensors loaded and those left aside (None otherwise)
         self.load_report: dict[str, Any] | None = None
+        if npz is not None:
+            self.load_report = dict(file=npz, loaded=len(self.vit.state_dict()), left_aside=[])
         if state is not None:
             self.load_report = _load_strict(self.vit, state, checkpoint_path, name)
             self.load_report["left_aside"] += aside
@@ -245,8 +265,34 @@ class ViTBackbone(nn.Module):
         v = self.vit
         x = v.patch_embed(x)
         x = v._pos_embed(x)
-        x = v.patch_drop(x)
+        if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
+            x = x[0]
+        else:
+            x = v.patch_drop(x)
         return v.norm_pre(x)
+
+    def block_kwargs(self) -> dict[str, Any]:
+        """What every block call needs besides the tokens: ``rope`` for EVA-02's rotary embeddings, else nothing.
+
+        Callers that run the blocks one by one write ``block(tokens, **bb.block_kwargs())``.
+        """
+        rope = getattr(self.vit, "rope", None)
+        if rope is None:
+            return {}
+        if getattr(self.vit, "rope_mixed", False):
+            raise ValueError(f"{self.name}: depth-dependent ('mixed') rotary embeddings are not supported")
+        return {"rope": rope.get_embed()}
+
+    def global_token(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, T, D) -> the token that stands for the whole image (B, D).
+
+        The CLS token where the ViT has one; for ViTs without one (SigLIP, ``*_gap_*``, register-only models)
+        the mean of the patch tokens (prefix / register tokens left out). GLSim's similarity and crop
+        aggregation, DCAL's rollout and TransFG's part selection use this token.
+        """
+        if self.has_class_token:
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(
         self,
@@ -257,12 +303,17 @@ class ViTBackbone(nn.Module):
     ) -> EncoderOutput:
         """Images (B, 3, H, W) -> ``EncoderOutput`` (tokens after the final norm, optional per-layer data)."""
         tokens = self.embed(x)
+        extra = self.block_kwargs()
         if not (return_hidden_states or return_attention):
-            return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
+            if not extra:
+                return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
+            for block in self.blocks:
+                tokens = block(tokens, **extra)
+            return EncoderOutput(tokens=self.norm(tokens))
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
             for block in self.blocks:
-                tokens = block(tokens)
+                tokens = block(tokens, **extra)
                 hidden.append(tokens)
         return EncoderOutput(
             tokens=self.norm(tokens),

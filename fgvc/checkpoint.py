@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .hints import similar_files
 from .methods.base import FGVCModel, create_model
 
 __all__ = [
@@ -176,7 +177,7 @@ def _header_json(path: str | os.PathLike, key: str, what: str) -> dict[str, Any]
     """The JSON under ``key`` in a safetensors header, without loading tensors; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}{similar_files(path)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -276,7 +277,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path}{similar_files(path)}")
     if path.suffix == ".safetensors":
         return load_tensors(path, "file")[0]
     try:
@@ -365,12 +366,24 @@ def load_model(
     *,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    format: str | None = None,
 ) -> FGVCModel:
     """Rebuild the model saved at ``path`` (method, backbone, options, size) and load its weights.
 
     If ``num_classes`` is given it must equal the checkpoint's: a mismatch is an error, not a silent
     re-initialised head. ``model.class_names`` holds the saved class names (or None).
+
+    ``format``: ``"fgvc"`` (a ``.safetensors`` written by fgvc), ``"glsim-official"`` or ``"transfg-official"``
+    (``.pth`` files of the official code, converted: ``fgvc.convert``); None detects it (``.safetensors``:
+    fgvc's, anything else: an official checkpoint, recognised by its keys).
     """
+    if format not in (None, "fgvc") or (format is None and Path(path).suffix != ".safetensors" and Path(path).is_file()):
+        from .convert import load_converted
+
+        model = load_converted(path, format)
+        if num_classes is not None and num_classes != model.num_classes:
+            raise ValueError(f"class-count mismatch: {path} has {model.num_classes} classes, not {num_classes}")
+        return model.to(device).eval()
     meta = read_metadata(path)
     if num_classes is not None and num_classes != meta["num_classes"]:
         raise ValueError(
@@ -386,6 +399,7 @@ def load_model(
         drop_path_rate=meta.get("drop_path_rate", 0.0),
         patch_stride=meta.get("patch_stride"),
         backbone_kwargs=meta.get("backbone_kwargs") or None,
+        **({"norm_eps": meta["norm_eps"]} if meta.get("norm_eps") is not None else {}),
         **meta.get("options", {}),
     )
     load_weights(model, path)

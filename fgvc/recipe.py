@@ -52,6 +52,7 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
+from .hints import did_you_mean
 from .settings import check_data_settings, check_fit_settings, number_from_text
 
 __all__ = [
@@ -103,7 +104,11 @@ def _recipe_path(name_or_path: str | os.PathLike) -> Path:
         return path
     shipped = RECIPE_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"unknown recipe {str(name_or_path)!r}: not a file, nor one of {', '.join(list_recipes())}")
+        hint = did_you_mean(str(name_or_path), list_recipes())
+        raise ValueError(
+            f"unknown recipe {str(name_or_path)!r}{hint}: not a file, nor one of {', '.join(list_recipes())} "
+            f"(fgvc list recipes)"
+        )
     return shipped
 
 
@@ -142,21 +147,28 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     """Unknown keys and missing sections are named before anything is built (a typo never runs silently)."""
     unknown = set(recipe) - TOP_LEVEL - SAVED_ONLY
     if unknown:
-        raise ValueError(f"{origin}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+        raise ValueError(
+            f"{origin}: unknown top-level keys {sorted(unknown)}{_near(unknown, TOP_LEVEL)}; allowed: {sorted(TOP_LEVEL)}"
+        )
     for section in ("model", "data", "train"):
         if not isinstance(recipe.get(section), dict):
             raise ValueError(f"{origin}: section {section!r} is missing (a mapping of options)")
     if "method" not in recipe["model"]:
         raise ValueError(f"{origin}: model.method is missing (one of fgvc.list_models())")
+    _validate_model_section(recipe["model"], origin)
     if "dataset" not in recipe["data"]:
         raise ValueError(f"{origin}: data.dataset is missing (one of fgvc.data.list_datasets())")
     unknown = set(recipe["data"]) - DATA_KEYS
     if unknown:
-        raise ValueError(f"{origin}: unknown data keys {sorted(unknown)}; allowed: {sorted(DATA_KEYS)}")
+        raise ValueError(
+            f"{origin}: unknown data keys {sorted(unknown)}{_near(unknown, DATA_KEYS)}; allowed: {sorted(DATA_KEYS)}"
+        )
     allowed = _fit_parameters() | TRAIN_EXTRA_KEYS
     unknown = set(recipe["train"]) - allowed
     if unknown:
-        raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"{origin}: unknown train keys {sorted(unknown)}{_near(unknown, allowed)}; allowed: {sorted(allowed)}"
+        )
     if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
     try:  # the values themselves, with the checks fit applies to its arguments
@@ -174,6 +186,32 @@ def _check_seeds(seeds: Any, name: str) -> None:
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
             or len(set(seeds)) != len(seeds)):
         raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
+
+
+def _near(unknown: set[str], allowed: set[str] | list[str]) -> str:
+    """The near misses of the first unknown key that has one (``""`` otherwise)."""
+    return next((h for h in (did_you_mean(k, sorted(allowed)) for k in sorted(unknown)) if h), "")
+
+
+def _validate_model_section(model: Mapping[str, Any], origin: str) -> None:
+    """``model.*`` keys against the method's options (those of ``create_model``), like ``data.*`` and ``train.*``."""
+    from .methods.base import list_models, model_options
+
+    method = model["method"]
+    if method not in list_models():
+        raise ValueError(
+            f"{origin}: unknown model.method {method!r}{did_you_mean(str(method), list_models())}; "
+            f"available: {', '.join(list_models())}"
+        )
+    if "num_classes" in model:
+        raise ValueError(f"{origin}: model.num_classes comes from the data; remove it (data.classes picks a subset)")
+    allowed = set(model_options(method)) - {"num_classes"} | {"method"}
+    unknown = set(model) - allowed
+    if unknown:
+        raise ValueError(
+            f"{origin}: unknown model keys {sorted(unknown)} for method {method!r}{_near(unknown, allowed)}; "
+            f"allowed: {sorted(allowed)}"
+        )
 
 
 def load_recipe(
@@ -573,19 +611,30 @@ def evaluate_checkpoint(
     *,
     dataset: str | None = None,
     split: str = "test",
+    out_dir: str | os.PathLike | None = None,
     **evaluate_options: Any,
 ) -> Any:
     """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
 
     The model and the split are ``checkpoint_split``'s (the run's dataset, class subset and test transform
     from its ``config.yaml``; the synthetic dataset rebuilt from the run's options). Retrieval metrics are
-    added when some class has two images or more; crop IoU when the dataset has boxes.
+    added when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write
+    the metrics, per-class accuracy, confusion matrix and most confused pairs there (``EvalResult.save``).
+    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
     """
     from .distributed import init_distributed
 
     init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model, test = checkpoint_split(checkpoint, root, dataset=dataset, split=split)
-    return _evaluate_split(model, test, {}, **evaluate_options)
+    result = _evaluate_split(model, test, {}, **evaluate_options)
+    from .distributed import is_main_process
+
+    if out_dir is not None and is_main_process():
+        cfg = model.data_config
+        name = dataset or ((run_config(checkpoint) or {}).get("data") or {}).get("dataset")
+        info = dict(checkpoint=str(checkpoint), dataset=name, data=str(root), split=split)
+        result.save(out_dir, data=test, info=info, mean=cfg["mean"], std=cfg["std"])
+    return result
 
 
 def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:

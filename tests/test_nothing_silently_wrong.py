@@ -228,8 +228,11 @@ def test_predict_never_prints_a_nan_prediction(tmp_path, capsys):
               metadata={"fgvc": json.dumps(dict(model.config, class_names=None, format=1))})
     image = write_image(tmp_path / "bird.png", size=(32, 32))
     with pytest.raises(FloatingPointError, match=r"not finite \(NaN or inf\) for .*bird.png"):
-        main(["predict", "--checkpoint", str(path), str(image)])
+        main(["predict", "--checkpoint", str(path), str(image), "--debug"])
     assert "nan" not in capsys.readouterr().out
+    assert main(["predict", "--checkpoint", str(path), str(image)]) == 1  # without --debug: one line
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out and captured.err.startswith("fgvc: error: the model's output is not finite")
     with pytest.raises(FloatingPointError, match="not finite"):
         fgvc.evaluate(model, Blobs(n=8, num_classes=3))
 
@@ -279,7 +282,7 @@ def test_predict_topk_must_be_positive(tmp_path):
     path = fgvc.save_model(model, tmp_path / "m.safetensors")
     image = write_image(tmp_path / "bird.png", size=(32, 32))
     with pytest.raises(ValueError, match="topk must be >= 1, got 0"):
-        main(["predict", "--checkpoint", str(path), str(image), "--topk", "0"])
+        main(["predict", "--checkpoint", str(path), str(image), "--topk", "0", "--debug"])
 
 
 def test_eval_out_that_cannot_be_written_fails_before_evaluating(tmp_path, monkeypatch):
@@ -289,9 +292,9 @@ def test_eval_out_that_cannot_be_written_fails_before_evaluating(tmp_path, monke
     monkeypatch.setattr("fgvc.recipe.evaluate_checkpoint", evaluated)
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
     path = fgvc.save_model(model, tmp_path / "m.safetensors")
-    for out in (tmp_path / "no" / "such" / "dir" / "m.json", tmp_path):
-        with pytest.raises(OSError, match="cannot write the metrics"):
-            main(["eval", "--checkpoint", str(path), "--data", str(tmp_path), "--out", str(out)])
+    for out in (tmp_path / "no" / "such" / "dir" / "m.json", tmp_path / "m.safetensors"):  # --out: .json or DIR
+        with pytest.raises(OSError, match="cannot write the (metrics|evaluation report)"):
+            main(["eval", "--checkpoint", str(path), "--data", str(tmp_path), "--out", str(out), "--debug"])
 
 
 def test_data_check_warns_about_huge_images(tmp_path):

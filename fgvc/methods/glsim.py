@@ -32,6 +32,7 @@ Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,12 +48,15 @@ __all__ = ["GLSim", "cls_patch_similarity", "crop_and_resize", "init_aggregator_
 DROP_PATH_SCHEDULES = ("constant", "linear")
 
 
-def cls_patch_similarity(tokens: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> Tensor:
+def cls_patch_similarity(
+    tokens: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int], global_token: Tensor | None = None
+) -> Tensor:
     """Cosine similarity of the CLS token (index 0) with every patch token.
 
     tokens: (B, T, D) with T = num_prefix_tokens + rows * cols.  Returns (B, rows, cols).
+    global_token: (B, D) used instead of the CLS token (ViTs without one: ``ViTBackbone.global_token``).
     """
-    cls = tokens[:, :1]  # (B, 1, D)
+    cls = tokens[:, :1] if global_token is None else global_token[:, None]  # (B, 1, D)
     patches = tokens[:, num_prefix_tokens:]  # (B, N, D)
     rows, cols = grid_size
     if patches.shape[1] != rows * cols:
@@ -152,8 +156,6 @@ class GLSim(FGVCModel):
             raise ValueError(f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {drop_path_schedule!r}")
         super().__init__(options=options, **common)
         bb = self.backbone
-        if not bb.has_class_token:
-            raise ValueError(f"GLSim needs a CLS token; backbone {bb.name} has none")
         if bb.patch_stride != bb.patch_size:
             raise ValueError(
                 f"GLSim's box maps patch rows and columns to pixels at the patch size; overlapping patches "
@@ -178,9 +180,10 @@ class GLSim(FGVCModel):
                     raise ValueError(f"drop_path_schedule='constant' needs timm Blocks, got {type(block).__name__}")
                 block.drop_path1, block.drop_path2 = DropPath(rate), DropPath(rate)
             aggregator_rate = rate
-        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path=aggregator_rate)
+        eps = {} if self.norm_eps is None else {"norm_layer": partial(nn.LayerNorm, eps=self.norm_eps)}
+        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path=aggregator_rate, **eps)
         init_aggregator_official(self.aggregator)
-        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6 if self.norm_eps is None else self.norm_eps)
         self.head = nn.Linear(dim, self.num_classes)
         nn.init.zeros_(self.head.weight)  # as the official code: the new head starts at zero
         nn.init.zeros_(self.head.bias)
@@ -189,17 +192,17 @@ class GLSim(FGVCModel):
     def select(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Final-norm tokens (B, T, D) -> similarity (B, rows, cols) and boxes (B, 4) in input pixels."""
         bb = self.backbone
-        similarity = cls_patch_similarity(tokens, bb.num_prefix_tokens, bb.grid_size)
+        similarity = cls_patch_similarity(tokens, bb.num_prefix_tokens, bb.grid_size, bb.global_token(tokens))
         boxes = select_box(similarity, self.top_k, bb.patch_size, bb.img_size, inclusive=self.inclusive_box)
         return similarity, boxes
 
     def forward(self, x: Tensor) -> ModelOutput:
         tokens = self.backbone(x).tokens  # (B, T, D), after the final norm
         similarity, boxes = self.select(tokens.detach())
-        cls_tokens = [tokens[:, 0]]  # global CLS (B, D)
+        cls_tokens = [self.backbone.global_token(tokens)]  # global CLS (B, D)
         if self.training or self.crop_at_inference:
             crops = crop_and_resize(x, boxes)  # (B, 3, H, W), no gradient to the selection
-            cls_tokens.append(self.backbone(crops).tokens[:, 0])  # crop CLS (B, D)
+            cls_tokens.append(self.backbone.global_token(self.backbone(crops).tokens))  # crop CLS (B, D)
         z = self.aggregator(torch.stack(cls_tokens, dim=1))  # (B, 2, D)
         z = self.aggregator_norm(z)[:, 0]  # (B, D)
         return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, similarity=similarity)
