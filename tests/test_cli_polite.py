@@ -157,6 +157,7 @@ def test_hflip_tta_averages_the_probabilities_of_the_image_and_its_mirror_and_is
     from fgvc.data import synthetic_splits
 
     model = fgvc.create_model("vit", num_classes=3, img_size=48, **TINY).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # the new head starts at zero: give it some weights
     x = torch.randn(4, 3, 48, 48)
     with torch.no_grad():
         expected = (model(x).logits.softmax(1) + model(x.flip(-1)).logits.softmax(1)) / 2

@@ -23,9 +23,11 @@ def test_output_shapes_and_gradients_reach_every_parameter(method, img_size):
         assert out.similarity.shape == (3, h // 16, w // 16)
         assert (out.boxes[:, 2] > out.boxes[:, 0]).all() and (out.boxes[:, 3] > out.boxes[:, 1]).all()
         assert (out.boxes[:, 2] <= w).all() and (out.boxes[:, 3] <= h).all()
-        # GLSim's head starts at zero (official init): perturb it so the gradient reaches the backbone
-        torch.nn.init.normal_(model.head.weight, std=0.1)
-        out = model(x)
+    # new heads start at zero (GLSim's official init, and vit / dcal): perturb them so gradients reach the backbone
+    for name, p in model.named_parameters():
+        if name.endswith("head.weight"):
+            torch.nn.init.normal_(p, std=0.1)
+    out = model(x)
     model.loss(out, torch.tensor([0, 3, 6])).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []

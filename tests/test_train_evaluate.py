@@ -126,6 +126,7 @@ def test_gradient_accumulation_matches_the_large_batch():
     for batch_size, accumulate in ((8, 1), (4, 2)):
         torch.manual_seed(0)
         model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+        torch.nn.init.normal_(model.head.weight, std=0.02)  # a random head (new heads start at zero)
         history = fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=batch_size, accumulate_steps=accumulate,
                            optimizer="sgd", lr=0.05, grad_clip=None, seed=5, progress=False)
         weights.append(model.state_dict())
