@@ -374,7 +374,7 @@ localization term: the softmax over patches of cos(CLS, patch) / {s.tau} (final-
 GLSim selects with) is matched by cross-entropy to the share of each patch covered by the detail's true box,
 grown about its centre to at least {s.min_region:g} x {s.min_region:g} patches (so that the most similar
 patches of a small detail form one compact region around it).
-The second term is an auxiliary localization signal (the synthetic counterpart of part annotations); it
+The localization term is an auxiliary signal (the synthetic counterpart of part annotations); it
 trains the property GLSim's selection relies on. Fine-tuning uses no boxes.
 
 ## Settings
