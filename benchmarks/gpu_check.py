@@ -9,15 +9,15 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
    (glsim_half, glsim_tokens), dcal (PWCA in all blocks, and dcal_T6), transfg and timm's model, on ViT-B/16 (random
    weights) at 224 and 448 px, under bf16 autocast and in fp32 (TF32 off: PyTorch's default for matmuls), at
    batch 32 and 64: inference images/s, training-step time, peak memory, all as ratios to the ViT of the same
-   run. One configuration after the other, bf16 first; a configuration that fails (out of memory) is recorded
-   and the next one runs; one that would not finish within the time budget is skipped and said so.
+   run. One configuration (dtype, batch, size) after the other, bf16 first; one that fails (out of memory) is
+   recorded and the next one runs; those left when the time budget runs out are skipped and said so.
 2. Train and resume (run first), for each method: ``fgvc.fit`` one epoch (a few steps, bf16 autocast on the
    GPU), then a fresh model resumes it for a second epoch from ``train_state.safetensors``; passes when the
    losses are finite, the resumed history keeps epoch 1 as trained and the resumed run trained the second
    epoch only (the images it fetched are counted).
 
 Writes, into the output folder: ``summary.csv`` / ``summary.md`` (every configuration's rows, with amp and batch),
-``<amp>_b<batch>/`` (each benchmark's own methods.csv, selection.csv, benchmark.md) and ``train_resume.csv`` /
+``<amp>_b<batch>_<size>/`` (each benchmark's own methods.csv, selection.csv, benchmark.md) and ``train_resume.csv`` /
 ``train_resume.md``. The summary is rewritten after each configuration, so an interrupted run keeps what it did.
 """
 
@@ -45,6 +45,7 @@ from fgvc.cli import main as fgvc_main
 
 METHODS = ("vit", "glsim", "glsim_half", "glsim_tokens", "dcal", "dcal_T6", "transfg")
 TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_tokens", "dcal", "transfg")
+MIN_START_S = 30  # a benchmark configuration starts only with this much of the time budget left
 
 
 @dataclass(frozen=True)
@@ -78,41 +79,50 @@ def device_dir_name(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- benchmark
 def run_benchmarks(plan: Plan, device: str, out: Path, deadline: float, log: list[str]) -> list[dict[str, Any]]:
-    """``fgvc benchmark`` per (amp, batch); returns all rows, each with its amp, batch and status."""
+    """``fgvc benchmark`` per (amp, batch, size), bf16 first; returns all rows with amp, batch and status.
+
+    One size per call, so that an out-of-memory configuration loses that size only; every ratio is to the ViT of
+    the same call. A configuration is started only with ``MIN_START_S`` of the budget left (the shell script's
+    interrupt stops one that runs past 8 minutes; the summary then holds the configurations before it).
+    """
     rows: list[dict[str, Any]] = []
-    last = 0.0
-    configs = [(amp, b) for amp in plan.amps for b in plan.batches]
-    for i, (amp, b) in enumerate(configs):
-        sub = out / f"{amp}_b{b}"
-        # fp32 and larger batches take longer: the previous configuration's time, scaled, must fit what is left
-        expected = last * (2.0 if i and configs[i - 1][0] != amp else 1.0) * (b / configs[i - 1][1] if i else 1.0)
-        if time.monotonic() + expected > deadline:
-            log.append(f"{amp} batch {b}: skipped (about {expected:.0f} s needed, "
-                       f"{max(deadline - time.monotonic(), 0):.0f} s of the budget left)")
-            rows.append(dict(amp=amp, batch=b, status="skipped: time budget"))
-            continue
-        args = ["benchmark", "--methods", ",".join(METHODS), "--backbone", plan.backbone, "--img-size", *plan.sizes,
-                "--batch-size", str(b), "--amp", amp, "--device", device, "--repeats", str(plan.repeats),
-                "--warmup", str(plan.warmup), "--out", str(sub), "--no-progress"]
-        if plan.depth is not None:
-            args += ["--depth", str(plan.depth)]
-        start = time.monotonic()
-        try:
-            fgvc_main(args)
-            with open(sub / "methods.csv") as f:
-                rows += [{**r, "amp": amp, "batch": b, "status": "ok"} for r in csv.DictReader(f)]
-            status = "ok"
-        except Exception as error:  # an out-of-memory configuration must not stop the others
-            status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-            rows.append(dict(amp=amp, batch=b, status=status))
-            traceback.print_exc()
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        last = time.monotonic() - start
-        log.append(f"{amp} batch {b}: {status} ({last:.0f} s)")
-        print(log[-1], flush=True)
-        write_summary(out, rows, log)
+    for amp in plan.amps:
+        for b in plan.batches:
+            for size in plan.sizes:
+                left = deadline - time.monotonic()
+                if left < MIN_START_S:
+                    log.append(f"{amp} batch {b} {size} px: skipped ({left:.0f} s of the time budget left)")
+                    rows.append(dict(amp=amp, batch=b, img_size=size, status="skipped: time budget"))
+                    continue
+                rows += benchmark_one(plan, device, out / f"{amp}_b{b}_{size}", amp, b, size, log)
+                write_summary(out, rows, log)
+    return rows
+
+
+def benchmark_one(plan: Plan, device: str, sub: Path, amp: str, b: int, size: str,
+                  log: list[str]) -> list[dict[str, Any]]:
+    """One ``fgvc benchmark`` call (the CLI's code, in this process); its rows, or one row saying why not."""
+    args = ["benchmark", "--methods", ",".join(METHODS), "--backbone", plan.backbone, "--img-size", size,
+            "--batch-size", str(b), "--amp", amp, "--device", device, "--repeats", str(plan.repeats),
+            "--warmup", str(plan.warmup), "--out", str(sub), "--no-progress"]
+    if plan.depth is not None:
+        args += ["--depth", str(plan.depth)]
+    start = time.monotonic()
+    try:
+        fgvc_main(args)
+        with open(sub / "methods.csv") as f:
+            rows = [{**r, "amp": amp, "batch": b, "status": "ok"} for r in csv.DictReader(f)]
+        status = "ok"
+    except Exception as error:  # an out-of-memory configuration must not stop the others
+        traceback.print_exc()
+        message = str(error).splitlines()[0][:200] if str(error) else ""
+        status = f"failed: {type(error).__name__}: {message}"
+        rows = [dict(amp=amp, batch=b, img_size=size, status=status)]
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    log.append(f"{amp} batch {b} {size} px: {status} ({time.monotonic() - start:.0f} s)")
+    print(log[-1], flush=True)
     return rows
 
 
@@ -130,7 +140,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], log: list[str]) -> None
              "| train mem (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['amp']} | {r['batch']} | {r['status']} | | | | | | | |")
+            lines.append(f"| {r['amp']} | {r['batch']} | {r['status']} | {r['img_size']} | | | | | | |")
             continue
         lines.append(
             f"| {r['amp']} | {r['batch']} | {r['method']} | {r['img_size']} | {_num(r['throughput'], '.1f')} | "

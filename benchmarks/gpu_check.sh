@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_check.sh --dry-run    # on any machine: a tiny model on the CPU, the same code paths
 #   bash benchmarks/gpu_check.sh --out DIR    # another output folder
 #
-# PYTHON picks the interpreter (default: the repository's .venv, else python3).
+# PYTHON picks the interpreter (default: the repository's .venv, else python3); FGVC_GPU_CHECK_LIMIT_S the
+# hard limit in seconds (default 480: 8 minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "${PYTHON:-}" ]]; then
@@ -18,5 +19,5 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # random weights: nothing to downl
 if [[ " $* " != *" --dry-run "* ]] && command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-# SIGINT at 8 minutes lets the check write what it has; KILL 20 s later if it does not stop
-exec timeout --signal=INT --kill-after=20 480 "$PYTHON" benchmarks/gpu_check.py "$@"
+# SIGINT at the limit lets the check write what it has; KILL 20 s later if it does not stop
+exec timeout --signal=INT --kill-after=20 "${FGVC_GPU_CHECK_LIMIT_S:-480}" "$PYTHON" benchmarks/gpu_check.py "$@"
