@@ -317,7 +317,7 @@ class MethodCost:
     """Cost of one method at one input size (times per batch, MACs and memory per image or per step).
 
     Ratios are to the plain ViT of the same run: ``throughput_ratio`` > 1 is faster, ``train_ratio`` and
-    ``macs_ratio`` > 1 are costlier; each ratio is the median over the timing rounds, ``*_lo`` / ``*_hi`` its
+    ``macs_ratio`` > 1 are costlier; each time ratio is the median over the timing rounds, ``*_lo`` / ``*_hi`` its
     range. ``select_*``: the method's own selection step as a % of one encoder forward (NaN for methods
     without one). Memory: MiB above what the idle model and its input hold. ``amp``: the autocast dtype.
     """
