@@ -259,11 +259,11 @@ class ViTBackbone(nn.Module):
         """
         size = self.img_size if img_size is None else to_2tuple(img_size)
         if x.shape[-2:] != size:
-            hint = (f"build the model with img_size={tuple(x.shape[-2:])}" if img_size is None
-                    else f"resize it to {size[0]}x{size[1]}")
-            raise ValueError(
-                f"{self.name} was asked for {size[0]}x{size[1]} inputs, got {x.shape[-2]}x{x.shape[-1]}; {hint}"
-            )
+            got = f"got {x.shape[-2]}x{x.shape[-1]}"
+            if img_size is None:
+                raise ValueError(f"{self.name} was built for {size[0]}x{size[1]} inputs, {got}; build the model "
+                                 f"with img_size={tuple(x.shape[-2:])}")
+            raise ValueError(f"{self.name} was asked for {size[0]}x{size[1]} inputs (img_size), {got}")
         v = self.vit
         if size == self.img_size:
             x = v.patch_embed(x)

@@ -44,9 +44,9 @@ def test_encoding_at_another_size_equals_timms_dynamic_size_model(name, kwargs):
 
 def test_another_size_must_be_asked_for_and_must_tile():
     bb = ViTBackbone("test_vit", img_size=64, depth=1)
-    with pytest.raises(ValueError, match="asked for 64x64 inputs, got 32x32"):
+    with pytest.raises(ValueError, match="built for 64x64 inputs, got 32x32"):
         bb(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="asked for 32x48 inputs, got 32x32"):
+    with pytest.raises(ValueError, match=r"asked for 32x48 inputs \(img_size\), got 32x32"):
         bb(torch.randn(1, 3, 32, 32), img_size=(32, 48))
     with pytest.raises(ValueError, match="not divisible by the patch size"):
         bb(torch.randn(1, 3, 40, 40), img_size=40)
