@@ -47,7 +47,7 @@ def main() -> None:
         backbone_kwargs=None if args.depth is None else dict(depth=args.depth), memory=False,
         timm_reference=False, progress=True,
     )
-    print(result.to_markdown())
+    print(result.to_markdown(targets=True))
     met = []
     for size in args.img_size:
         dcal, nopwca = result.row("dcal", size), result.row("dcal_nopwca", size)

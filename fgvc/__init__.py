@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 from .backbone import EncoderOutput, ViTBackbone
 from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
-from .methods import FGVCModel, ModelOutput, create_model, list_models, register_model
+from .hub import export_timm, from_pretrained, push_to_hub, save_pretrained
+from .methods import FGVCModel, ModelOutput, create_model, list_models, model_options, register_model
 from .predict import Prediction, predict
 from .profile import ProfileResult, profile
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
@@ -33,19 +34,24 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "export_timm",
     "fit",
+    "from_pretrained",
     "list_models",
     "list_recipes",
     "load_recipe",
     "load_model",
     "load_weights",
+    "model_options",
     "plot_log",
     "predict",
     "profile",
+    "push_to_hub",
     "read_metadata",
     "register_model",
     "retrieval_metrics",
     "save_model",
+    "save_pretrained",
     "seed_everything",
     "train_recipe",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,14 @@ class EncoderOutput:
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
 
+    def __repr__(self) -> str:
+        """Shapes, not values."""
+        from .methods.base import _shape
+
+        parts = [f"tokens={_shape(self.tokens)}"]
+        parts += [f"{k}={_shape(v)}" for k, v in (("hidden_states", self.hidden_states), ("attentions", self.attentions)) if v is not None]
+        return "EncoderOutput(" + ", ".join(parts) + ")"
+
 
 class ViTBackbone(nn.Module):
     """A timm ViT (ViT, DeiT, DeiT-distilled, ...) at any resolution, without its classifier head.
@@ -98,8 +107,14 @@ class ViTBackbone(nn.Module):
         img_size: input resolution, int or (height, width); each side a multiple of the patch size.
             Position embeddings of pretrained weights are resampled to it (timm's ``resample_abs_pos_embed``).
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
-        checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead
-            (timm state-dict format; classifier weights in it are dropped, position embeddings resampled).
+        checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead: a timm
+            state dict (its classifier is dropped, position embeddings are resampled by timm's own filter of
+            the model family), or fgvc's own ``best`` / ``last`` checkpoints and ``train_state`` (their backbone
+            is taken, the method's layers left aside). Loading is strict: a file that does not give every
+            backbone tensor, in its shape, or that holds tensors the backbone does not have, is refused with
+            what matched, what is missing and what is unexpected. ``load_report`` says what was loaded. Also
+            an original ViT ``.npz`` in Google's layout (``ViT-B_16.npz``, read by timm's ``load_pretrained``,
+            position embeddings resampled).
             ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
             refused.
         drop_path_rate: stochastic depth.
@@ -131,25 +146,37 @@ class ViTBackbone(nn.Module):
             if "embed_layer" in kwargs:
                 raise ValueError("patch_stride replaces timm's embed_layer; give one or the other")
             kwargs["embed_layer"] = functools.partial(OverlapPatchEmbed, stride=patch_stride)
+        state: dict[str, Tensor] | None = None
+        npz = None
         if checkpoint_path is not None:
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
-            from .checkpoint import load_state_dict_file  # late: checkpoint imports the methods
+            from .checkpoint import backbone_state_dict  # late: checkpoint imports the methods
 
-            # read here, safely (.pth through torch.load(weights_only=True)); timm then filters the dict
-            # (drops the classifier, resamples position embeddings) as for its own pretrained weights
-            # (merged into a given overlay, so that e.g. a recipe's mean / std survive a local weights file)
-            overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-            kwargs["pretrained_cfg_overlay"] = dict(overlay, state_dict=load_state_dict_file(checkpoint_path))
-            pretrained = True
+            if checkpoint_path.endswith(".npz"):
+                npz = checkpoint_path  # Google's ViT layout: timm's own reader, once the model is built
+            else:
+                # read safely (.pth through torch.load(weights_only=True)) before building anything; a given
+                # pretrained_cfg_overlay (e.g. a recipe's mean / std) stays in kwargs and applies as usual
+                state, aside = backbone_state_dict(checkpoint_path)
+            pretrained = False
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(name))
         self.vit = timm.create_model(name, pretrained=pretrained, **kwargs)
-        if isinstance(getattr(self.vit, "pretrained_cfg", None), dict):
-            self.vit.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
+        if npz is not None:
+            if not hasattr(self.vit, "load_pretrained"):
+                raise ValueError(f"{name} cannot read Google's .npz weights (timm's VisionTransformer family can)")
+            self.vit.load_pretrained(npz)  # numpy without pickles; position embeddings resampled to the grid
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):
             raise ValueError(f"{name} is not a ViT-family model (it has no patch_embed and blocks)")
         self._check_divisible(self.vit.patch_embed.patch_size)
+        #: what ``checkpoint_path`` gave: the file, the tensors loaded and those left aside (None otherwise)
+        self.load_report: dict[str, Any] | None = None
+        if npz is not None:
+            self.load_report = dict(file=npz, loaded=len(self.vit.state_dict()), left_aside=[])
+        if state is not None:
+            self.load_report = _load_strict(self.vit, state, checkpoint_path, name)
+            self.load_report["left_aside"] += aside
         self._pos_embed_cache: dict[Any, Tensor] = {}  # pos_embed_at without gradients: one resampled size
 
     def _check_divisible(self, patch: int | Sequence[int] | None) -> None:
@@ -268,7 +295,12 @@ class ViTBackbone(nn.Module):
         if size == self.img_size:
             x = v.patch_embed(x)
             x = v._pos_embed(x)
+            if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
+                return v.norm_pre(x[0])
         else:
+            if getattr(v, "rope", None) is not None:
+                raise ValueError(f"{self.name}: rotary position embeddings are built for one grid; inputs at "
+                                 "another size than img_size are not supported")
             x = self._add_pos_embed(self._patch_tokens(x), self.pos_embed_at(size))
         x = v.patch_drop(x)
         return v.norm_pre(x)
@@ -302,11 +334,37 @@ class ViTBackbone(nn.Module):
 
         attn_mask: optional (B, 1, 1, T) boolean key mask (True: attend), for sequences padded to one length.
         """
-        if attn_mask is None:
+        extra = self.block_kwargs()
+        if attn_mask is not None:
+            extra["attn_mask"] = attn_mask
+        if not extra:
             return self.norm(self.blocks(tokens))
         for block in self.blocks:
-            tokens = block(tokens, attn_mask=attn_mask)
+            tokens = block(tokens, **extra)
         return self.norm(tokens)
+
+    def block_kwargs(self) -> dict[str, Any]:
+        """What every block call needs besides the tokens: ``rope`` for EVA-02's rotary embeddings, else nothing.
+
+        Callers that run the blocks one by one write ``block(tokens, **bb.block_kwargs())``.
+        """
+        rope = getattr(self.vit, "rope", None)
+        if rope is None:
+            return {}
+        if getattr(self.vit, "rope_mixed", False):
+            raise ValueError(f"{self.name}: depth-dependent ('mixed') rotary embeddings are not supported")
+        return {"rope": rope.get_embed()}
+
+    def global_token(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, T, D) -> the token that stands for the whole image (B, D).
+
+        The CLS token where the ViT has one; for ViTs without one (SigLIP, ``*_gap_*``, register-only models)
+        the mean of the patch tokens (prefix / register tokens left out). GLSim's similarity and crop
+        aggregation, DCAL's rollout and TransFG's part selection use this token.
+        """
+        if self.has_class_token:
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(
         self,
@@ -323,10 +381,11 @@ class ViTBackbone(nn.Module):
         tokens = self.embed(x, img_size=img_size)
         if not (return_hidden_states or return_attention):
             return EncoderOutput(tokens=self.encode(tokens))
+        extra = self.block_kwargs()
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
             for block in self.blocks:
-                tokens = block(tokens)
+                tokens = block(tokens, **extra)
                 hidden.append(tokens)
         return EncoderOutput(
             tokens=self.norm(tokens),
@@ -367,6 +426,41 @@ class ViTBackbone(nn.Module):
                 h.remove()
             for attn, fused in saved:
                 attn.fused_attn = fused
+
+
+def _load_strict(vit: nn.Module, state: dict[str, Tensor], path: str, name: str) -> dict[str, Any]:
+    """Load a timm-style state dict into ``vit`` through timm's filter for its family, all or nothing.
+
+    The filter (``checkpoint_filter_fn`` of the module that defines the model class) resamples position
+    embeddings and patch kernels and converts other layouts, as timm does for its own pretrained weights; the
+    classifier of the file is left aside (the backbone has none). Anything else that does not match is a
+    ``ValueError`` with what matched, what is missing, what is unexpected and which shapes differ.
+    """
+    filter_fn = getattr(sys.modules.get(type(vit).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, vit)
+    own = vit.state_dict()
+    heads = (getattr(vit, "pretrained_cfg", None) or {}).get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    aside = sorted(k for k in state if k not in own and any(k.startswith(h + ".") for h in heads))
+    state = {k: v for k, v in state.items() if k not in aside}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        matched = len(own) - len(missing) - len(shapes)
+        parts = [f"matched {matched} of {len(own)} tensors"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)):
+            if items:
+                more = f", ... ({len(items) - 4} more)" if len(items) > 4 else ""
+                parts.append(f"{label} {len(items)} ({', '.join(items[:4])}{more})")
+        raise ValueError(
+            f"{path} does not fit {name}: " + "; ".join(parts) + " (a timm state dict of this architecture, or "
+            "an fgvc checkpoint / train_state of the same backbone, is expected)"
+        )
+    vit.load_state_dict(state, strict=True)
+    return dict(file=path, loaded=len(own), left_aside=aside)
 
 
 def _patch_size_from_name(name: str) -> int | None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,11 +51,17 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .recipe import evaluate_checkpoint
+    from .recipe import check_output_file, evaluate_checkpoint
 
+    as_file = args.out is not None and args.out.lower().endswith(".json")  # the old --out FILE.json
+    if as_file:
+        check_output_file(args.out, "the metrics")  # now, not after the whole evaluation
+    elif args.out:
+        _check_output_dir(args.out, "the evaluation report")
     result = evaluate_checkpoint(
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
-        device=args.device, num_workers=args.num_workers, progress=not args.no_progress,
+        device=args.device, num_workers=args.num_workers, progress=not args.no_progress, tta=args.tta,
+        out_dir=None if as_file else args.out,
     )
     from .distributed import is_main_process
 
@@ -62,22 +71,121 @@ def _eval(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         print(f"{key:>12}: {value:.4g}")
     print(f"{'images':>12}: {result.num_samples}")
-    if args.out:
+    if result.tta:
+        print(f"{'tta':>12}: {result.tta}")
+    if as_file:
         with open(args.out, "w") as f:
-            json.dump(dict(summary, num_samples=result.num_samples, checkpoint=str(args.checkpoint)), f, indent=2)
+            info = dict(num_samples=result.num_samples, tta=result.tta, checkpoint=str(args.checkpoint))
+            json.dump(dict(summary, **info), f, indent=2)
+    elif args.out:
+        print(f"metrics, per-class accuracy, confusion matrix and confused pairs in {args.out}/")
     return 0
+
+
+def _check_output_dir(path: str, what: str) -> None:
+    """Create the output folder now (not after a long evaluation), or say why it cannot be."""
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise NotADirectoryError(f"cannot write {what} to {path}: it is a file, not a folder")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .predict import predict
+    from .predict import expand_images, predict, save_maps, save_predictions
     from .recipe import test_transform_for
 
+    images = expand_images(args.images)
     model = load_model(args.checkpoint)
     transform = test_transform_for(model, args.checkpoint)
-    for prediction in predict(model, args.images, topk=args.topk, transform=transform, device=args.device):
+    predictions = predict(model, images, topk=args.topk, transform=transform, device=args.device, tta=args.tta)
+    for prediction in predictions:
         print(prediction)
+    if args.out:
+        path = save_predictions(predictions, args.out, info=dict(checkpoint=str(args.checkpoint), tta=args.tta))
+        print(f"{len(predictions)} predictions written to {path}")
+    if args.maps:
+        for path in save_maps(model, images, args.maps, transform=transform):
+            print(f"maps: {path}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``fgvc export``: a Hub folder (save_pretrained), a plain timm state dict (--timm), or an upload (--push)."""
+    from .checkpoint import load_model
+    from .hub import checkpoint_card_info, export_timm, push_to_hub, save_pretrained
+
+    model = load_model(args.checkpoint)
+    card = checkpoint_card_info(args.checkpoint)
+    if args.timm:
+        path, call = export_timm(model, args.out)
+        print(f"timm weights written to {path}; load them with:\n  {call}")
+    elif args.push:
+        info = push_to_hub(model, args.out, private=args.private, **card)
+        print(f"uploaded to https://huggingface.co/{args.out} ({getattr(info, 'oid', '') or 'done'})")
+    else:
+        folder = save_pretrained(model, args.out, **card)
+        print(f"model.safetensors, config.json and README.md written to {folder}/ (fgvc.from_pretrained({str(folder)!r}))")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``fgvc convert IN OUT``: an official GLSim / TransFG checkpoint as an fgvc ``.safetensors``."""
+    from .checkpoint import load_model, save_model
+
+    model = load_model(args.input, format=args.format)
+    path = save_model(model, args.output, extra=dict(converted_from=str(args.input)))
+    options = ", ".join(f"{k}={v}" for k, v in model.config["options"].items())
+    h, w = model.img_size
+    print(f"{model.method} ({options or 'default options'}) on {model.config['backbone']} "
+          f"{model.config['backbone_kwargs']}, {h}x{w} px, {model.num_classes} classes -> {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``fgvc list [WHAT]``: methods (with their options), recipes, datasets, shipped weights, timm backbones."""
+    import fnmatch
+
+    from .data import list_datasets
+    from .methods.base import list_models, model_options
+    from .recipe import list_recipes
+
+    common = set(model_options("vit"))
+    sections: dict[str, list[str]] = {
+        "methods": [
+            m + ("  (" + ", ".join(o for o in model_options(m) if o not in common) + ")" if set(model_options(m)) - common else "")
+            for m in list_models()
+        ],
+        "recipes": list_recipes(),
+        "datasets": list_datasets(),
+        "weights": _shipped_weights(),
+    }
+    if args.what == "backbones":
+        import timm
+
+        sections = {"backbones": timm.list_models(args.filter or "*vit*")}
+    elif args.what is not None:
+        sections = {args.what: sections[args.what]}
+    for name, items in sections.items():
+        if args.filter and name != "backbones":
+            items = [i for i in items if fnmatch.fnmatch(i.split()[0], args.filter)]
+        print(f"{name} ({len(items)}):")
+        for item in items or ["(none)"]:
+            print(f"  {item}")
+    return 0
+
+
+def _shipped_weights() -> list[str]:
+    """Names of the pretrained weights fgvc ships, where such a registry exists in this version."""
+    try:
+        from . import weights  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    lister = getattr(weights, "list_shipped", None) or getattr(weights, "list_weights", None)
+    return list(lister()) if callable(lister) else []
 
 
 def _img_size(text: str) -> int | tuple[int, int]:
@@ -245,28 +353,50 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     ev.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: %(default)s)")
     ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    ev.add_argument(
+        "--out", default=None,
+        help="folder for metrics.json, per_class_accuracy.csv, confusion_matrix.csv/.png, confused_pairs.csv and "
+        "example images of the confused pairs (a path ending in .json: only the metrics, to that file)",
+    )
+    ev.add_argument(
+        "--tta", default=None, choices=["hflip"],
+        help="test-time augmentation: average with the mirror image (off by default; recorded in the results)",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
 
     pred = sub.add_parser(
         "predict",
-        help="top-5 classes with names for image files",
-        description="Classifies image files with an fgvc checkpoint and prints the top classes with their "
-        "names and probabilities (test transform: resize, center crop, the backbone's normalization).",
+        help="top-5 classes with names for image files, folders or globs",
+        description="Classifies images with an fgvc checkpoint and prints the top classes with their names "
+        "(from the checkpoint) and probabilities (test transform: resize, center crop, the backbone's "
+        "normalization); --out writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
     )
     pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
-    pred.add_argument("images", nargs="+", help="image files")
+    pred.add_argument(
+        "images", nargs="+", help="image files, folders (every image below them) or quoted globs ('birds/**/*.jpg')"
+    )
+    pred.add_argument("--out", default=None, help="write the predictions to this .csv or .json file")
+    pred.add_argument(
+        "--tta", default=None, choices=["hflip"],
+        help="test-time augmentation: average with the mirror image (off by default; recorded in --out)",
+    )
     pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
     pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    pred.add_argument("--maps", default=None, metavar="DIR",
+                      help="also save every attention map of each image as DIR/<name>_maps.png")
     pred.set_defaults(func=_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = _Parser(
         prog="fgvc", description="Fine-grained visual categorization with vision transformers."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fgvc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
         help="train a plain ViT and GLSim on synthetic fine-grained data and compare them (CPU, ~10 min)",
@@ -311,9 +441,134 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
     _add_run_commands(sub)
     _add_benchmark_command(sub)
+    _add_list_command(sub)
+    _add_export_command(sub)
+    _add_convert_command(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    """``fgvc export``."""
+    exp = sub.add_parser(
+        "export",
+        help="a checkpoint as a Hugging Face folder (model card), a plain timm state dict, or a Hub upload",
+        description="Writes an fgvc checkpoint for use elsewhere. Default: a folder with model.safetensors, "
+        "config.json (with the timm-style pretrained_cfg) and a README.md model card (the dataset and test "
+        "metrics of the run when fgvc train wrote it), read back by fgvc.from_pretrained. --timm: the backbone "
+        "(and the plain vit's classifier) as a .safetensors that timm.create_model(name, checkpoint_path=...) "
+        "loads. --push: upload the folder to the Hub repository OUT (user/repo).",
+    )
+    exp.add_argument("checkpoint", help="an fgvc .safetensors checkpoint")
+    exp.add_argument("out", help="output folder; with --timm a .safetensors file; with --push a repo id (user/repo)")
+    kind = exp.add_mutually_exclusive_group()
+    kind.add_argument("--timm", action="store_true", help="write a timm state dict instead of a Hub folder")
+    kind.add_argument("--push", action="store_true", help="upload to the Hugging Face Hub repository OUT")
+    exp.add_argument("--private", action="store_true", help="with --push: create the repository as private")
+    exp.set_defaults(func=_export)
+
+
+def _add_convert_command(sub: argparse._SubParsersAction) -> None:
+    """``fgvc convert``."""
+    conv = sub.add_parser(
+        "convert",
+        help="an official GLSim or TransFG checkpoint (.pth) as an fgvc checkpoint (.safetensors)",
+        description="Reads a checkpoint written by the official GLSim trainer or TransFG's train.py (safely: "
+        "torch.load(weights_only=True), only argparse.Namespace allowed), rebuilds the same model in fgvc from "
+        "its recorded settings and tensor shapes, and writes it as an fgvc .safetensors with the same outputs.",
+    )
+    conv.add_argument("input", help="the official .pth / .bin file")
+    conv.add_argument("output", help="the fgvc .safetensors to write")
+    conv.add_argument(
+        "--format", default=None, choices=["glsim-official", "transfg-official"],
+        help="the input's format (default: detected from its keys)",
+    )
+    conv.set_defaults(func=_convert)
+
+
+def _add_list_command(sub: argparse._SubParsersAction) -> None:
+    """``fgvc list``."""
+    lst = sub.add_parser(
+        "list",
+        help="methods (with their options), recipes, datasets, shipped weights; or timm backbones",
+        description="Lists what fgvc offers: methods with their own options, the shipped recipes, the datasets "
+        "and shipped weights. 'fgvc list backbones' lists timm's ViT models (--filter '*eva02*').",
+    )
+    lst.add_argument(
+        "what", nargs="?", default=None, choices=["methods", "recipes", "datasets", "weights", "backbones"],
+        help="one section only (default: all but backbones)",
+    )
+    lst.add_argument("--filter", default=None, help="shell-style pattern, e.g. 'glsim_*' or '*dinov2*'")
+    lst.set_defaults(func=_list)
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after any (sub)command too; SUPPRESS keeps a subcommand from resetting ``fgvc --debug``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--debug" not in child._option_string_actions:
+                    child.add_argument(
+                        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback"
+                    )
+                _add_debug_flag(child)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped subcommand or choice."""
+
+    def error(self, message: str) -> Any:
+        import re
+
+        from .hints import did_you_mean
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w.-]+)'?", match.group(2))
+            message += did_you_mean(match.group(1), choices)
+        super().error(message)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying what went wrong and, where fgvc knows it, how to fix it."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "RepositoryNotFoundError", "HfHubHTTPError"} or any(
+        "huggingface.co" in str(e) for e in chain
+    ):
+        offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") else ""
+        return (
+            f"could not download pretrained weights from the Hugging Face Hub{offline}: set model.pretrained=false "
+            "and model.checkpoint_path=FILE (a local .pth, .npz or .safetensors) with --set, or go online "
+            "(timm caches the weights after one download)"
+        )
+    if isinstance(err, KeyError):
+        text = f"missing key {err}"
+    elif isinstance(err, FileNotFoundError) and err.filename and err.errno is not None:  # raised by the OS
+        from .hints import similar_files
+
+        text = f"file not found: {err.filename}{similar_files(err.filename)}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; an error prints ``fgvc: error: ...`` on one line and returns 1 (``--debug``,
+    or ``FGVC_DEBUG=1``: the traceback instead)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fgvc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or os.environ.get("FGVC_DEBUG", "0") not in ("0", ""):
+            raise
+        print(f"fgvc: error: {describe_error(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+

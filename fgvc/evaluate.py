@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +17,22 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
-from .methods.base import FGVCModel
+from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
-__all__ = ["EvalResult", "box_iou_pairs", "evaluate", "pointing_game"]
+__all__ = ["TTA_MODES", "EvalResult", "box_iou_pairs", "evaluate", "pointing_game", "tta_forward"]
+
+#: Test-time augmentations of ``evaluate`` / ``predict`` (``tta=``): None (off) or ``"hflip"``.
+TTA_MODES = (None, "hflip")
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
-    """Metrics of one pass over a dataset (accuracies in percent)."""
+    """Metrics of one pass over a dataset (accuracies in percent).
+
+    ``tta`` records the test-time augmentation the numbers were measured with (None: none); ``class_names``
+    are the model's (or the dataset's) names when known. ``save(out_dir)`` writes everything as files.
+    """
 
     top1: float
     top5: float
@@ -35,6 +46,14 @@ class EvalResult:
     pointing_game: float | None = None  # percent of map peaks (output.similarity) inside the ground-truth box
     retrieval: RetrievalResult | None = None  # Recall@K / mAP of the embeddings (``retrieval=True``)
     extra: dict[str, Any] = field(default_factory=dict)
+    tta: str | None = None
+    class_names: list[str] | None = None
+
+    def __repr__(self) -> str:
+        """The headline numbers and the array shapes, not the arrays."""
+        numbers = ", ".join(f"{k}={v:.4g}" for k, v in self.summary().items())
+        classes = len(self.per_class_accuracy)
+        return f"EvalResult({numbers}, num_samples={self.num_samples}, classes={classes}, tta={self.tta!r})"
 
     def summary(self) -> dict[str, float]:
         """The headline numbers as a flat dict (for tables and logs)."""
@@ -46,6 +65,90 @@ class EvalResult:
         if self.retrieval is not None:
             out.update(self.retrieval.summary())
         return out
+
+    def names(self) -> list[str]:
+        """A name per class: ``class_names`` when known, else the label as text."""
+        n = len(self.per_class_accuracy)
+        return list(self.class_names) if self.class_names and len(self.class_names) == n else [str(c) for c in range(n)]
+
+    def save(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        data: Dataset | None = None,
+        top_pairs: int = 10,
+        examples: int = 4,
+        info: dict[str, Any] | None = None,
+        mean: Any = None,
+        std: Any = None,
+    ) -> list[Path]:
+        """Write the evaluation to ``out_dir`` and return the paths written.
+
+        ``metrics.json`` (summary, images, tta and ``info``, e.g. the checkpoint), ``per_class_accuracy.csv``
+        (label, class, images, correct, accuracy), ``confusion_matrix.csv`` (rows true, columns predicted, with
+        class names) and ``confusion_matrix.png``, ``confused_pairs.csv`` (the ``top_pairs`` most frequent
+        mistakes) and, when the evaluated ``data`` is given, ``confused_pairs/<rank>_<true>_as_<pred>.png`` with
+        ``examples`` images of each mistake beside correctly classified images of the predicted class (``mean``
+        and ``std``: the normalization to undo for display, e.g. ``model.data_config``'s).
+        """
+        from .viz.figures import confused_pairs, plot_confused_pair
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        names = self.names()
+        written = []
+        metrics = dict(self.summary(), num_samples=self.num_samples, tta=self.tta, **(info or {}))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        written.append(out / "metrics.json")
+        support = self.confusion_matrix.sum(1)
+        with open(out / "per_class_accuracy.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["label", "class", "images", "correct", "accuracy"])
+            for c, name in enumerate(names):
+                acc = self.per_class_accuracy[c]
+                w.writerow([c, name, int(support[c]), int(self.confusion_matrix[c, c]), "" if np.isnan(acc) else f"{acc:.4f}"])
+        written.append(out / "per_class_accuracy.csv")
+        with open(out / "confusion_matrix.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["true \\ predicted", *names])
+            for name, row in zip(names, self.confusion_matrix.tolist(), strict=True):
+                w.writerow([name, *row])
+        written.append(out / "confusion_matrix.csv")
+        written.append(self._plot_confusion(out / "confusion_matrix.png", names))
+        pairs = confused_pairs(self.confusion_matrix, k=top_pairs)
+        with open(out / "confused_pairs.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["rank", "true_label", "true_class", "predicted_label", "predicted_class", "count", "rate"])
+            for rank, p in enumerate(pairs, 1):
+                w.writerow([rank, p.true, names[p.true], p.predicted, names[p.predicted], p.count, f"{p.rate:.4f}"])
+        written.append(out / "confused_pairs.csv")
+        if data is not None and pairs and examples > 0:
+            folder = out / "confused_pairs"
+            folder.mkdir(exist_ok=True)
+            for rank, p in enumerate(pairs, 1):
+                fig = plot_confused_pair(
+                    data, p, self.predictions, n=examples, class_names=names, mean=mean, std=std, pyplot=False
+                )
+                path = folder / f"{rank:02d}_{p.true}_as_{p.predicted}.png"
+                fig.savefig(path, dpi=80)
+                written.append(path)
+        return written
+
+    def _plot_confusion(self, path: Path, names: list[str]) -> Path:
+        """The confusion matrix as a PNG (sklearn's display; cell values shown up to 30 classes)."""
+        from matplotlib.figure import Figure
+        from sklearn.metrics import ConfusionMatrixDisplay
+
+        n = len(names)
+        side = min(max(4.0, 0.35 * n + 2), 40.0)
+        fig = Figure(figsize=(side, side))
+        ax = fig.subplots()
+        display = ConfusionMatrixDisplay(self.confusion_matrix, display_labels=names if n <= 60 else None)
+        display.plot(ax=ax, include_values=n <= 30, cmap="viridis", colorbar=True, xticks_rotation="vertical")
+        ax.set_title(f"confusion matrix, {self.num_samples} images (top-1 {self.top1:.2f}%)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return path
 
 
 def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
@@ -92,6 +195,7 @@ def evaluate(
     progress: bool = False,
     retrieval: bool = False,
     distributed: bool | None = None,
+    tta: str | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
@@ -108,7 +212,11 @@ def evaluate(
     ``DistributedSampler`` would add, and the per-batch results are gathered in order, so every rank returns
     metrics over exactly the N images, equal to a single-process run with the same ``batch_size``.
     ``distributed=False`` evaluates everything on this rank alone.
+
+    ``tta="hflip"`` averages the class probabilities of each image and its mirror image (``tta_forward``); off
+    by default, and recorded in ``EvalResult.tta``.
     """
+    _check_tta(tta)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
@@ -125,7 +233,7 @@ def evaluate(
     seen = start  # index in ``data`` of the next image
     for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, targets = images.to(device), targets.to(device)
-        out = model(images)
+        out = tta_forward(model, images, tta)
         _check_labels(targets, out.logits.shape[1])
         batch_losses.append(model.loss(out, targets).item() * len(targets))
         logits_all.append(out.logits.float().cpu())
@@ -154,6 +262,13 @@ def evaluate(
         raise ValueError("evaluate() got an empty dataset")
 
     logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):  # argmax of NaN is class 0: the accuracy would be silently meaningless
+        first = int((~finite).nonzero()[0])
+        raise FloatingPointError(
+            f"the model's output is not finite (NaN or inf) for {int((~finite).sum())} of {len(finite)} images, "
+            f"the first at index {first} of the data: NaN in the images, or weights that are corrupt or diverged"
+        )
     num_classes = logits.shape[1]
     preds = logits.argmax(1)
     top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)
@@ -173,7 +288,42 @@ def evaluate(
         mean_iou=torch.cat(ious).mean().item() if ious else None,
         pointing_game=100.0 * torch.cat(hits).float().mean().item() if hits else None,
         retrieval=retrieval_metrics(torch.cat(embeddings), targets) if retrieval else None,
+        tta=tta,
+        class_names=_class_names(model, data, num_classes),
     )
+
+
+def _class_names(model: FGVCModel, data: Any, num_classes: int) -> list[str] | None:
+    for names in (getattr(model, "class_names", None), getattr(data, "classes", None)):
+        if names is not None and len(names) == num_classes:
+            return [str(n) for n in names]
+    return None
+
+
+def _check_tta(tta: str | None) -> None:
+    if tta not in TTA_MODES:
+        from .hints import did_you_mean
+
+        raise ValueError(f"unknown tta {tta!r}{did_you_mean(str(tta), ['hflip'])}; choose None (off) or 'hflip'")
+
+
+def tta_forward(model: FGVCModel, images: Tensor, tta: str | None = None) -> ModelOutput:
+    """``model(images)``, or with ``tta="hflip"`` the output with both views' predictions combined.
+
+    ``logits`` become the log of the mean of the two views' softmax probabilities (so ``argmax``, softmax and
+    the cross-entropy loss all read the averaged prediction) and ``embedding`` the mean of the two embeddings;
+    boxes, maps and extras stay those of the unflipped image (they live in its frame).
+    """
+    _check_tta(tta)
+    out = model(images)
+    if tta is None:
+        return out
+    mirrored = model(images.flip(-1))
+    probs = (out.logits.float().softmax(1) + mirrored.logits.float().softmax(1)) / 2
+    embedding = out.embedding
+    if embedding is not None and mirrored.embedding is not None:
+        embedding = (embedding + mirrored.embedding) / 2
+    return replace(out, logits=probs.clamp_min(1e-12).log().to(out.logits.dtype), embedding=embedding)
 
 
 def _shard(n: int, batch_size: int) -> tuple[int, int]:

@@ -414,8 +414,9 @@ class ProfileResult:
             writer.writerows(asdict(r) for r in rows)
         return path
 
-    def to_markdown(self) -> str:
-        """The setup line, the methods table, the selection table and the targets, as markdown."""
+    def to_markdown(self, targets: bool = False) -> str:
+        """The setup line, the methods table and the selection table as markdown; ``targets``: also the
+        development targets checked on this run's ratios (for benchmarks, not for users' reports)."""
         s = self.setup
         load = s.get("loadavg") or [math.nan, math.nan]
         lines = [
@@ -450,7 +451,7 @@ class ProfileResult:
                 lines.append(f"| {c.img_size} | {step} | {c.ms:.3g} | {c.time_pct:.3g} | {c.mmacs:.4g} | "
                              f"{c.macs_pct:.3g} |")
             lines += ["", f"The GLSim paper's shares of backbone FLOPs (224-448 px): {PAPER_SHARES}."]
-        if self.targets:
+        if targets and self.targets:
             lines += ["", "Targets (ratios of this run):", ""] + [f"- {t}" for t in self.targets]
         return "\n".join(lines)
 

@@ -52,9 +52,13 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
+from .hints import did_you_mean
+from .settings import check_data_settings, check_fit_settings, number_from_text
+
 __all__ = [
     "RecipeResult",
     "build_recipe_data",
+    "checkpoint_split",
     "evaluate_checkpoint",
     "list_recipes",
     "load_recipe",
@@ -82,6 +86,7 @@ DATA_KEYS = {
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
 RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
 
 
 def list_recipes() -> list[str]:
@@ -92,12 +97,18 @@ def list_recipes() -> list[str]:
 def _recipe_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ValueError(f"recipe {path} is a directory, not a recipe file (a .yaml file or a recipe name)")
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
         return path
     shipped = RECIPE_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"unknown recipe {str(name_or_path)!r}: not a file, nor one of {', '.join(list_recipes())}")
+        hint = did_you_mean(str(name_or_path), list_recipes())
+        raise ValueError(
+            f"unknown recipe {str(name_or_path)!r}{hint}: not a file, nor one of {', '.join(list_recipes())} "
+            f"(fgvc list recipes)"
+        )
     return shipped
 
 
@@ -136,28 +147,71 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     """Unknown keys and missing sections are named before anything is built (a typo never runs silently)."""
     unknown = set(recipe) - TOP_LEVEL - SAVED_ONLY
     if unknown:
-        raise ValueError(f"{origin}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+        raise ValueError(
+            f"{origin}: unknown top-level keys {sorted(unknown)}{_near(unknown, TOP_LEVEL)}; allowed: {sorted(TOP_LEVEL)}"
+        )
     for section in ("model", "data", "train"):
         if not isinstance(recipe.get(section), dict):
             raise ValueError(f"{origin}: section {section!r} is missing (a mapping of options)")
     if "method" not in recipe["model"]:
         raise ValueError(f"{origin}: model.method is missing (one of fgvc.list_models())")
+    _validate_model_section(recipe["model"], origin)
     if "dataset" not in recipe["data"]:
         raise ValueError(f"{origin}: data.dataset is missing (one of fgvc.data.list_datasets())")
     unknown = set(recipe["data"]) - DATA_KEYS
     if unknown:
-        raise ValueError(f"{origin}: unknown data keys {sorted(unknown)}; allowed: {sorted(DATA_KEYS)}")
+        raise ValueError(
+            f"{origin}: unknown data keys {sorted(unknown)}{_near(unknown, DATA_KEYS)}; allowed: {sorted(DATA_KEYS)}"
+        )
     allowed = _fit_parameters() | TRAIN_EXTRA_KEYS
     unknown = set(recipe["train"]) - allowed
     if unknown:
-        raise ValueError(f"{origin}: unknown train keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"{origin}: unknown train keys {sorted(unknown)}{_near(unknown, allowed)}; allowed: {sorted(allowed)}"
+        )
     if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
         raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
+    try:  # the values themselves, with the checks fit applies to its arguments
+        check_fit_settings(recipe["train"], prefix="train.")
+        check_data_settings(recipe["data"], prefix="data.")
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
     if recipe.get("protocol", "val") not in PROTOCOLS:
         raise ValueError(f"{origin}: protocol must be one of {list(PROTOCOLS)}, got {recipe.get('protocol')!r}")
-    seeds = recipe.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{origin}: seeds must be a non-empty list of integers, got {seeds!r}")
+    _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
+
+
+def _check_seeds(seeds: Any, name: str) -> None:
+    """One run per seed: a repeated seed would overwrite its run and count twice in the mean +- std."""
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
+
+
+def _near(unknown: set[str], allowed: set[str] | list[str]) -> str:
+    """The near misses of the first unknown key that has one (``""`` otherwise)."""
+    return next((h for h in (did_you_mean(k, sorted(allowed)) for k in sorted(unknown)) if h), "")
+
+
+def _validate_model_section(model: Mapping[str, Any], origin: str) -> None:
+    """``model.*`` keys against the method's options (those of ``create_model``), like ``data.*`` and ``train.*``."""
+    from .methods.base import list_models, model_options
+
+    method = model["method"]
+    if method not in list_models():
+        raise ValueError(
+            f"{origin}: unknown model.method {method!r}{did_you_mean(str(method), list_models())}; "
+            f"available: {', '.join(list_models())}"
+        )
+    if "num_classes" in model:
+        raise ValueError(f"{origin}: model.num_classes comes from the data; remove it (data.classes picks a subset)")
+    allowed = set(model_options(method)) - {"num_classes"} | {"method"}
+    unknown = set(model) - allowed
+    if unknown:
+        raise ValueError(
+            f"{origin}: unknown model keys {sorted(unknown)} for method {method!r}{_near(unknown, allowed)}; "
+            f"allowed: {sorted(allowed)}"
+        )
 
 
 def load_recipe(
@@ -171,9 +225,22 @@ def load_recipe(
         raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping with model, data and train sections")
-    recipe = apply_overrides(recipe, overrides)
+    recipe = read_numbers(apply_overrides(recipe, overrides))
     validate_recipe(recipe, origin=str(path))
     return recipe
+
+
+def read_numbers(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with ``"1e-3"`` read as 0.001 in its model, data and train sections (YAML 1.1 reads an
+    exponent without a dot as text); names and paths are left as written."""
+    def convert(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: convert(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [convert(v, key) for v in node]
+        return node if key in TEXT_KEYS else number_from_text(node)
+
+    return {k: convert(v) if k in ("model", "data", "train") else v for k, v in recipe.items()}
 
 
 def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
@@ -275,6 +342,7 @@ class RecipeResult:
 
     recipe: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    num_classes: int | None = None  # for the chance row (100 / classes)
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{metric: (mean, std)}`` over seeds for every numeric test metric."""
@@ -292,6 +360,8 @@ class RecipeResult:
             return "(no runs)"
         protocol = self.recipe.get("protocol", "val")
         keys = [k for k in self.runs[0] if k.startswith("test_")]
+        if self.num_classes is not None and self.num_classes <= 5:
+            keys = [k for k in keys if k != "test_top5"]  # 100% by construction with 5 classes or fewer
         lines = ["| seed | best epoch | val top-1 | " + " | ".join(k[5:] for k in keys) + " |"]
         lines.append("|" + "---|" * (len(keys) + 3))
         for r in self.runs:
@@ -300,6 +370,12 @@ class RecipeResult:
         summary = self.summary()
         cells = [_fmt_mean_std(*summary[k]) if k in summary else "-" for k in keys]
         lines.append("| mean ± std | | | " + " | ".join(cells) + " |")
+        if self.num_classes:
+            chance = {"test_top1": 100.0 / self.num_classes,
+                      "test_top5": 100.0 * 5 / self.num_classes if self.num_classes > 5 else None}
+            cells = [_fmt(chance.get(k)) for k in keys]
+            lines.append(f"| chance ({self.num_classes} classes) | | {_fmt(chance['test_top1'])} | "
+                         + " | ".join(cells) + " |")
         expected = self.recipe.get("expected_top1")
         source = self.recipe.get("source", "no source")
         lines.append("")
@@ -355,9 +431,10 @@ def train_recipe(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         recipe = apply_overrides(dict(recipe), overrides)
-    recipe = copy.deepcopy(dict(recipe))
+    recipe = read_numbers(copy.deepcopy(dict(recipe)))
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
+    _check_seeds(seeds, "seeds")
     out_dir = Path(out_dir)
     result = RecipeResult(recipe=recipe)
     # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its
@@ -368,7 +445,7 @@ def train_recipe(
         run_dir = out_dir / f"seed{seed}"
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        num_classes = _num_classes(recipe)
+        num_classes = result.num_classes = _num_classes(recipe)
         model = create_model(num_classes=num_classes, **recipe["model"])
         data = build_recipe_data(recipe, model)
         args = fit_arguments(recipe, len(data["train"]))
@@ -441,6 +518,18 @@ def _plain(x: Any) -> Any:
     return str(x)  # e.g. torch.device
 
 
+def check_output_file(path: str | os.PathLike, what: str = "the results") -> None:
+    """Fail now, naming the path, when ``path`` cannot be written (before a long run that would write it)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} to {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"cannot write {what} to {path}: permission denied")
+
+
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
     path = Path(checkpoint).with_name("config.yaml")
@@ -464,26 +553,25 @@ def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) 
     return build_transforms(model, train=False, img_size=tuple(model.img_size), resize=resize)
 
 
-def evaluate_checkpoint(
+def checkpoint_split(
     checkpoint: str | os.PathLike,
     root: str | os.PathLike | None,
     *,
     dataset: str | None = None,
     split: str = "test",
-    **evaluate_options: Any,
-) -> Any:
-    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+) -> tuple[Any, Dataset]:
+    """The model of an fgvc checkpoint and the split it is evaluated on, as ``evaluate_checkpoint`` builds it.
 
     The dataset name, its options, the class subset and the test resize come from the run's ``config.yaml``
-    beside the checkpoint when it is there; ``dataset`` overrides the name. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. Retrieval metrics are added
-    when some class has two images or more; crop IoU when the dataset has boxes.
+    beside the checkpoint when it is there; ``dataset`` overrides the name. The items are the checkpoint's
+    test transform of each image (normalized tensors at its input size), the labels its classes; when the
+    dataset has boxes, ``input_boxes`` are in the model's input frame. The dataset's classes must be the
+    checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
+    from the run's options (``root`` is not used), so the split is the very one training evaluated.
     """
     from .checkpoint import load_model
-    from .data import build_dataset, subset_classes
-    from .distributed import init_distributed
+    from .data import EvalBoxes, build_dataset, subset_classes, synthetic_splits
 
-    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
     data = dict(config.get("data") or {})
@@ -492,7 +580,14 @@ def evaluate_checkpoint(
         raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
     same = name == data.get("dataset")
     options = dict(data.get("options") or {}) if same else {}
-    test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
+    if name == "synthetic":  # the very split training evaluated: same sizes, seed and input size, no transform
+        options.setdefault("image_size", tuple(model.img_size))
+        splits = synthetic_splits(**options)
+        if split not in splits:
+            raise ValueError(f"the synthetic dataset has the splits {sorted(splits)}, got {split!r}")
+        test = splits[split]
+    else:
+        test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
     classes = list(getattr(test, "classes", None) or [])
@@ -504,7 +599,42 @@ def evaluate_checkpoint(
     if classes and model.class_names and classes != list(model.class_names):
         diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
         raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
-    return _evaluate_split(model, test, data, **evaluate_options)
+    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+        resize = _size(data.get("test_resize", data.get("resize")))
+        test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
+    return model, test
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    root: str | os.PathLike | None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    **evaluate_options: Any,
+) -> Any:
+    """Evaluate an fgvc checkpoint on a split of a dataset folder (what ``fgvc eval`` runs).
+
+    The model and the split are ``checkpoint_split``'s (the run's dataset, class subset and test transform
+    from its ``config.yaml``; the synthetic dataset rebuilt from the run's options). Retrieval metrics are
+    added when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write
+    the metrics, per-class accuracy, confusion matrix and most confused pairs there (``EvalResult.save``).
+    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
+    """
+    from .distributed import init_distributed
+
+    init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
+    model, test = checkpoint_split(checkpoint, root, dataset=dataset, split=split)
+    result = _evaluate_split(model, test, {}, **evaluate_options)
+    from .distributed import is_main_process
+
+    if out_dir is not None and is_main_process():
+        cfg = model.data_config
+        name = dataset or ((run_config(checkpoint) or {}).get("data") or {}).get("dataset")
+        info = dict(checkpoint=str(checkpoint), dataset=name, data=str(root), split=split)
+        result.save(out_dir, data=test, info=info, mean=cfg["mean"], std=cfg["std"])
+    return result
 
 
 def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:

@@ -44,7 +44,13 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import _check_state_matches, load_train_state, save_model, save_train_state
+from .checkpoint import (
+    _check_state_matches,
+    load_train_state,
+    remove_stale_temporaries,
+    save_model,
+    save_train_state,
+)
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -57,6 +63,7 @@ from .distributed import (
 )
 from .evaluate import _check_labels, evaluate
 from .methods.base import FGVCModel
+from .settings import check_fit_settings
 
 __all__ = ["History", "fit", "plot_log", "seed_everything"]
 
@@ -107,16 +114,18 @@ class History:
         else:
             fig = ax[0].figure
         x = self["epoch"]
-        ax[0].plot(x, self["train_loss"], label="train")
-        ax[1].plot(x, self["train_top1"], label="train")
+        marker = "o" if len(x) <= 30 else None  # a short curve shows its points
+        ax[0].plot(x, self["train_loss"], label="train", marker=marker)
+        ax[1].plot(x, self["train_top1"], label="train", marker=marker)
         if any(not math.isnan(v) for v in self["val_loss"]):
-            ax[0].plot(x, self["val_loss"], label="val")
-            ax[1].plot(x, self["val_top1"], label="val")
+            ax[0].plot(x, self["val_loss"], label="val", marker=marker)
+            ax[1].plot(x, self["val_top1"], label="val", marker=marker)
         ax[0].set(xlabel="epoch", ylabel="loss")
         ax[1].set(xlabel="epoch", ylabel="top-1 (%)")
         for a in ax:
             a.legend()
             a.grid(alpha=0.3)
+            a.ticklabel_format(axis="y", useOffset=False)
         fig.tight_layout()
         return fig
 
@@ -139,8 +148,10 @@ def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
     else:
         fig = ax[0].figure
     if steps:
-        ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="train (step)")
-        ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps])
+        marker = "." if len(steps) <= 30 else None  # a short curve shows its points
+        ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, marker=marker,
+                   label="train (step)")
+        ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps], marker=marker)
     for key, label in (("train_loss", "train (epoch)"), ("val_loss", "val")):
         pts = [(r["step"], r[key]) for r in epochs if key in r]
         if pts:
@@ -156,6 +167,7 @@ def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
         if a.get_legend_handles_labels()[0]:
             a.legend()
         a.grid(alpha=0.3)
+        a.ticklabel_format(axis="y", useOffset=False)  # a loss that barely moves reads 2.3026, not 1e-6+2.30258
     fig.tight_layout()
     return fig
 
@@ -230,7 +242,10 @@ def fit(
         resume: True: continue from ``out_dir/train_state.safetensors`` if it exists (else start fresh, so
             a requeued job can always pass it); a path (file or directory): continue from that state, which
             must exist. Model, optimizer, schedule, grad scaler, RNG and the position in the epoch are
-            restored; the data, model architecture and class count must match the saved run.
+            restored; the data, model architecture and class count must match the saved run, and so must
+            the optimizer settings (``lr``, ``weight_decay``, ``momentum`` for SGD, ``min_lr``,
+            ``warmup_steps``, ``label_smoothing``, ``grad_clip``): a resume with others is refused, naming
+            them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
         save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
             preemptible machines); None: at epoch ends only.
         accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
@@ -243,6 +258,11 @@ def fit(
         find_unused_parameters: passed to DistributedDataParallel (every built-in method uses all its
             parameters in training, so it stays off).
 
+    Every setting is checked before anything runs (``fgvc.settings.check_fit_settings``, which recipes use
+    too). A non-finite loss stops training naming the optimizer step; so does an update that leaves a weight
+    or optimizer tensor non-finite, checked before every save and at every epoch end: nothing non-finite is
+    ever written, so the checkpoints in ``out_dir`` stay good ones.
+
     Under ``torchrun`` (WORLD_SIZE > 1) the process group is joined here (NCCL on CUDA, gloo on the CPU),
     the model wrapped in DistributedDataParallel, the training set sharded by ``DistributedSampler``,
     validation evaluated exactly across ranks, and only rank 0 writes files and prints.
@@ -250,10 +270,9 @@ def fit(
     Returns:
         ``History`` with loss, top-1, top-5, lr and seconds per epoch (train metrics over all ranks).
     """
-    if accumulate_steps < 1:
-        raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-    if save_every_steps is not None and save_every_steps < 1:
-        raise ValueError(f"save_every_steps must be >= 1 or None, got {save_every_steps}")
+    check_fit_settings({k: v for k, v in locals().items() if k not in ("model", "train_data", "val_data")})
+    settings = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, min_lr=min_lr, warmup_steps=warmup_steps,
+                    label_smoothing=label_smoothing, grad_clip=grad_clip)  # a resumed run must keep them
     device = init_distributed(device)
     rank, world = get_rank(), get_world_size()
     main = rank == 0
@@ -263,6 +282,7 @@ def fit(
     if val_data is not None:
         _check_class_count(net, val_data, "val_data")
         _check_image_size(net, val_data, "val_data")
+        _check_same_classes(train_data, val_data)
     class_names = getattr(train_data, "classes", None) or net.class_names
     if class_names is not None:
         net.class_names = list(class_names)
@@ -275,7 +295,7 @@ def fit(
     if state_path is not None:
         model_state, saved, saved_tensors = load_train_state(state_path)
         _check_resume(net, saved, train_data, state_path, optimizer=optimizer, world=world, batch_size=batch_size,
-                      accumulate_steps=accumulate_steps, seed=seed)
+                      accumulate_steps=accumulate_steps, seed=seed, epochs=epochs, settings=settings)
         _check_state_matches(net, model_state, state_path)
         net.load_state_dict(model_state, strict=True)
 
@@ -308,7 +328,9 @@ def fit(
     history = History(checkpoint_dir=out_dir)
     best_top1, step, start_epoch, micro_done = -math.inf, 0, 1, 0
     sums = [0.0, 0.0, 0.0, 0.0]  # this epoch on this rank: loss x images, top-1 hits, top-5 hits, images
+    saved_step = None  # the step of the training state on disk: what a failure leaves the user with
     if saved is not None:
+        saved_step = saved["step"]
         opt.load_state_dict(saved["optimizer_state_dict"])
         if saved.get("scheduler", {}).get("t_initial") == total_steps:
             sched.load_state_dict(saved["scheduler"])
@@ -333,17 +355,39 @@ def fit(
 
     ddp = wrap_ddp(net, device, find_unused_parameters)  # ``net`` itself when not distributed
     fwd = torch.compile(ddp) if compile else ddp
+    if out_dir is not None and main:
+        remove_stale_temporaries(out_dir)  # of a write killed in an earlier run
     log = _Log(out_dir, enabled=main, resume_step=step if saved is not None else None, tensorboard=tensorboard)
     tf32_before = _set_tf32(tf32)
 
+    def advice() -> str:
+        clip = "" if grad_clip is not None else " or enable gradient clipping (grad_clip)"
+        if out_dir is None:
+            return f"lower the learning rate{clip}"
+        kept = (f"the last checkpoint (step {saved_step}) is kept in {out_dir}" if saved_step is not None
+                else f"no checkpoint was written to {out_dir} yet")
+        return f"lower the learning rate{clip}; {kept}"
+
+    def check_finite(epoch: int, lr_used: float) -> None:
+        """Stop, before anything is saved or evaluated, when the last update made weights non-finite."""
+        bad = _non_finite(net, opt)
+        if any_rank(bad is not None, device):
+            raise FloatingPointError(
+                f"the weights are not finite after optimizer step {step} (epoch {epoch}, lr {lr_used:.3g}): "
+                f"{bad or 'a tensor on another rank'} holds NaN or inf although the loss was finite, and nothing "
+                f"of this step was saved: {advice()}"
+            )
+
     def checkpoint(epoch_next: int, done: int) -> None:
         """Write the resume state (at epoch ends the caller has written last/best before)."""
+        nonlocal saved_step
         if out_dir is None:
             return
         rng = all_gather_objects(_rng_state(device))  # every rank's, so each continues its own stream
         all_sums = all_gather_objects(list(sums))
         if main:
             write_state(rng, all_sums, epoch_next, done)
+        saved_step = step
         barrier()  # no rank reads (resume, load best) a file rank 0 is still writing
 
     def write_state(rng: list[dict[str, Any]], all_sums: list[list[float]], epoch_next: int, done: int) -> None:
@@ -362,7 +406,7 @@ def fit(
                 batch_size=batch_size, accumulate_steps=accumulate_steps, seed=seed, optimizer_name=optimizer,
                 num_train=len(train_data), class_names=net.class_names, sums=all_sums, history=history.epochs,
                 best_epoch=history.best_epoch, best_top1=None if best_top1 == -math.inf else best_top1,
-                scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=rng,
+                scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=rng, settings=settings,
             ),
         )
 
@@ -395,10 +439,9 @@ def fit(
                         if any_rank(not math.isfinite(loss_value), device):
                             lr_now = opt.param_groups[0]["lr"]
                             what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-                            kept = f"; the last good checkpoint is kept in {out_dir}" if out_dir is not None else ""
                             raise FloatingPointError(
-                                f"loss is {what} at epoch {epoch}, step {step} (lr {lr_now:.3g}); "
-                                f"lower the learning rate or enable gradient clipping{kept}"
+                                f"loss is {what} at optimizer step {step + 1} (epoch {epoch}, lr {lr_now:.3g}); "
+                                f"{advice()}"
                             )
                         scaler.scale(loss / group_size).backward()
                     if last_micro:
@@ -434,8 +477,10 @@ def fit(
                     window_start, window_images = time.perf_counter(), 0
                 step_loss, step_n = 0.0, 0
                 if save_every_steps and step % save_every_steps == 0 and i + 1 < micro_per_epoch:
+                    check_finite(epoch, lr_used)
                     checkpoint(epoch, i + 1)
             micro_done = 0
+            check_finite(epoch, opt.param_groups[0]["lr"])  # before validation, last / best and the state
 
             total = all_reduce_sum(sums, device)
             record: dict[str, Any] = dict(
@@ -575,8 +620,10 @@ def _resume_path(resume: bool | str | os.PathLike, out_dir: Path | None) -> Path
 
 
 def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: Path, *, optimizer: str,
-                  world: int, batch_size: int, accumulate_steps: int, seed: int) -> None:
-    """A resumed run must train the same model on the same data; mid-epoch also with the same batches."""
+                  world: int, batch_size: int, accumulate_steps: int, seed: int, epochs: int,
+                  settings: dict[str, Any]) -> None:
+    """A resumed run must train the same model on the same data with the same optimizer settings (the saved
+    optimizer state and schedule belong to them); mid-epoch also with the same batches."""
     was = saved.get("model_config") or {}
     now = json.loads(json.dumps(model.config))
     for key in ("method", "backbone", "num_classes", "img_size", "patch_stride", "backbone_kwargs", "options"):
@@ -586,8 +633,25 @@ def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: 
     names = getattr(data, "classes", None)
     if names is not None and saved.get("class_names") is not None and list(names) != saved["class_names"]:
         raise ValueError(f"the classes of train_data differ from those of the run saved in {path}")
+    done = saved["epoch"] - 1  # whole epochs trained; one more is under way when batches_done > 0
+    if epochs < done or (epochs == done and saved["batches_done"]):
+        trained = f"{done} epochs" + (f" and {saved['batches_done']} batches" if saved["batches_done"] else "")
+        raise ValueError(
+            f"{path} has already trained {trained}, more than epochs={epochs} asks for; resume with "
+            f"epochs >= {done + bool(saved['batches_done'])}, or start a new run in another out_dir"
+        )
     if saved.get("optimizer_name", optimizer) != optimizer:
         raise ValueError(f"{path} was trained with optimizer={saved['optimizer_name']!r}, not {optimizer!r}")
+    was_settings = saved.get("settings") or {}  # absent in states written before fgvc saved them
+    uses_momentum = any(word in optimizer.lower() for word in ("sgd", "momentum", "nesterov"))
+    changed = [f"{key}={value!r} (saved: {was_settings[key]!r})" for key, value in settings.items()
+               if key in was_settings and was_settings[key] != value and (key != "momentum" or uses_momentum)]
+    if changed:
+        raise ValueError(
+            f"{path} was saved by a run with other settings: {', '.join(changed)}; resume with the saved "
+            f"settings (the optimizer state and learning-rate schedule belong to them), or start a new run in "
+            f"another out_dir"
+        )
     if saved["batches_done"]:  # the position inside the epoch only means something for the same batches
         same = dict(world_size=world, batch_size=batch_size, accumulate_steps=accumulate_steps, seed=seed,
                     num_train=len(data))  # type: ignore[arg-type]
@@ -601,6 +665,20 @@ def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: 
         warnings.warn(f"resuming a {saved.get('world_size')}-process run on {world}: RNG streams restart", stacklevel=3)
 
 
+def _non_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The name of a weight or optimizer tensor holding NaN or inf, or None (one device sync in all)."""
+    names = {p: n for n, p in model.named_parameters()}
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    for param, entry in optimizer.state.items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                tensors.append((f"the optimizer's {key} of {names.get(param, 'a parameter')}", value))
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t).all().to(tensors[0][1].device) for _, t in tensors]).cpu()
+    return None if bool(finite.all()) else tensors[int((~finite).nonzero()[0])][0]
+
+
 def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
     """Catch a dataset / head class-count mismatch before the first step."""
     classes = getattr(data, "classes", None)
@@ -608,6 +686,17 @@ def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
         raise ValueError(
             f"{name} has {len(classes)} classes but the model was built with num_classes={model.num_classes}"
         )
+
+
+def _check_same_classes(train_data: Dataset, val_data: Dataset) -> None:
+    """Label k must mean the same class in both datasets (same count is not enough: the order matters)."""
+    train, val = getattr(train_data, "classes", None), getattr(val_data, "classes", None)
+    if train is None or val is None or list(train) == list(val):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(val, train, strict=False)) if a != b), len(val))
+    shown = (f"label {k} is {val[k]!r} vs {train[k]!r}" if k < min(len(val), len(train))
+             else f"{len(val)} vs {len(train)} classes")
+    raise ValueError(f"val_data's classes differ from train_data's: {shown} (label k must be the same class in both)")
 
 
 def _check_image_size(model: FGVCModel, data: Dataset, name: str) -> None:

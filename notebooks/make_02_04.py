@@ -15,32 +15,7 @@ from _build import build  # notebooks/_build.py (this script's folder is on sys.
 
 HERE = Path(__file__).parent
 
-# Shared by both notebooks: where the data is, and the fallbacks when it is not (said out loud).
-FIND_DATA = """
-def find_root(*candidates):
-    \"\"\"The first folder that holds a dataset's annotation file, or None.\"\"\"
-    for label, path, marker in candidates:
-        if (Path(path) / marker).exists():
-            return label, Path(path)
-    return None
-
-
-REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-SUBSET = REPO.parent / "shared" / "data" / "CUB_200_2011_subset100"   # real CUB images, 100 species
-"""
-
 TRAIN_CUB: list[tuple[str, str]] = [
-    ("params", """
-# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
-import os
-
-SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
-RECIPE = "glsim_cub_224"                            # any of fgvc.list_recipes(), or a path to your own YAML
-CUB_ROOT = "../data/CUB_200_2011"                   # the official download
-OUT = "runs/train_cub"                              # one folder per seed inside
-SEEDS = [0] if SMOKE else [0, 1]                    # the recipes list [0, 1, 2]
-DEVICE = None                                       # None: CUDA when available, else CPU
-"""),
     ("md", """
 # Train a paper recipe on CUB-200-2011
 
@@ -56,6 +31,17 @@ Data, in order of preference (the notebook says which one it uses):
 2. the real 100-species CUB subset in `../shared/data` (cropped 227 px birds): a short from-scratch sanity run;
 3. the built-in synthetic fine-grained dataset: runs anywhere, no download.
 """),
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+RECIPE = "glsim_cub_224"                            # any of fgvc.list_recipes(), or a path to your own YAML
+CUB_ROOT = os.environ.get("FGVC_CUB_ROOT", "../data/CUB_200_2011")  # the official download
+OUT = "runs/train_cub"                              # one folder per seed inside
+SEEDS = [0] if SMOKE else [0, 1]                    # the recipes list [0, 1, 2]
+DEVICE = None                                       # None: CUDA when available, else CPU
+"""),
     ("md", """
 ## 1. The recipe
 
@@ -68,10 +54,11 @@ from pathlib import Path
 import yaml
 
 import fgvc
+from fgvc.notebook import recipe_for_here
+from fgvc.report import smoke_banner
 
-""" + FIND_DATA + """
-recipe = fgvc.load_recipe(RECIPE)
-print(yaml.safe_dump(recipe, sort_keys=False))
+smoke_banner(SMOKE)
+print(yaml.safe_dump(fgvc.load_recipe(RECIPE), sort_keys=False))
 """),
     ("md", """
 ## 2. The data, and what this run can claim
@@ -79,35 +66,13 @@ print(yaml.safe_dump(recipe, sort_keys=False))
 With the official data the recipe runs as written (pretrained ImageNet-21k weights, the paper's resolution
 and schedule): that is a reproduction, meant for a GPU. Otherwise the notebook overrides a few values (a
 small class subset, a small ViT trained from scratch, a few epochs) so that it finishes on a laptop CPU;
-those numbers check the pipeline on real bird photos and are not comparable with the paper's.
+those numbers check the pipeline on real bird photos and are not comparable with the paper's. The small
+settings are `fgvc.notebook.LAPTOP`; the data is looked for by `fgvc.data.find_dataset` and
+`fgvc.data.cub_subset`.
 """),
     ("code", """
-found = find_root(("the official CUB-200-2011", CUB_ROOT, "images.txt"),
-                  ("the real 100-species CUB subset", SUBSET, "images.txt"))
-quick = {  # a laptop-sized run: from scratch, small model, a few epochs
-    "model.pretrained": False, "model.backbone": "vit_tiny_patch16_224", "model.drop_path_rate": 0.0,
-    "model.backbone_kwargs": {"depth": 2 if SMOKE else 6}, "model.img_size": 64 if SMOKE else 112,
-    "train.epochs": 1 if SMOKE else 30, "train.batch_size": 16 if SMOKE else 32,
-    "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 0.05, "train.warmup_steps": None,
-    "train.lr_base_batch_size": None, "train.steps": None, "model.top_k": 4,
-}
-if recipe["model"]["method"] != "glsim":
-    quick.pop("model.top_k")
-if found is not None and found[0] == "the official CUB-200-2011" and not SMOKE:
-    overrides = {"data.root": str(found[1])}
-    print(f"Data: {found[0]} at {found[1]}: the recipe as published (a reproduction run).")
-elif found is not None:
-    overrides = dict(quick, **{"data.root": str(found[1]), "data.classes": 5 if SMOKE else 20,
-                               "data.resize": 72 if SMOKE else 128})
-    print(f"Data: {found[0]} at {found[1]}: a from-scratch sanity run on a class subset, not a reproduction.")
-else:
-    overrides = dict(quick, **{"data.dataset": "synthetic", "data.resize": None,
-                               "data.options": {"num_classes": 5, "train": 200 if SMOKE else 3000,
-                                                "val": 50 if SMOKE else 500, "test": 100 if SMOKE else 1000}})
-    print("Data: no CUB folder found, so the built-in synthetic fine-grained dataset (see data/README.md).")
-recipe = fgvc.load_recipe(RECIPE, overrides)
-for key, value in overrides.items():
-    print(f"  {key} = {value}")
+recipe, note = recipe_for_here(RECIPE, CUB_ROOT, smoke=SMOKE)  # fgvc.notebook.LAPTOP holds the small settings
+print(note)
 """),
     ("md", """
 ## 3. Train, once per seed
@@ -122,9 +87,9 @@ result = fgvc.train_recipe(recipe, OUT, seeds=SEEDS, device=DEVICE, progress=not
 print(result.to_markdown())
 """),
     ("md", """
-The last line compares with the paper. Only a run of the unmodified recipe on the official data (on GPUs, over
-the recipe's seeds) is a reproduction; fgvc's README keeps a table of those, left empty until someone runs
-them. The test split was looked at once per seed, after the checkpoint was chosen on validation.
+The chance row is what guessing scores on these classes; the last line compares with the paper. Only a run
+of the unmodified recipe on the official data (on GPUs, over the recipe's seeds) is a reproduction; fgvc's
+README keeps a table of those, left empty until someone runs them. The test split was looked at once per seed, after the checkpoint was chosen on validation.
 
 ## 4. Training curves
 
@@ -171,170 +136,127 @@ Every override made above works there as `--set key=value`; `scripts/` has a Slu
 ]
 
 EVALUATE: list[tuple[str, str]] = [
-    ("params", """
-# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
-import os
-
-SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
-CUB_ROOT = "../data/CUB_200_2011"
-CARS_ROOT = "../data/stanford_cars"
-METHODS = ["vit", "glsim", "dcal", "transfg"]
-# checkpoint per dataset and method; absent files fall back to a quick model (and the notebook says so)
-CHECKPOINTS = {
-    "cub": {m: f"runs/{m}_cub_448/seed0/best.safetensors" for m in METHODS},
-    "cars": {m: f"runs/{m}_cars_448/seed0/best.safetensors" for m in METHODS},
-}
-FALLBACK_EPOCHS = 1 if SMOKE else 15                  # quick models when checkpoints are missing
-DEVICE = None                                         # None: CUDA when available, else CPU
-"""),
     ("md", """
 # Evaluate checkpoints on CUB-200-2011 and Stanford Cars
 
-A fine-grained model is judged by more than its top-1. For each method this notebook reports, on the test
-split: accuracy (top-1, top-5), retrieval with its embeddings (Recall@1, mAP), where it looks (crop IoU and
-pointing game against the annotated boxes), which classes it gets wrong and which pairs it confuses, and what
-it costs (parameters, GMACs, throughput).
+A fine-grained model is judged by more than its top-1. For each checkpoint this notebook reports, on the test
+split of its dataset: accuracy (top-1, top-5) beside chance, retrieval with its embeddings (Recall@1, mAP),
+where it looks (crop IoU and pointing game against the annotated boxes), which classes it gets wrong and which
+pairs it confuses, and what each method costs (parameters, GMACs, throughput).
 
-Checkpoints come from `fgvc train` (`runs/<recipe>/seed0/best.safetensors`). When a dataset or a checkpoint is
-missing, the notebook says so and falls back: it trains small models briefly on the real CUB subset in
-`../shared/data` (or on synthetic data), so every cell runs anywhere.
+1. Find the data folders and the checkpoints.
+2. Evaluate each checkpoint on its dataset's test split, with the checkpoint's own test transform and classes.
+3. The accuracy table, with chance.
+4. Per-class accuracy: the hardest classes.
+5. The most confused pairs, with examples.
+6. Where the models look.
+7. What each method costs.
+"""),
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+# Each of CUB_ROOT, CARS_ROOT, CHECKPOINTS is read from the environment when set there (FGVC_<NAME>).
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+CUB_ROOT = os.environ.get("FGVC_CUB_ROOT", "../data/CUB_200_2011")    # the official CUB-200-2011 folder
+CARS_ROOT = os.environ.get("FGVC_CARS_ROOT", "../data/stanford_cars")  # the Stanford Cars devkit folder
+METHODS = ["vit", "glsim", "dcal", "transfg"]
+# "dataset:method=path,...": by default what `fgvc train --config <method>_<dataset>_448` writes
+CHECKPOINTS = os.environ.get("FGVC_CHECKPOINTS") or ",".join(
+    f"{d}:{m}=runs/{m}_{d}_448/seed0/best.safetensors" for d in ("cub", "cars") for m in METHODS)
+DEVICE = None                                         # None: CUDA when available, else CPU
 """),
     ("md", """
 ## 1. Which data and checkpoints are here
+
+`fgvc.data.find_dataset` checks that a folder holds a dataset in its official layout (see `data/README.md`).
 """),
     ("code", """
-from pathlib import Path
+import matplotlib.pyplot as plt
 
 import fgvc
+from fgvc import notebook, viz
+from fgvc.data import find_dataset
+from fgvc.report import results_table, smoke_banner
 
-""" + FIND_DATA + """
-datasets = {}
-for name, root, marker, layout in (("cub", CUB_ROOT, "images.txt", "cub"),
-                                   ("cars", CARS_ROOT, "devkit", "cars")):
-    found = find_root((f"official {name}", root, marker))
-    if found is None:
-        print(f"{name}: no dataset at {root} (see data/README.md): skipped")
-        continue
-    datasets[name] = (layout, found[1])
-    have = [m for m in METHODS if Path(CHECKPOINTS[name][m]).is_file()]
-    print(f"{name}: {found[1]}; checkpoints for {have or 'no method'}")
+smoke_banner(SMOKE)
+roots = {"cub": find_dataset("cub", CUB_ROOT), "cars": find_dataset("cars", CARS_ROOT)}
+for name, root in roots.items():
+    print(f"{name}: {root if root is not None else 'not found (see data/README.md)'}")
 """),
     ("md", """
-## 2. Evaluate (or build quick stand-ins)
+## 2. Evaluate each checkpoint on its test split
 
-`fgvc.recipe.evaluate_checkpoint` (what `fgvc eval` runs) rebuilds each model from its checkpoint, reads the
-run's `config.yaml` for the test resize and class subset, and checks the dataset's classes against the
-checkpoint's before evaluating. Missing checkpoints are replaced by small from-scratch models trained for a few
-epochs on what is available, clearly labelled: their numbers show the tools, not the methods' accuracy.
+`fgvc.notebook.evaluate_checkpoints` does for each checkpoint what `fgvc eval` does: it rebuilds the model,
+reads the run's `config.yaml` for the test resize and the class subset, checks the dataset's classes against
+the checkpoint's, and evaluates. The test split it builds (the checkpoint's transform and classes) is kept for
+the figures below. When no checkpoint can be evaluated, small from-scratch stand-ins are trained briefly on the
+real CUB subset in `../shared/data` (or on synthetic data), clearly labelled: their numbers show the tools,
+not the methods.
 """),
     ("code", """
-from fgvc.data import build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
-from fgvc.recipe import evaluate_checkpoint
-
-results, tests, models = {}, {}, {}
-for name, (layout, root) in datasets.items():
-    for method in METHODS:
-        checkpoint = Path(CHECKPOINTS[name][method])
-        if checkpoint.is_file():
-            results[(name, method)] = evaluate_checkpoint(checkpoint, root, dataset=layout, device=DEVICE)
-            models[(name, method)] = fgvc.load_model(checkpoint)
-
-missing = [m for m in METHODS if not any(key[1] == m for key in results)]
-if missing:
-    size, classes = (64, 5) if SMOKE else (112, 20)
-    if (SUBSET / "images.txt").is_file():
-        label = f"cub-subset ({classes} classes, from scratch)"
-        probe = fgvc.create_model("vit", num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
-        train_tf = build_transforms(probe, train=True, img_size=size, resize=round(size * 1.15))
-        test_tf = build_transforms(probe, train=False, img_size=size, resize=round(size * 1.15))
-        train = subset_classes(build_dataset("cub", SUBSET, "train"), classes)
-        train, val = train_val_split(train, 0.1, train_transform=train_tf, val_transform=test_tf)
-        test = subset_classes(build_dataset("cub", SUBSET, "test", test_tf), classes)
-    else:
-        label = "synthetic (from scratch)"
-        splits = synthetic_splits(num_classes=classes, image_size=size, train=200 if SMOKE else 3000,
-                                  val=50 if SMOKE else 500, test=100 if SMOKE else 1000)
-        train, val, test = splits["train"], splits["val"], splits["test"]
-    print(f"No checkpoint for {missing}: quick stand-ins on {label}.")
-    for method in missing:
-        model = fgvc.create_model(method, backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
-                                  backbone_kwargs=dict(depth=2 if SMOKE else 6), **({"top_k": 4} if method == "glsim" else {}))
-        fgvc.fit(model, train, val, epochs=FALLBACK_EPOCHS, batch_size=32, lr=1e-3, device=DEVICE, progress=not SMOKE)
-        results[(label, method)] = fgvc.evaluate(model, test, retrieval=True)
-        models[(label, method)] = model
-        tests[label] = test
-for name, (layout, root) in datasets.items():
-    tests[name] = build_dataset(layout, root, "test")
+runs = notebook.evaluate_checkpoints(CHECKPOINTS, roots, device=DEVICE)
+if not runs.results:
+    print("Nothing to evaluate: quick stand-ins instead.")
+    runs = notebook.quick_stand_ins(METHODS, smoke=SMOKE, device=DEVICE)
 """),
     ("md", """
 ## 3. The accuracy table
 
 Top-1 / top-5 are classification; Recall@1 and mAP rank every test image against all the others by the cosine
 similarity of the model's embedding (what fine-grained retrieval and re-identification report); crop IoU and the
-pointing game measure localization where the data has boxes (the CUB subset has none: `-`).
+pointing game measure localization where the data has boxes (`-` where it has none). The **chance** row of
+each dataset is what guessing (or a random ranking, or a random point) scores; top-5 is left out with 5
+classes or fewer, where it is 100% by construction.
 """),
     ("code", """
-def cell(value, fmt="{:.1f}"):
-    return "-" if value is None else fmt.format(value)
-
-
-print(f"{'data':34s} {'method':8s} {'top-1':>6s} {'top-5':>6s} {'R@1':>6s} {'mAP':>6s} {'IoU':>5s} {'point':>6s}")
-for (name, method), r in results.items():
-    ret = r.retrieval
-    print(f"{name:34s} {method:8s} {r.top1:6.1f} {r.top5:6.1f} {cell(ret and ret.recall[1]):>6s} "
-          f"{cell(ret and ret.map):>6s} {cell(r.mean_iou, '{:.2f}'):>5s} {cell(r.pointing_game):>6s}")
+print(results_table(runs.results, runs.tests))
 """),
     ("md", """
 ## 4. Per-class accuracy
 
-The mean hides the classes a model cannot tell apart. The worst classes of each method, next to each other:
+The mean hides the classes a model cannot tell apart: the hardest classes of each dataset, every method side
+by side, chance as a dotted line.
 """),
     ("code", """
-import matplotlib.pyplot as plt
-import numpy as np
-
-fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), squeeze=False)
-for ax, ((name, method), r) in zip(axes[0], results.items(), strict=True):
-    order = np.argsort(np.nan_to_num(r.per_class_accuracy, nan=101.0))[:8]
-    classes = tests[name].classes
-    ax.barh([classes[c][:18] for c in order], r.per_class_accuracy[order])
-    ax.set(title=f"{method}", xlabel="top-1 (%)", xlim=(0, 100))
-    ax.invert_yaxis()
-fig.tight_layout()
-plt.show()
+for name, test in runs.tests.items():
+    by_method = {method: r for (data, method), r in runs.results.items() if data == name}
+    fig = viz.plot_per_class(by_method, test.classes, title=f"{name}: the hardest classes")
+    plt.show()
 """),
     ("md", """
 ## 5. The most confused pairs
 
-From the confusion matrix: which true class is most often predicted as which other, with examples of both. In
-fine-grained data these are usually the pairs that differ in one part, which is where the attention maps of
-notebook 03 are most telling.
+From the confusion matrix: which true class is most often predicted as which other, with examples of both
+(first row: the mistakes; second row: the class they were taken for). In fine-grained data these are usually
+the pairs that differ in one part, which is where the attention maps of notebook 03 are most telling.
 """),
     ("code", """
-from fgvc import viz
-
-(name, method), r = next(iter(results.items()))
+(name, method), r = next(iter(runs.results.items()))
+test, names = runs.tests[name], [viz.pretty_name(c) for c in runs.tests[name].classes]
 pairs = viz.confused_pairs(r.confusion_matrix, k=5)
-classes = tests[name].classes
+print(f"{name}, {method}:")
 for p in pairs:
-    print(f"{classes[p.true][:30]:>30s} -> {classes[p.predicted][:30]:<30s} {p.count} images ({100 * p.rate:.0f}%)")
+    print(f"  {names[p.true]} -> {names[p.predicted]}: {p.count} images ({100 * p.rate:.0f}% of its class)")
 if pairs:
-    fig = viz.plot_confused_pair(tests[name], pairs[0], r.predictions)
+    fig = viz.plot_confused_pair(test, pairs[0], r.predictions, model=runs.models[(name, method)])
     plt.show()
 """),
     ("md", """
 ## 6. Where the models look
 
-GLSim's crop and similarity map and the attention maps of every method on the same test images (notebook 03
-shows every map type and the interactive explorer).
+For each dataset, every map of one model (GLSim where there is one) on a few test images: each row says the
+prediction, the truth and whether it is right; maps are drawn over the desaturated image, normalised per panel,
+with the true box (green) where the data has boxes. Notebook 03 explains every map and has the explorer.
 """),
     ("code", """
-import torch
-
-(name, method), model = next((k, m) for k, m in models.items() if k[1] == "glsim")
-images = torch.stack([tests[name][i][0] for i in range(3)])  # (3, 3, H, W)
-fig = viz.plot_maps(model, images)
-plt.show()
+for name, test in runs.tests.items():
+    keys = [key for key in runs.models if key[0] == name]
+    key = next((k for k in keys if k[1] == "glsim"), keys[0])
+    batch = notebook.examples(test, 3)
+    fig = viz.plot_maps(runs.models[key], batch["images"], targets=batch["targets"], gt_boxes=batch["gt_boxes"],
+                        class_names=test.classes, indices=batch["indices"])
+    plt.show()
 """),
     ("md", """
 ## 7. What each method costs
@@ -351,8 +273,6 @@ cost = fgvc.profile(METHODS, backbone="vit_tiny_patch16_224", img_sizes=[64 if S
 print(cost.to_markdown())
 """),
 ]
-
-
 
 if __name__ == "__main__":
     for name, cells in (("02_train_cub", TRAIN_CUB), ("04_evaluate_cub_cars", EVALUATE)):

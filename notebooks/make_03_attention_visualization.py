@@ -16,18 +16,6 @@ from _build import build  # notebooks/_build.py (this script's folder is on sys.
 OUT = Path(__file__).with_name("03_attention_visualization.ipynb")
 
 CELLS: list[tuple[str, str]] = [
-    ("params", """
-# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
-import os
-
-SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
-EPOCHS = 1 if SMOKE else 6                          # training epochs per model
-TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic images per split
-IMG_SIZE = (64, 96)                                 # (height, width): non-square on purpose
-METHODS = ["vit", "glsim", "dcal", "transfg"]
-CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
-DEVICE = None                                       # None: CUDA when available, else CPU
-"""),
     ("md", """
 # Attention visualization: what each method looks at
 
@@ -45,6 +33,17 @@ the detail.
 5. Grad-CAM and FinerCAM (optional package).
 6. The interactive explorer and the error analysis.
 """),
+    ("params", """
+# Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
+import os
+
+SMOKE = os.environ.get("FGVC_SMOKE", "0") == "1"  # True | False
+EPOCHS = 1 if SMOKE else 6                          # training epochs per model
+TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic images per split
+IMG_SIZE = (64, 96)                                 # (height, width): non-square on purpose
+CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
+DEVICE = None                                       # None: CUDA when available, else CPU
+"""),
     ("md", """
 ## 1. Data and models
 
@@ -60,32 +59,58 @@ import torch
 import fgvc
 from fgvc import viz
 from fgvc.data import synthetic_splits
+from fgvc.report import results_table, smoke_banner
 
+smoke_banner(SMOKE)
 data = synthetic_splits(num_classes=10, image_size=IMG_SIZE, train=TRAIN, val=VAL, test=TEST, seed=0)
 test = data["test"]
 print(test)
 """),
     ("md", """
 All four methods share one tiny ViT backbone (8-pixel patches, so a 64 x 96 image is an 8 x 12 grid of
-tokens), trained from scratch: the full run takes roughly a quarter of an hour on a laptop CPU for the four
-models (DCAL and GLSim cost 2-3 times the ViT per step), far less on a GPU, and saves checkpoints in
-`CHECKPOINTS`, which later runs load instead of training again. In SMOKE mode the models train for a few steps
-only, so their maps show the machinery, not learned behaviour.
+tokens), trained from scratch, one method per cell (so no cell runs for long); DCAL and GLSim cost 2-3 times
+the ViT per step. Checkpoints are saved in `CHECKPOINTS` and later runs load them instead of training again.
+Trained from scratch for a few epochs, the models may stay close to chance (10% top-1): check the table below
+before reading the maps as learned behaviour. In SMOKE mode they train for a few steps only, so their maps
+show the machinery, not learned behaviour.
 """),
     ("code", """
 backbone_kwargs = dict(patch_size=8, embed_dim=64, depth=2 if SMOKE else 4, num_heads=4, mlp_ratio=2.0)
-models = {}
-for method in METHODS:
+models, histories = {}, {}
+
+
+def train(method):
+    \"\"\"Load METHOD's checkpoint from CHECKPOINTS, or train it (and save it there).\"\"\"
     checkpoint = Path(CHECKPOINTS) / method / "best.safetensors"
     if checkpoint.is_file() and not SMOKE:
-        models[method] = fgvc.load_model(checkpoint)
         print(f"{method}: loaded {checkpoint}")
-        continue
+        return fgvc.load_model(checkpoint)
     model = fgvc.create_model(method, backbone="vit_tiny_patch16_224", num_classes=10, img_size=IMG_SIZE,
                               backbone_kwargs=backbone_kwargs)
-    fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32 if SMOKE else 64, lr=1e-3,
-             out_dir=None if SMOKE else checkpoint.parent, device=DEVICE, progress=not SMOKE)
-    models[method] = fgvc.load_model(checkpoint) if not SMOKE else model.eval()
+    histories[method] = fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32 if SMOKE else 64,
+                                 lr=1e-3, out_dir=None if SMOKE else checkpoint.parent, device=DEVICE,
+                                 progress=not SMOKE)
+    return fgvc.load_model(checkpoint) if not SMOKE else model.eval()
+
+
+models["vit"] = train("vit")
+"""),
+    ("code", """
+models["glsim"] = train("glsim")
+"""),
+    ("code", """
+models["dcal"] = train("dcal")
+"""),
+    ("code", """
+models["transfg"] = train("transfg")
+"""),
+    ("md", """
+The training curves of the models trained here, in one figure (dashed: validation; dotted: chance).
+"""),
+    ("code", """
+if histories:
+    fig = viz.plot_histories(histories, chance=100 / test.num_classes)
+    plt.show()
 """),
     ("md", """
 ## 2. Localization: does the model look at the detail?
@@ -96,14 +121,12 @@ for method in METHODS:
 * **crop IoU**: overlap of the region a method crops (GLSim's box) with the true box;
 * **pointing game**: the share of images whose map peak (GLSim's similarity, DCAL's rollout) falls inside the
   true box. A high top-1 with a low pointing game means the model found a shortcut.
+
+The chance row is what guessing (or a random point) scores on these classes and boxes.
 """),
     ("code", """
 results = {method: fgvc.evaluate(model, test) for method, model in models.items()}
-print(f"{'method':8s} {'top-1':>6s} {'crop IoU':>9s} {'pointing':>9s}")
-for method, r in results.items():
-    iou = "-" if r.mean_iou is None else f"{r.mean_iou:.2f}"
-    pg = "-" if r.pointing_game is None else f"{r.pointing_game:.0f}%"
-    print(f"{method:8s} {r.top1:5.1f}% {iou:>9s} {pg:>9s}")
+print(results_table({("synthetic", method): r for method, r in results.items()}, {"synthetic": test}))
 """),
     ("md", """
 ## 3. CLS attention per layer and head
@@ -119,16 +142,16 @@ targets = [test[i][1] for i in range(4)]
 h, w = IMG_SIZE
 gt_boxes = test.input_boxes[:4] * torch.tensor([w, h, w, h])  # true boxes in input pixels
 
-for method, model in models.items():
+for model in models.values():
     fig = viz.plot_layer_heads(model, images[0], mean=test.mean, std=test.std)
-    fig.suptitle(f"{method}: CLS attention per layer and head")
     plt.show()
 """),
     ("md", """
 ## 4. Every map of every method
 
-One row per image: the image with the true box (green) and the crop (red), then each map the method has,
-then the crop. The crop is GLSim's own (the region it re-encodes); for the other methods it is the box around
+One row per image, titled with the prediction, the truth and whether it is right: the image with the true box
+(green) and the crop (blue), then each map the method has over the desaturated image (normalised per panel,
+the true box on every panel; selections such as DCAL's queries and TransFG's parts outlined), then the crop. The crop is GLSim's own (the region it re-encodes); for the other methods it is the box around
 the top cells of the last map, i.e. what that map points at.
 
 * **CLS attention** (last layer, head mean) and **rollout** (attention multiplied through the layers, with
@@ -141,7 +164,7 @@ the top cells of the last map, i.e. what that map points at.
     ("code", """
 for model in models.values():
     fig = viz.plot_maps(model, images, targets=targets, gt_boxes=gt_boxes, class_names=test.classes,
-                        mean=test.mean, std=test.std)
+                        mean=test.mean, std=test.std, indices=list(range(len(images))))
     plt.show()
 """),
     ("md", """
@@ -199,7 +222,7 @@ pairs = viz.confused_pairs(results["glsim"].confusion_matrix, k=5)
 for p in pairs:
     print(f"{test.classes[p.true]:>16s} -> {test.classes[p.predicted]:<16s} {p.count} images ({100 * p.rate:.0f}%)")
 if pairs:
-    fig = viz.plot_confused_pair(test, pairs[0], results["glsim"].predictions)
+    fig = viz.plot_confused_pair(test, pairs[0], results["glsim"].predictions, model=models["glsim"])
     plt.show()
 """),
     ("md", """

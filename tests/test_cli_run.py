@@ -1,6 +1,7 @@
 """``fgvc train``, ``fgvc eval`` and ``fgvc predict`` on a small official CUB layout, end to end."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -53,15 +54,16 @@ def test_eval_reads_the_run_config_and_reports_metrics(cub_run, capsys, tmp_path
     assert "top1" in capsys.readouterr().out
 
 
-def test_eval_on_the_wrong_dataset_names_the_class_mismatch(cub_run, tmp_path):
+def test_eval_on_the_wrong_dataset_names_the_class_mismatch(cub_run, tmp_path, capsys):
     _, out, _ = cub_run
     other = tmp_path / "other"
     for cls in ("a", "b", "c", "d"):
         write_image(other / "test" / cls / "x.jpg")
         write_image(other / "train" / cls / "x.jpg")
-    with pytest.raises(ValueError, match="has 4 classes but checkpoint .* has 3"):
-        main(["eval", "--checkpoint", str(out / "seed0" / "best.safetensors"), "--data", str(other),
-              "--dataset", "folder"])
+    code = main(["eval", "--checkpoint", str(out / "seed0" / "best.safetensors"), "--data", str(other),
+                 "--dataset", "folder"])
+    assert code == 1
+    assert re.fullmatch(r"fgvc: error: .*has 4 classes but checkpoint .* has 3.*\n", capsys.readouterr().err)
 
 
 def test_predict_prints_top_classes_with_names(cub_run, capsys):
@@ -74,12 +76,14 @@ def test_predict_prints_top_classes_with_names(cub_run, capsys):
     assert sum(name in printed for name in ("Albatross", "Auklet", "Blackbird")) == 2  # class names, not ids
 
 
-def test_predict_names_an_unreadable_file(cub_run, tmp_path):
+def test_predict_names_an_unreadable_file(cub_run, tmp_path, capsys):
     _, out, _ = cub_run
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    with pytest.raises(Exception, match="broken.jpg"):
-        main(["predict", "--checkpoint", str(out / "seed0" / "best.safetensors"), str(broken)])
+    assert main(["predict", "--checkpoint", str(out / "seed0" / "best.safetensors"), str(broken)]) == 1
+    assert "broken.jpg" in capsys.readouterr().err
+    with pytest.raises(Exception, match="broken.jpg"):  # --debug: the exception itself, with its traceback
+        main(["predict", "--checkpoint", str(out / "seed0" / "best.safetensors"), str(broken), "--debug"])
 
 
 def test_every_option_has_help():

@@ -101,12 +101,21 @@ def test_bad_sizes_and_options_are_named():
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
     with pytest.raises(ValueError, match="built for 32x32 inputs, got 48x48"):
         model(torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match="unknown model 'transfgg'; available: ") as error:
+    with pytest.raises(ValueError, match=r"unknown model 'transfgg' \(did you mean 'transfg'\?\); available: ") as error:
         fgvc.create_model("transfgg", num_classes=3)
     available = str(error.value).split("available: ")[1]
     assert set(available.split(", ")) == set(fgvc.list_models())  # names every registered model
     with pytest.raises(ValueError, match="num_classes"):
         fgvc.create_model("vit", num_classes=0, **TINY)
+
+
+def test_unknown_method_options_are_refused_with_the_near_miss_and_the_allowed_list():
+    with pytest.raises(ValueError, match=r"unknown option 'topk' for method 'glsim' \(did you mean 'top_k'\?\)"):
+        fgvc.create_model("glsim", num_classes=3, img_size=32, topk=4, **TINY)
+    with pytest.raises(ValueError, match="allowed: .*backbone_kwargs.*pretrained.*top_k"):
+        fgvc.create_model("glsim", num_classes=3, img_size=32, topk=4, **TINY)
+    assert "top_k" in fgvc.model_options("glsim") and "top_k" not in fgvc.model_options("vit")
+    assert {"checkpoint_path", "patch_stride", "drop_path_rate", "img_size"} <= set(fgvc.model_options("vit"))
 
 
 def test_list_models():

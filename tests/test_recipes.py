@@ -89,6 +89,23 @@ def test_overrides_and_bad_recipes_are_named(tmp_path):
         load_recipe(bad)
 
 
+def test_model_keys_are_checked_against_the_methods_options_with_near_misses():
+    with pytest.raises(ValueError, match=r"unknown model keys \['topk'\] for method 'glsim' \(did you mean 'top_k'\?\)"):
+        load_recipe("glsim_cub_224", ["model.topk=4"])
+    with pytest.raises(ValueError, match="allowed: .*'top_k'"):
+        load_recipe("glsim_cub_224", ["model.topk=4"])
+    with pytest.raises(ValueError, match=r"unknown model keys \['top_k'\] for method 'vit'"):  # glsim's, not vit's
+        load_recipe("vit_cub_224", ["model.top_k=4"])
+    with pytest.raises(ValueError, match=r"unknown model.method 'glsm' \(did you mean 'glsim'\?\)"):
+        load_recipe("glsim_cub_224", ["model.method=glsm"])
+    with pytest.raises(ValueError, match="model.num_classes comes from the data"):
+        load_recipe("glsim_cub_224", ["model.num_classes=10"])
+    with pytest.raises(ValueError, match=r"unknown train keys \['lrr'\] \(did you mean 'lr'\?\)"):
+        load_recipe("glsim_cub_224", ["train.lrr=0.1"])
+    with pytest.raises(ValueError, match=r"unknown recipe 'glsim_cub_225' \(did you mean 'glsim_cub_224'"):
+        load_recipe("glsim_cub_225")
+
+
 def tiny_recipe(**data):
     return dict(
         name="tiny",

@@ -49,6 +49,7 @@ def test_short_fit_lowers_the_loss_and_records_history(tmp_path, method):
     assert (tmp_path / "last.safetensors").exists()
     fig = history.plot()
     assert len(fig.axes) == 2
+    assert all(line.get_marker() == "o" for line in fig.axes[0].lines)  # 4 epochs: every point marked
 
 
 def test_fit_is_reproducible_with_a_seed():
@@ -73,7 +74,7 @@ def test_nan_loss_stops_with_step_and_lr():
     model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
     with torch.no_grad():
         model.head.weight.fill_(math.nan)
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, step 0 \(lr"):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at optimizer step 1 \(epoch 1, lr"):
         fgvc.fit(model, Blobs(), epochs=1, progress=False)
 
 
@@ -139,7 +140,7 @@ def test_speed_switches_run_on_the_cpu_and_restore_global_state():
     fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, channels_last=True, tf32=not before, amp="bf16",
              progress=False)
     assert torch.backends.cuda.matmul.allow_tf32 == before
-    with pytest.raises(ValueError, match="accumulate_steps must be >= 1"):
+    with pytest.raises(ValueError, match="accumulate_steps must be an integer >= 1"):
         fgvc.fit(model, Blobs(n=16), epochs=1, accumulate_steps=0, progress=False)
 
 

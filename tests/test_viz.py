@@ -4,6 +4,7 @@ import datetime
 import io
 import sys
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -125,7 +126,10 @@ def test_overlay_places_a_non_square_grid_exactly_on_an_image_of_any_resolution(
     assert isinstance(fig, Figure)
     shown_map = fig.axes[0].images[1]
     assert shown_map.get_extent() == [-0.5, 95.5, 63.5, -0.5]  # covers the image, pixel edges
-    np.testing.assert_array_equal(shown_map.get_array(), heat.numpy())
+    np.testing.assert_allclose(shown_map.get_array(), heat.numpy() / 23)  # normalised per panel to [0, 1]
+    grey = fig.axes[0].images[0].get_array()
+    assert np.allclose(grey[..., 0], grey[..., 1]) and np.allclose(grey[..., 1], grey[..., 2])  # desaturated
+    assert len(fig.axes) == 2  # a standalone overlay has its colorbar
     # overlapping patches: 16 px patches with stride 8 -> cell centres at 8, 16, ...; each cell 8 px wide
     assert viz.grid_extent((3, 5), (32, 48), (16, 16), (8, 8)) == (3.5, 43.5, 27.5, 3.5)
     up = viz.upsample_map(heat[None], (64, 96))
@@ -151,8 +155,8 @@ def test_every_figure_is_returned_and_savable(method, data, images, tmp_path):
         path = tmp_path / f"{method}_{name}.png"
         fig.savefig(path)
         assert Image.open(path).size[0] > 100
-    # one column per kind plus the image and the crop, one row per image
-    assert len(figures["maps"].axes) == 3 * (len(viz.available_maps(model)) + 2)
+    # one column per kind plus the image and the crop, one row per image; the footer: colorbar and legend
+    assert len(figures["maps"].axes) == 3 * (len(viz.available_maps(model)) + 2) + 2
 
 
 def test_old_names_still_work():
@@ -223,7 +227,8 @@ def test_confused_pair_figure_shows_the_mistakes_and_the_other_class(data):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "#0"  # the mistake first
     assert titles[3] == "#1"  # then class 1, classified right (labels cycle i % 4)
-    assert "1 images" in fig._suptitle.get_text()
+    mistakes, right = (sub._suptitle.get_text() for sub in fig.subfigs)  # one title per row
+    assert "1 image" in mistakes and data.classes[0] in mistakes and data.classes[1] in right
 
 
 # -------------------------------------------------------------------------------------------- explorer
@@ -313,3 +318,100 @@ def test_grad_cam_without_the_package_names_it(monkeypatch, images):
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
     with pytest.raises(ImportError, match="pip install grad-cam"):
         viz.grad_cam(tiny("vit"), images)
+
+
+# ------------------------------------------------------------------------------ figures for a paper
+LONG = [f"{i:03d}.Extraordinarily_Long_Species_Name_Number_{i}_of_the_Fine_Grained_Benchmark" for i in range(50)]
+
+
+def _colour(patch):
+    return matplotlib.colors.to_hex(patch.get_edgecolor())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_grid_titles_each_row_and_draws_the_true_box_on_every_map(method, data, images):
+    from matplotlib.patches import Rectangle
+
+    model = tiny(method, num_classes=50)  # many classes, long names, a non-square input
+    gt = data.input_boxes[:3] * torch.tensor([48, 32, 48, 32])
+    fig = viz.plot_maps(model, images, targets=[3, 4, 5], gt_boxes=gt, class_names=LONG, indices=[7, 8, 9])
+    rows, kinds = fig.subfigs[:3], viz.available_maps(model)
+    preds = viz.attention_maps(model, images).output.logits.argmax(1).tolist()
+    for i, row in enumerate(rows):
+        title = row._suptitle.get_text().replace("\n", " ")
+        assert title.startswith(f"{method}  |  #{7 + i}  |  predicted: ")
+        assert f"true: {viz.pretty_name(LONG[3 + i])}" in title  # the full name, without its CUB number
+        assert ("correct" if preds[i] == 3 + i else "wrong") in title
+        image_ax, *map_axes, crop_ax = row.axes
+        for ax, kind in zip(map_axes, kinds, strict=True):
+            boxes = [_colour(p) for p in ax.patches if isinstance(p, Rectangle)]
+            assert matplotlib.colors.to_hex(viz.core.TRUE_COLOR) in boxes, (kind, "true box on every map")
+            grey = ax.images[0].get_array()
+            assert np.allclose(grey[..., 0], grey[..., 2]), "maps are drawn over the desaturated image"
+            if kind in ("glca_queries", "parts"):  # selections are outlined, not tinted
+                assert len(ax.images) == 1 and ax.collections, kind
+            else:
+                assert len(ax.images) == 2 and ax.images[1].get_array().max() == pytest.approx(1.0)
+        assert matplotlib.colors.to_hex(viz.core.TRUE_COLOR) in [_colour(p) for p in image_ax.patches]
+    footer = fig.subfigs[3]
+    assert "normalised per panel" in footer.axes[0].get_xlabel()  # one colorbar says how maps are scaled
+    assert fig.get_figwidth() < 16  # readable at a notebook's width
+
+
+def test_selection_figure_titles_rows_and_boxes_every_panel(data, images):
+    model = tiny("glsim", num_classes=50)
+    gt = data.input_boxes[:3] * torch.tensor([48, 32, 48, 32])
+    fig = viz.plot_selection(model, images, targets=[0, 1, 2], gt_boxes=gt, class_names=LONG)
+    for row in fig.subfigs[:3]:
+        assert "true: " in row._suptitle.get_text() and "predicted: " in row._suptitle.get_text()
+        image_ax, map_ax, _ = row.axes
+        for ax in (image_ax, map_ax):  # the true box and the model's box on the image and on its map
+            assert {matplotlib.colors.to_hex(c) for c in (viz.core.TRUE_COLOR, viz.core.MODEL_COLOR)} <= {
+                _colour(p) for p in ax.patches}
+
+
+def test_confused_pair_undoes_the_normalisation_of_the_datasets_transform():
+    from torchvision import transforms
+
+    class Normalised(torch.utils.data.Dataset):  # a dataset that only has its transform (as CUB200 does)
+        classes = ["a", "b"]
+        targets = [0, 1, 0, 1]
+
+        def __init__(self):
+            self.transform = transforms.Compose([transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))])
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.transform(torch.full((3, 8, 12), 0.25 * i)), self.targets[i]
+
+    data = Normalised()
+    fig = viz.plot_confused_pair(data, (0, 1), [1, 1, 0, 1])
+    shown = fig.axes[0].images[0].get_array()  # image #0: all 0.0 before normalisation
+    np.testing.assert_allclose(np.asarray(shown), 0.0, atol=1e-6)
+
+
+def test_per_class_bars_show_full_names_chance_and_every_method_in_one_axes(data):
+    r1, r2 = fgvc.evaluate(tiny("vit", 50), data), fgvc.evaluate(tiny("glsim", 50), data)
+    fig = viz.plot_per_class({"vit": r1, "glsim": r2}, LONG, worst=3)  # 4 of the 50 classes have images
+    (ax,) = fig.axes
+    labels = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+    assert len(labels) == 3 and all(label in {viz.pretty_name(n) for n in LONG} for label in labels)
+    chance = [line for line in ax.lines if "chance" in line.get_label()]
+    assert chance and chance[0].get_xdata()[0] == pytest.approx(2.0)  # 100 / 50 classes
+    assert sum(t.get_text().endswith("%") for t in ax.texts) == 6  # every bar has its value, 0% included
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"vit", "glsim"}
+
+
+def test_histories_overlay_methods_with_markers_and_plain_axes():
+    from fgvc.train import History
+
+    flat = History(epochs=[{"train_loss": 2.30258 + 1e-7 * i, "val_loss": 2.30259, "train_top1": 10.0,
+                            "val_top1": 9.0} for i in range(3)])
+    fig = viz.plot_histories({"vit": flat, "glsim": flat}, chance=10.0)
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 4 and all(line.get_marker() == "o" for line in loss_ax.lines)  # few points
+    fig.canvas.draw()
+    assert loss_ax.yaxis.get_major_formatter().get_offset() == ""  # no "1e-6+2.30258"
+    assert any(line.get_label().startswith("chance") for line in acc_ax.lines)

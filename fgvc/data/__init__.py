@@ -12,6 +12,7 @@ from .check import DataReport, SplitReport, check_dataset
 from .common import CorruptImageError, ImageDataset, ReaderDataset, Records, check_image, load_rgb, to_rgb
 from .cub import CUB200
 from .datasets import DATASETS, build_dataset, dataset_splits, list_datasets
+from .find import cub_subset, find_dataset
 from .flowers import Flowers102
 from .folder import ImageFolderDataset
 from .nabirds import NABirds
@@ -40,7 +41,9 @@ __all__ = [
     "build_transforms",
     "check_dataset",
     "check_image",
+    "cub_subset",
     "dataset_splits",
+    "find_dataset",
     "default_resize",
     "list_datasets",
     "load_rgb",

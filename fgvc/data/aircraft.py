@@ -70,7 +70,8 @@ def read_aircraft(
     boxes = None
     box_file = data / "images_box.txt"
     if box_file.is_file():
-        table = {row[0]: row[1:] for row in read_table(box_file, 5, "aircraft", AIRCRAFT_LAYOUT)}
+        rows = read_table(box_file, 5, "aircraft", AIRCRAFT_LAYOUT, unique={0: "image id"})
+        table = {row[0]: row[1:] for row in rows}
         ids = [Path(p).stem for p in paths]
         absent = [i for i in ids if i not in table]
         if absent:

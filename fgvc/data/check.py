@@ -3,7 +3,8 @@
 It parses the annotations with the same readers training uses, then opens every listed image: by default
 fully decoded as training will (``Image.open(...).convert("RGB")``), or with ``quick=True`` only the header
 (plus the JPEG end marker, see ``check_image``). The report gives images per split and per class, and lists
-missing annotation files, missing images, unreadable images, empty splits and images shared by two splits.
+missing annotation files, missing images, unreadable images, empty splits and images shared by two splits,
+and warns about very large images (over ``LARGE_IMAGE_PIXELS``: each one is decoded again every epoch).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .common import check_image
+from .common import inspect_image
 from .datasets import READERS, dataset_splits, list_datasets
 
 __all__ = ["DataReport", "SplitReport", "check_dataset"]
 
 _SHOWN = 5  # examples listed per problem
+#: Images above this many pixels are reported: decoding one takes about a second and GBs of memory, every
+#: epoch (PIL itself warns above ``Image.MAX_IMAGE_PIXELS``, about 89 million, and refuses twice that).
+LARGE_IMAGE_PIXELS = 40_000_000
 
 
 @dataclass
@@ -47,6 +52,7 @@ class DataReport:
     classes: list[str] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # usable, but probably not what was meant
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +73,8 @@ class DataReport:
                 lo, hi = (int(present.min()), int(present.max())) if len(present) else (0, 0)
                 lines.append(f"{s.split:<8} {s.num_images:>7} {len(present):>8} {lo:>14} {hi:>5} "
                              f"{len(s.missing):>8} {len(s.unreadable):>11}")
+        for warning in self.warnings:
+            lines.append(f"warning: {warning}")
         for note in self.notes:
             lines.append(f"note: {note}")
         if self.problems:
@@ -108,6 +116,7 @@ def check_dataset(
 
     owner: dict[str, str] = {}
     shared: list[str] = []
+    large: list[tuple[int, str]] = []  # (pixels, path)
     for split in splits:
         try:
             records = READERS[name](root, split, **options)
@@ -120,7 +129,9 @@ def check_dataset(
         s = SplitReport(split=split, class_counts=counts.tolist())
         bar = tqdm(records.paths, desc=f"check {split}", leave=False, disable=not progress)
         for path in bar:
-            reason = check_image(path, full=not quick)
+            reason, size = inspect_image(path, full=not quick)
+            if size is not None and size[0] * size[1] > LARGE_IMAGE_PIXELS:
+                large.append((size[0] * size[1], path))
             if reason == "missing":
                 s.missing.append(path)
             elif reason is not None:
@@ -143,6 +154,16 @@ def check_dataset(
         empty = [records.classes[k] for k in np.flatnonzero(counts == 0)]
         if empty and records.paths:
             report.notes.append(f"{split}: {len(empty)} classes have no images: {_examples(empty)}")
+    if large:
+        large.sort(reverse=True)
+        shown = [f"{p} ({n / 1e6:.1f} megapixels)" for n, p in large]
+        bomb = sum(n > (Image.MAX_IMAGE_PIXELS or float("inf")) for n, _ in large)
+        pil = f"; {bomb} exceed PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels" \
+            if bomb else ""
+        report.warnings.append(
+            f"{len(large)} images are larger than {LARGE_IMAGE_PIXELS / 1e6:.0f} megapixels{pil} (each is decoded "
+            f"again every epoch; resize them once): {_examples(shown)}"
+        )
     if shared:
         report.problems.append(f"{len(shared)} images are in more than one split: {_examples(shared)}")
     if name == "aircraft":

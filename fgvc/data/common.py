@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +25,7 @@ __all__ = [
     "ImageDataset",
     "Records",
     "check_image",
+    "inspect_image",
     "load_rgb",
     "missing_annotation",
     "read_table",
@@ -88,25 +89,33 @@ def check_image(path: str | os.PathLike, full: bool = False) -> str | None:
     and a JPEG must end with its end-of-image marker, which catches truncated downloads without decoding.
     ``full=True`` decodes the whole image as training will (about a millisecond per small image).
     """
+    return inspect_image(path, full)[0]
+
+
+def inspect_image(path: str | os.PathLike, full: bool = False) -> tuple[str | None, tuple[int, int] | None]:
+    """``check_image``'s reason, and the (width, height) read from the file (None when it cannot be read)."""
     if not os.path.isfile(path):
-        return "missing"
+        return "missing", None
+    size = None
     try:
-        if full:
-            load_rgb(path)
-            return None
-        with Image.open(path) as im:
-            fmt = im.format
-            im.verify()
+        with warnings.catch_warnings():  # a very large image is reported by the caller, with its size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if full:
+                size = load_rgb(path).size
+                return None, size
+            with Image.open(path) as im:
+                fmt, size = im.format, im.size
+                im.verify()
         if fmt == "JPEG":
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - _TAIL_BYTES))
                 if _JPEG_END not in f.read():
-                    return "truncated JPEG (no end-of-image marker)"
+                    return "truncated JPEG (no end-of-image marker)", size
     except (CorruptImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         reason = str(e.__cause__ or e) if isinstance(e, CorruptImageError) else str(e)
-        return reason or type(e).__name__
-    return None
+        return reason or type(e).__name__, size
+    return None, size
 
 
 def missing_annotation(path: Path, dataset: str, layout: str) -> FileNotFoundError:
@@ -114,23 +123,48 @@ def missing_annotation(path: Path, dataset: str, layout: str) -> FileNotFoundErr
     return FileNotFoundError(f"{dataset}: annotation file {path} is missing. Expected layout:\n{layout}")
 
 
-def read_table(path: Path, columns: int, dataset: str, layout: str, *, from_right: bool = False) -> list[list[str]]:
+def read_table(
+    path: Path,
+    columns: int,
+    dataset: str,
+    layout: str,
+    *,
+    from_right: bool = False,
+    unique: Mapping[int, str] | None = None,
+) -> list[list[str]]:
     """Rows of a whitespace-separated annotation file with exactly ``columns`` fields (blank lines skipped).
 
     The last field (or, with ``from_right``, the first) keeps any inner spaces, for names like "Bewick's
-    Wren" or paths with spaces. A missing file or a short line is an error naming the file and line.
+    Wren" or paths with spaces. ``unique`` maps column indices to what they hold (``{0: "image id"}``): a
+    value seen twice there is an error naming both lines, since a later line would silently replace (relabel,
+    move to another split) the earlier one. A missing file, a line that is not UTF-8 or a short line is an
+    error naming the file and line.
     """
     if not path.is_file():
         raise missing_annotation(path, dataset, layout)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    seen: dict[tuple[int, str], int] = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{dataset}: {path}, line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
             if not line:
                 continue
             parts = line.rsplit(maxsplit=columns - 1) if from_right else line.split(maxsplit=columns - 1)
             if len(parts) != columns:
                 raise ValueError(f"{dataset}: {path}, line {lineno}: expected {columns} fields, got {line!r}")
+            for column, what in (unique or {}).items():
+                first = seen.setdefault((column, parts[column]), lineno)
+                if first != lineno:
+                    raise ValueError(
+                        f"{dataset}: {path}: {what} {parts[column]!r} on lines {first} and {lineno}; each must "
+                        f"appear once"
+                    )
             rows.append(parts)
     return rows
 

@@ -53,11 +53,12 @@ def read_cub_style(
             f"{dataset} has the splits 'train' and 'test', got {split!r}; carve a validation split from "
             "'train' with fgvc.data.train_val_split"
         )
-    images = read_table(root / "images.txt", 2, dataset, layout)
-    labels = dict(read_table(root / "image_class_labels.txt", 2, dataset, layout))
-    is_train = dict(read_table(root / "train_test_split.txt", 2, dataset, layout))
+    by_image = {0: "image id"}
+    images = read_table(root / "images.txt", 2, dataset, layout, unique={0: "image id", 1: "image path"})
+    labels = dict(read_table(root / "image_class_labels.txt", 2, dataset, layout, unique=by_image))
+    is_train = dict(read_table(root / "train_test_split.txt", 2, dataset, layout, unique=by_image))
     class_names: dict[int, str] = {}
-    for cid, name in read_table(root / "classes.txt", 2, dataset, layout):
+    for cid, name in read_table(root / "classes.txt", 2, dataset, layout, unique={0: "class id"}):
         class_names[_int(cid, root / "classes.txt", dataset)] = name
 
     for file, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
@@ -85,7 +86,7 @@ def read_cub_style(
     boxes = None
     box_file = root / "bounding_boxes.txt"
     if box_file.is_file():
-        table = {row[0]: row[1:] for row in read_table(box_file, 5, dataset, layout)}
+        table = {row[0]: row[1:] for row in read_table(box_file, 5, dataset, layout, unique=by_image)}
         absent = [iid for iid, _ in chosen if iid not in table]
         if absent:
             raise ValueError(f"{dataset}: {len(absent)} images have no line in {box_file}, e.g. {absent[0]}")

@@ -74,7 +74,7 @@ def read_folder(root: str | os.PathLike, split: str = "train", *, dataset: str =
             f"{dataset}: {root} has no split {split!r}; it offers {splits}. Expected layout:\n{FOLDER_LAYOUT}"
         )
     if (root / SPLIT_FILE).is_file():
-        rows = read_table(root / SPLIT_FILE, 2, dataset, FOLDER_LAYOUT, from_right=True)
+        rows = read_table(root / SPLIT_FILE, 2, dataset, FOLDER_LAYOUT, from_right=True, unique={0: "image"})
         bad = sorted({s for _, s in rows} - set(FOLDER_SPLITS))
         if bad:
             raise ValueError(f"{dataset}: {root / SPLIT_FILE} names unknown splits {bad}; use train, val or test")

@@ -8,7 +8,8 @@ ImageNet statistics, or 0.5 / 0.5 for augreg ViTs), so the input matches what th
 ``resize`` is the short side in pixels (an int), or an exact ``(height, width)``. The default keeps the
 usual 0.875 crop ratio: ``floor(S / 0.875)`` for a square ``S`` (448 -> 512), and for a non-square
 ``(H, W)`` the exact size ``(floor(H / 0.875), floor(W / 0.875))`` (the image is stretched to the input's
-aspect ratio, then cropped), as timm does.
+aspect ratio, then cropped), as timm's ``crop_mode="squash"`` (the ``crop_mode`` of a non-square model's
+``pretrained_cfg``).
 
 Boxes: ``fgvc.evaluate`` reads ``data.boxes`` as fractions of the *model input*. A dataset's own ``boxes``
 are fractions of the original image, which only coincide with the input when the whole image is resized

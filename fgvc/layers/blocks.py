@@ -42,6 +42,8 @@ def check_timm_block(block: nn.Module) -> None:
             f"DCAL / TransFG compute attention from the block's modules (fgvc.layers.blocks) and support "
             f"timm's Block with Attention; got {type(block).__name__} with "
             f"{type(getattr(block, 'attn', None)).__name__}"
+            + (" (EVA-02's rotary embeddings)" if "Eva" in type(block).__name__ else "")
+            + "; methods 'vit' and 'glsim' work with this backbone"
         )
 
 

@@ -71,8 +71,14 @@ def rollout_map(
     grid_size: tuple[int, int] | None = None,
     *,
     residual: float = 0.5,
+    class_token: bool = True,
 ) -> Tensor:
     """The CLS row of the rollout over the patch tokens.
+
+    ``class_token=False`` (ViTs without a CLS token): the row of the global token fgvc uses instead, the mean
+    of the patch tokens, i.e. the mean of the rollout's patch rows (the rollout is linear in its start
+    vector, so this is ``u^T A_L ... A_1`` with ``u`` uniform over the patches); it needs every row of the
+    last layer.
 
     attentions: per layer (B, heads, T, T), T = num_prefix_tokens + patches; the CLS token is index 0. The
         last layer may give only its first rows, (B, heads, Tq, T) with Tq >= 1 (the CLS row is all this
@@ -86,12 +92,15 @@ def rollout_map(
     vector-matrix product. For softmax maps ``s`` is 1 up to rounding (float32 rows of a softmax sum to 1
     within ~1e-6), so the renormalization changes nothing but keeps other maps (masked keys, dropout) right.
     """
-    if num_prefix_tokens < 1:
+    if class_token and num_prefix_tokens < 1:
         raise ValueError("the rollout map is the CLS row: it needs a CLS token (num_prefix_tokens >= 1)")
-    b, t = _check(attentions, residual, last_rows=True)
+    b, t = _check(attentions, residual, last_rows=class_token)
     with torch.autocast(attentions[0].device.type, enabled=False):
         row = torch.zeros(b, 1, t, device=attentions[0].device, dtype=torch.float32)  # (B, 1, T)
-        row[:, :, 0] = 1.0
+        if class_token:
+            row[:, :, 0] = 1.0
+        else:  # the mean of the patch tokens
+            row[:, :, num_prefix_tokens:] = 1.0 / (t - num_prefix_tokens)
         for attn in reversed(attentions):  # row is zero beyond the rows given (only the last layer has fewer)
             m = attn[:, 0].float() if attn.shape[1] == 1 else attn.float().mean(dim=1)  # (B, Tq, T)
             tq = m.shape[1]

@@ -7,6 +7,8 @@ training loss. The training loop only ever calls these two, so it has no per-met
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from ..backbone import ViTBackbone, to_2tuple
 
-__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "register_model"]
+__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "model_options", "register_model"]
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 
@@ -39,6 +41,23 @@ class ModelOutput:
     similarity: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Shapes, not values: ``ModelOutput(logits=(2, 10), embedding=(2, 64), extras={features: (2, 64)})``."""
+        parts = [f"{f}={_shape(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
+        parts = [p for p in parts if not p.endswith("=None")]
+        if self.extras:
+            parts.append("extras={" + ", ".join(f"{k}: {_shape(v)}" for k, v in self.extras.items()) + "}")
+        return "ModelOutput(" + ", ".join(parts) + ")"
+
+
+def _shape(x: Any) -> str:
+    """``(2, 10)`` for a tensor or array, ``[(2, 3), ...]`` for a list of them, repr for anything else."""
+    if hasattr(x, "shape"):
+        return str(tuple(x.shape))
+    if isinstance(x, (list, tuple)) and x and all(hasattr(v, "shape") for v in x):
+        return f"[{len(x)} x {tuple(x[0].shape)}]" if len({tuple(v.shape) for v in x}) == 1 else f"[{len(x)} tensors]"
+    return repr(x)
+
 
 class FGVCModel(nn.Module):
     """Base class of the methods: a ``ViTBackbone`` plus method-specific layers and loss.
@@ -48,6 +67,8 @@ class FGVCModel(nn.Module):
     """
 
     method: ClassVar[str] = ""
+    #: False for methods that only need a pooled feature (the plain baseline): any timm classifier then works.
+    needs_vit: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -60,6 +81,7 @@ class FGVCModel(nn.Module):
         drop_path_rate: float = 0.0,
         patch_stride: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        norm_eps: float | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -67,14 +89,20 @@ class FGVCModel(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.class_names: list[str] | None = None  # set by training / loading when known
-        self.backbone = ViTBackbone(
+        #: LayerNorm epsilon of every norm (backbone and the method's own layers); None: timm's / the method's
+        #: defaults. Converted official checkpoints set it (GLSim's official ViT uses 1e-12).
+        self.norm_eps = norm_eps
+        timm_kwargs = dict(backbone_kwargs or {})
+        if norm_eps is not None:
+            timm_kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=norm_eps)
+        self.backbone = self._backbone_class(backbone)(
             backbone,
             img_size=img_size,
             pretrained=pretrained,
             checkpoint_path=checkpoint_path,
             drop_path_rate=drop_path_rate,
             patch_stride=patch_stride,
-            **(backbone_kwargs or {}),
+            **timm_kwargs,
         )
         # Everything needed to rebuild this model (weights aside): saved with checkpoints.
         self.config: dict[str, Any] = dict(
@@ -87,6 +115,22 @@ class FGVCModel(nn.Module):
             backbone_kwargs=dict(backbone_kwargs or {}),
             options=dict(options or {}),
         )
+        if norm_eps is not None:
+            self.config["norm_eps"] = norm_eps
+
+    def _backbone_class(self, name: str) -> type[nn.Module]:
+        """``ViTBackbone`` for ViT-family names; ``TimmBackbone`` for other timm models where the method allows."""
+        from ..timm_backbone import TimmBackbone, is_vit_family, timm_module
+
+        if is_vit_family(name):
+            return ViTBackbone
+        if not self.needs_vit:
+            return TimmBackbone
+        raise ValueError(
+            f"method {self.method!r} needs a ViT backbone (patch tokens and attention: timm's ViT, DeiT, EVA "
+            f"families); {name} is a timm.models.{timm_module(name)} model: use method 'vit', the plain baseline, "
+            f"which works on any timm classifier"
+        )
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -96,6 +140,51 @@ class FGVCModel(nn.Module):
     def data_config(self) -> dict[str, Any]:
         """Normalization and input size the model expects (from the backbone's pretrained config)."""
         return self.backbone.data_config
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm-style pretrained config of the whole model: what ``timm.data.resolve_data_config(model=m)`` reads.
+
+        The backbone's timm config with this model's input size, normalization, class count and fgvc's test crop
+        (``crop_pct`` = ``fgvc.data.CROP_RATIO``; ``crop_mode`` "center" for square inputs, "squash" for non-square
+        ones, whose resize fgvc stretches to the input's aspect ratio), so timm's and fgvc's test transforms agree:
+        ``timm.data.create_transform(**resolve_data_config(model=m))`` equals ``build_transforms(m, train=False)``.
+        """
+        from ..data.transforms import CROP_RATIO
+
+        cfg = dict(getattr(self.backbone.vit, "pretrained_cfg", None) or {})
+        data = self.data_config
+        cfg.update(
+            input_size=(3, *self.img_size),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            interpolation=data.get("interpolation", "bicubic"),
+            crop_pct=CROP_RATIO,
+            crop_mode="center" if self.img_size[0] == self.img_size[1] else "squash",
+            num_classes=self.num_classes,
+            fgvc_method=self.method,
+            backbone=self.config["backbone"],
+        )
+        for key in ("test_input_size", "test_crop_pct", "file", "hf_hub_id", "url", "state_dict"):
+            cfg.pop(key, None)  # the backbone's pretraining, not this model
+        return cfg
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (the name older timm code reads)."""
+        return self.pretrained_cfg
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **card: Any) -> Any:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` (``fgvc.hub.save_pretrained``)."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload ``save_pretrained``'s files to the Hugging Face Hub (``fgvc.hub.push_to_hub``)."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -127,6 +216,44 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _check_method(method: str) -> type[FGVCModel]:
+    if method not in _REGISTRY:
+        from ..hints import did_you_mean
+
+        raise ValueError(f"unknown model {method!r}{did_you_mean(method, _REGISTRY)}; available: {', '.join(list_models())}")
+    return _REGISTRY[method]
+
+
+def model_options(method: str) -> list[str]:
+    """The keyword arguments ``create_model(method, ...)`` accepts: the common ones and the method's own."""
+    cls = _check_method(method)
+    names: set[str] = set()
+    for fn in (FGVCModel.__init__, cls.__init__):
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"):
+                names.add(p.name)
+    return sorted(names - {"options"})
+
+
+def check_model_options(method: str, options: Any, origin: str = "create_model") -> None:
+    """Unknown keyword arguments of a method are named with the near misses and the allowed list."""
+    allowed = model_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hint = did_you_mean_any(unknown, allowed)
+        raise ValueError(
+            f"{origin}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for method "
+            f"{method!r}{hint}; allowed: {', '.join(allowed)}"
+        )
+
+
+def did_you_mean_any(words: list[str], choices: list[str]) -> str:
+    """The first near miss among several unknown words (``""`` when none is close)."""
+    from ..hints import did_you_mean
+
+    return next((h for h in (did_you_mean(w, choices) for w in words) if h), "")
+
+
 def create_model(
     method: str,
     *,
@@ -144,12 +271,13 @@ def create_model(
         num_classes: number of classes of the new head.
         img_size: input resolution, int or (height, width).
         pretrained: load the backbone's timm pretrained weights.
-        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``patch_stride``
+        **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``norm_eps`` (LayerNorm
+            epsilon of every norm; default timm's), ``patch_stride``
             (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown model {method!r}; available: {', '.join(list_models())}")
-    return _REGISTRY[method](
+    cls = _check_method(method)
+    check_model_options(method, options)
+    return cls(
         backbone=backbone, num_classes=num_classes, img_size=img_size, pretrained=pretrained, **options
     )

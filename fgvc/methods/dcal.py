@@ -158,8 +158,6 @@ class DCAL(FGVCModel):
         )
         super().__init__(options=options, **common)
         bb = self.backbone
-        if not bb.has_class_token:
-            raise ValueError(f"DCAL needs a CLS token for the rollout; backbone {bb.name} has none")
         for block in bb.blocks:
             check_timm_block(block)
         depth = bb.depth
@@ -205,9 +203,9 @@ class DCAL(FGVCModel):
                 sa_next, probs, (q, k, v) = block_forward(
                     block, sa, need_weights=True, explicit=explicit, average_heads=True
                 )
-            else:  # block p-1: only the CLS row (fused output); blocks from p on: no map
+            else:  # block p-1: only the CLS row (fused output; all rows without CLS); blocks from p on: no map
                 sa_next, probs, (q, k, v) = block_forward(
-                    block, sa, need_weights=i < p, weight_rows=1, average_heads=True
+                    block, sa, need_weights=i < p, weight_rows=1 if bb.has_class_token else None, average_heads=True
                 )
             if probs is not None:
                 maps.append(probs)
@@ -219,7 +217,7 @@ class DCAL(FGVCModel):
             sa = sa_next
 
         # GLCA: local queries from the rollout over blocks 1..p-1, global keys / values
-        score = rollout_map(maps, prefix)  # (B, N), no gradient
+        score = rollout_map(maps, prefix, class_token=bb.has_class_token)  # (B, N), no gradient
         n = t - prefix
         queries = score.topk(local_query_count(self.glca_ratio, n), dim=-1).indices  # (B, R)
         query_index = queries + prefix

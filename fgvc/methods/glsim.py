@@ -48,6 +48,7 @@ Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -68,12 +69,15 @@ DROP_PATH_SCHEDULES = ("constant", "linear")
 CROP_MODES = ("resize", "tokens")
 
 
-def cls_patch_similarity(tokens: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int]) -> Tensor:
+def cls_patch_similarity(
+    tokens: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int], global_token: Tensor | None = None
+) -> Tensor:
     """Cosine similarity of the CLS token (index 0) with every patch token.
 
     tokens: (B, T, D) with T = num_prefix_tokens + rows * cols.  Returns (B, rows, cols).
+    global_token: (B, D) used instead of the CLS token (ViTs without one: ``ViTBackbone.global_token``).
     """
-    cls = tokens[:, :1]  # (B, 1, D)
+    cls = tokens[:, :1] if global_token is None else global_token[:, None]  # (B, 1, D)
     patches = tokens[:, num_prefix_tokens:]  # (B, N, D)
     rows, cols = grid_size
     if patches.shape[1] != rows * cols:
@@ -232,8 +236,6 @@ class GLSim(FGVCModel):
             raise ValueError("crop_mode='tokens' encodes the box at the input resolution; crop_size is for 'resize'")
         super().__init__(options=options, **common)
         bb = self.backbone
-        if not bb.has_class_token:
-            raise ValueError(f"GLSim needs a CLS token; backbone {bb.name} has none")
         if bb.patch_stride != bb.patch_size:
             raise ValueError(
                 f"GLSim's box maps patch rows and columns to pixels at the patch size; overlapping patches "
@@ -250,6 +252,12 @@ class GLSim(FGVCModel):
         self.crop_at_inference = crop_at_inference
         self.crop_mode = crop_mode
         self.crop_size = resolve_crop_size(crop_size, bb.img_size, bb.patch_size)  # (h, w) of the resized crop
+        rotary = getattr(bb.vit, "rope", None) is not None  # EVA: rotary embeddings built for one grid
+        if crop_mode == "tokens" and (rotary or not bb.has_class_token):
+            raise ValueError(f"crop_mode='tokens' needs a CLS token and absolute position embeddings; {bb.name} "
+                             f"has {'rotary embeddings' if rotary else 'no CLS token'}")
+        if self.crop_size != bb.img_size and rotary:
+            raise ValueError(f"crop_size needs absolute position embeddings to resample; {bb.name} has rotary ones")
         dim = bb.embed_dim
         heads = aggregator_heads or max(dim // 64, 1)
         rate = float(self.config["drop_path_rate"])
@@ -260,9 +268,10 @@ class GLSim(FGVCModel):
                     raise ValueError(f"drop_path_schedule='constant' needs timm Blocks, got {type(block).__name__}")
                 block.drop_path1, block.drop_path2 = DropPath(rate), DropPath(rate)
             aggregator_rate = rate
-        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path=aggregator_rate)
+        eps = {} if self.norm_eps is None else {"norm_layer": partial(nn.LayerNorm, eps=self.norm_eps)}
+        self.aggregator = Block(dim, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path=aggregator_rate, **eps)
         init_aggregator_official(self.aggregator)
-        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.aggregator_norm = nn.LayerNorm(dim, eps=1e-6 if self.norm_eps is None else self.norm_eps)
         self.head = nn.Linear(dim, self.num_classes)
         nn.init.zeros_(self.head.weight)  # as the official code: the new head starts at zero
         nn.init.zeros_(self.head.bias)
@@ -271,7 +280,7 @@ class GLSim(FGVCModel):
     def select(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Final-norm tokens (B, T, D) -> similarity (B, rows, cols) and boxes (B, 4) in input pixels."""
         bb = self.backbone
-        similarity = cls_patch_similarity(tokens, bb.num_prefix_tokens, bb.grid_size)
+        similarity = cls_patch_similarity(tokens, bb.num_prefix_tokens, bb.grid_size, bb.global_token(tokens))
         boxes = select_box(similarity, self.top_k, bb.patch_size, bb.img_size, inclusive=self.inclusive_box)
         return similarity, boxes
 
@@ -286,9 +295,10 @@ class GLSim(FGVCModel):
             if embedded is None:
                 raise ValueError("crop_mode='tokens' needs the global pass's embedded tokens")
             sequence, mask = box_token_sequence(embedded, boxes, bb.num_prefix_tokens, bb.grid_size, bb.patch_size)
-            return bb.encode(sequence, attn_mask=mask)[:, 0]  # (B, P + M, D) -> (B, D)
+            return bb.encode(sequence, attn_mask=mask)[:, 0]  # (B, P + M, D) -> CLS (B, D)
         crops = crop_and_resize(x, boxes, self.crop_size)  # (B, 3, h, w), no gradient to the selection
-        return bb(crops, img_size=self.crop_size).tokens[:, 0]
+        other_size = {} if self.crop_size == bb.img_size else {"img_size": self.crop_size}
+        return bb.global_token(bb(crops, **other_size).tokens)
 
     def forward(self, x: Tensor) -> ModelOutput:
         bb = self.backbone
@@ -298,7 +308,7 @@ class GLSim(FGVCModel):
         else:
             embedded, tokens = None, bb(x).tokens
         similarity, boxes = self.select(tokens.detach())
-        cls_tokens = [tokens[:, 0]]  # global CLS (B, D)
+        cls_tokens = [self.backbone.global_token(tokens)]  # global CLS (B, D)
         if self.training or self.crop_at_inference:
             cls_tokens.append(self.crop_pass(x, embedded, boxes))  # crop CLS (B, D)
         z = self.aggregator(torch.stack(cls_tokens, dim=1))  # (B, 2, D)

@@ -56,16 +56,19 @@ from .base import FGVCModel, ModelOutput, register_model
 __all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official", "set_official_dropout"]
 
 
-def part_selection(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Tensor:
+def part_selection(attentions: Sequence[Tensor], num_prefix_tokens: int = 1, class_token: bool = True) -> Tensor:
     """Per-head argmax of the CLS row of ``A_{L-1} ... A_1`` over the patch tokens.
 
     attentions: per layer (B, heads, T, T) probabilities, first layer first (the first L-1 blocks).
     Returns (B, heads) int64 patch indices (0 = first patch token). Only the CLS row is multiplied out.
+    ``class_token=False`` (ViTs without one): the row of the mean of the patch tokens, the mean of the patch rows.
     """
     if len(attentions) == 0:
         raise ValueError("part selection needs the attention of at least one layer")
     with torch.no_grad(), torch.autocast(attentions[0].device.type, enabled=False):
-        row = attentions[-1][:, :, :1].float()  # (B, H, 1, T): CLS row of the last layer
+        last = attentions[-1].float()
+        # (B, H, 1, T): the global token's row of the last layer (CLS, or the mean of the patch rows)
+        row = last[:, :, :1] if class_token else last[:, :, num_prefix_tokens:].mean(2, keepdim=True)
         for attn in reversed(attentions[:-1]):
             row = row @ attn.float()  # (B, H, 1, T)
     return row[:, :, 0, num_prefix_tokens:].argmax(dim=-1)  # (B, H)
@@ -132,8 +135,6 @@ class TransFG(FGVCModel):
             raise ValueError(f"dropout is a probability in [0, 1), got {dropout!r}")
         super().__init__(options=options, **common)
         bb = self.backbone
-        if not bb.has_class_token:
-            raise ValueError(f"TransFG needs a CLS token for part selection; backbone {bb.name} has none")
         if bb.depth < 2:
             raise ValueError(f"TransFG needs at least 2 blocks (L-1 to select, 1 part block), got {bb.depth}")
         for block in list(bb.blocks)[:-1]:
@@ -158,7 +159,7 @@ class TransFG(FGVCModel):
         for block in list(bb.blocks)[:-1]:
             tokens, probs, _ = block_forward(block, tokens, need_weights=True)
             maps.append(probs)
-        parts = part_selection(maps, prefix)  # (B, H)
+        parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
         picked = gather_tokens(tokens, parts + prefix)  # (B, H, D)
         seq = torch.cat([tokens[:, :prefix], picked], dim=1)  # (B, prefix + H, D)
         seq = self.part_block(seq)

@@ -1,4 +1,9 @@
-"""The plain ViT baseline: the backbone's pooled token (CLS after the final norm) and one linear head."""
+"""The plain baseline: the backbone's pooled feature and one linear head.
+
+On a ViT the pooled token is the CLS token after the final norm (or timm's pooling for ViTs without one); on
+any other timm classifier (ResNet, ConvNeXt, Swin: ``fgvc.timm_backbone.TimmBackbone``) it is timm's own
+pooled pre-logits feature, so ``head`` plays the role of timm's classifier exactly.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from .base import FGVCModel, ModelOutput, register_model
 
 @register_model("vit")
 class ViT(FGVCModel):
-    """Plain fine-tuned ViT: what every FGVC method is compared against."""
+    """Plain fine-tuned backbone (a ViT, or any timm classifier): what every FGVC method is compared against."""
+
+    needs_vit = False
 
     def __init__(self, **common: Any) -> None:
         super().__init__(**common)

@@ -16,9 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from .core import denormalize, draw_box, grid_extent, overlay_map, plot_selection, upsample_map
-from .figures import ConfusedPair, confused_pairs, plot_confused_pair, plot_layer_heads, plot_maps
+from .figures import (
+    ConfusedPair,
+    confused_pairs,
+    plot_confused_pair,
+    plot_layer_heads,
+    plot_maps,
+    pretty_name,
+)
 from .gradcam import grad_cam
 from .maps import MAP_KINDS, AttentionMaps, attention_maps, available_maps, map_box
+from .plots import plot_histories, plot_per_class
 
 __all__ = [
     "MAP_KINDS",
@@ -35,9 +43,12 @@ __all__ = [
     "map_box",
     "overlay_map",
     "plot_confused_pair",
+    "plot_histories",
     "plot_layer_heads",
     "plot_maps",
+    "plot_per_class",
     "plot_selection",
+    "pretty_name",
     "upsample_map",
 ]
 

@@ -16,7 +16,21 @@ from torch import Tensor
 
 from ..methods.base import FGVCModel
 
-__all__ = ["denormalize", "draw_box", "grid_extent", "overlay_map", "plot_selection", "upsample_map"]
+__all__ = [
+    "HEAT_CMAP",
+    "MODEL_COLOR",
+    "TRUE_COLOR",
+    "denormalize",
+    "draw_box",
+    "grey_image",
+    "grid_extent",
+    "heat_colorbar",
+    "normalize_map",
+    "outline_mask",
+    "overlay_map",
+    "plot_selection",
+    "upsample_map",
+]
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -37,7 +51,7 @@ def draw_box(
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
     # pixel (x, y) covers [x - 0.5, x + 0.5] in imshow coordinates; exclusive ends
-    rect = patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=color, label=label)
+    rect = patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.6, ec=color, label=label)
     ax.add_patch(rect)
 
 
@@ -97,6 +111,55 @@ def _as_image(image: Tensor | np.ndarray) -> np.ndarray:
     return image
 
 
+#: Colours used by every figure: the true box, the model's own region (crop box, selected tokens).
+TRUE_COLOR = "#00d100"
+MODEL_COLOR = "#00b7ff"
+#: One hue for map values (light to dark red); drawn with opacity rising with the value over a grey image.
+HEAT_CMAP = "Reds"
+PER_PANEL = "map value, normalised per panel (0: panel minimum, 1: panel maximum)"
+
+
+def grey_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) image in [0, 1] -> (H, W, 3) desaturated, lighter grey (so a one-hue map reads over it)."""
+    lum = image[..., :3] @ np.array([0.299, 0.587, 0.114]) if image.shape[-1] == 3 else image[..., 0]
+    grey = 0.3 + 0.6 * lum  # lifted and compressed: the map, not the photo, carries the contrast
+    return np.repeat(grey[..., None], 3, axis=-1).clip(0, 1)
+
+
+def normalize_map(heat: np.ndarray) -> np.ndarray:
+    """Rescale a map to [0, 1] (min -> 0, max -> 1); a constant map becomes 0."""
+    lo, hi = float(np.nanmin(heat)), float(np.nanmax(heat))
+    return np.zeros_like(heat) if hi - lo < 1e-12 else (heat - lo) / (hi - lo)
+
+
+def outline_mask(ax: Any, mask: np.ndarray, extent: tuple[float, float, float, float], color: str = MODEL_COLOR,
+                 lw: float = 1.6) -> None:
+    """Outline the cells of a (rows, cols) mask (> 0.5) placed with an imshow ``extent``: a contour along the
+    cell edges, not a tint, so the image under the selected cells stays visible."""
+    m = (np.asarray(mask, dtype=np.float32) > 0.5).astype(np.float32)
+    if not m.any():
+        return
+    up = 8  # samples per cell: the 0.5 level lies within 1/16 of a cell of its edge
+    fine = np.pad(np.kron(m, np.ones((up, up), dtype=np.float32)), 1)
+    left, right, bottom, top = extent
+    dx, dy = (right - left) / (fine.shape[1] - 2), (bottom - top) / (fine.shape[0] - 2)
+    ext = (left - dx, right + dx, bottom + dy, top - dy)
+    ax.contour(fine, levels=[0.5], colors=[color], linewidths=lw, extent=ext, origin="upper")
+
+
+def heat_colorbar(fig: Any, cax: Any = None, ax: Any = None, *, cmap: str = HEAT_CMAP,
+                  label: str = PER_PANEL, orientation: str = "vertical") -> Any:
+    """A colorbar for normalised maps (0 to 1 in ``cmap``), in ``cax`` or beside ``ax``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
+    bar = fig.colorbar(mappable, cax=cax, ax=None if cax is not None else ax, orientation=orientation)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
 def overlay_map(
     image: Tensor | np.ndarray,
     heat: Tensor | np.ndarray,
@@ -105,12 +168,21 @@ def overlay_map(
     input_size: tuple[int, int] | None = None,
     patch_size: tuple[int, int] | None = None,
     patch_stride: tuple[int, int] | None = None,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.75,
+    cmap: str = HEAT_CMAP,
     smooth: bool = False,
     title: str | None = None,
+    mask: bool = False,
+    true_box: Sequence[float] | None = None,
+    model_box: Sequence[float] | None = None,
+    colorbar: bool | None = None,
 ) -> Any:
-    """Draw a patch map over an image; returns the Figure (a new one unless ``ax`` is given).
+    """Draw a patch map over the image shown desaturated; returns the Figure (a new one unless ``ax`` is given).
+
+    The map is normalised per panel to [0, 1] and drawn in one hue (``cmap``) with opacity ``alpha * value``,
+    so low values leave the grey image visible. ``mask``: the map is a selection (cells > 0.5 selected), drawn
+    as an outline of the selected cells instead. ``true_box`` / ``model_box``: (x0, y0, x1, y1) in input
+    pixels, drawn in ``TRUE_COLOR`` / ``MODEL_COLOR``. ``colorbar``: default on for a new figure.
 
     image: (H, W, 3) array or (3, H, W) tensor in [0, 1] (``denormalize`` first), at any resolution.
     heat: (rows, cols) map over the patch grid, or (H', W') already at pixel resolution.
@@ -123,20 +195,33 @@ def overlay_map(
     heat = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat, dtype=np.float32)
     if heat.ndim != 2:
         raise ValueError(f"heat must be a (rows, cols) map, got shape {heat.shape}")
-    if ax is None:
-        fig = _new_figure(figsize=(3.0, 3.0 * img.shape[0] / img.shape[1]))
+    new = ax is None
+    if new:
+        fig = _new_figure(figsize=(3.6, 3.0 * img.shape[0] / img.shape[1] + 0.4))
         ax = fig.add_subplot(1, 1, 1)
     shown = img.shape[:2]
     input_size = tuple(input_size) if input_size is not None else shown
     extent = grid_extent(heat.shape, input_size, patch_size, patch_stride, shown)
-    ax.imshow(img)
-    ax.imshow(heat, cmap=cmap, alpha=alpha, extent=extent, interpolation="bilinear" if smooth else "nearest")
+    ax.imshow(grey_image(img))
+    if mask:
+        outline_mask(ax, heat, extent)
+    else:
+        value = normalize_map(heat)
+        ax.imshow(value, cmap=cmap, vmin=0, vmax=1, alpha=np.clip(alpha * value, 0, 1), extent=extent,
+                  interpolation="bilinear" if smooth else "nearest")
+    scale = (shown[1] / input_size[1], shown[0] / input_size[0])
+    if true_box is not None:
+        draw_box(ax, true_box, TRUE_COLOR, scale=scale)
+    if model_box is not None:
+        draw_box(ax, model_box, MODEL_COLOR, scale=scale)
     ax.set_xlim(-0.5, shown[1] - 0.5)
     ax.set_ylim(shown[0] - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
+    if colorbar or (colorbar is None and new and not mask):
+        heat_colorbar(ax.figure, ax=ax, label="normalised per panel")
     return ax.figure
 
 
@@ -164,12 +249,13 @@ def plot_selection(
 ) -> Any:
     """One row per image: the image with boxes, the selection map, the crop the model re-encodes.
 
-    images: (B, 3, H, W) normalized as the model expects. gt_boxes: (B, 4) in input pixels (green); the
-    model's selected box is drawn in red. Works for any model whose output has ``similarity`` and ``boxes``.
+    images: (B, 3, H, W) normalized as the model expects. gt_boxes: (B, 4) in input pixels (the true box,
+    green, on the image and the map); the model's selected box is drawn in blue. Each row is titled with the
+    prediction, the truth and whether it is right. Works for any model whose output has ``similarity`` and
+    ``boxes``.
     """
-    import matplotlib.pyplot as plt
-
     from ..methods.glsim import crop_and_resize
+    from .figures import draw_footer, row_title, rows_figure
 
     was_training = model.training
     model.eval()
@@ -182,37 +268,33 @@ def plot_selection(
     mean = cfg["mean"] if mean is None else mean
     std = cfg["std"] if std is None else std
     shown = denormalize(images.cpu(), mean, std)
-    crops = denormalize(crop_and_resize(images.cpu(), out.boxes.cpu()), mean, std)
+    boxes = out.boxes.cpu()
+    crops = denormalize(crop_and_resize(images.cpu(), boxes), mean, std)
     preds = out.logits.argmax(1).tolist()
     names = class_names or model.class_names
     h, w = images.shape[-2:]
 
     b = len(images)
-    fig, axes = plt.subplots(b, 3, figsize=(7.5, 2.5 * b), squeeze=False)
+    fig, subs, axes, footer = rows_figure(b, 3, h / w, panel=2.4)
     for i in range(b):
         ax_img, ax_map, ax_crop = axes[i]
+        gt = None if gt_boxes is None else gt_boxes[i]
         ax_img.imshow(shown[i])
-        if gt_boxes is not None:
-            _draw_box(ax_img, gt_boxes[i], "lime", "detail" if i == 0 else None)
-        _draw_box(ax_img, out.boxes[i], "red", "selected" if i == 0 else None)
-
-        def name(c: int) -> str:
-            return names[c] if names else str(c)
-
-        title = f"pred {name(preds[i])}"
-        if targets is not None:
-            title = f"true {name(int(targets[i]))}\n" + title
-        ax_img.set_title(title, fontsize=8)
-        ax_map.imshow(shown[i])
-        sim = out.similarity[i].float().cpu().numpy()
-        ax_map.imshow(sim, cmap="jet", alpha=0.5, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
-        ax_map.set_title("CLS-patch similarity", fontsize=8)
+        if gt is not None:
+            draw_box(ax_img, gt, TRUE_COLOR)
+        draw_box(ax_img, boxes[i], MODEL_COLOR)
+        overlay_map(shown[i], out.similarity[i].float().cpu(), ax=ax_map, input_size=(h, w), true_box=gt,
+                    model_box=boxes[i], colorbar=False)
         ax_crop.imshow(crops[i])
-        ax_crop.set_title("crop (re-encoded)", fontsize=8)
+        if i == 0:
+            ax_img.set_title("image", fontsize=8)
+            ax_map.set_title("CLS-patch similarity", fontsize=8)
+            ax_crop.set_title("crop (re-encoded)", fontsize=8)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    if gt_boxes is not None:
-        axes[0, 0].legend(loc="lower left", fontsize=6)
-    fig.tight_layout()
+        text, color = row_title(model.method, None, preds[i], None if targets is None else int(targets[i]), names,
+                                fig.get_figwidth())
+        subs[i].suptitle(text, fontsize=9, color=color)
+    draw_footer(footer, true_box=gt_boxes is not None)
     return fig

@@ -24,8 +24,19 @@ import torch
 from torch import Tensor
 
 from ..methods.base import FGVCModel
-from .core import _new_figure, denormalize
-from .figures import _SHORT, _describe, confused_pairs, draw_panels, plot_confused_pair, resolve_stats
+from .core import denormalize
+from .figures import (
+    _SHORT,
+    MASK_KINDS,
+    _describe,
+    confused_pairs,
+    draw_footer,
+    draw_panels,
+    plot_confused_pair,
+    resolve_stats,
+    row_title,
+    rows_figure,
+)
 from .maps import HEADED, LAYERED, AttentionMaps, attention_maps, available_maps
 
 __all__ = ["Explorer", "explore"]
@@ -205,13 +216,14 @@ class Explorer(w.VBox):
         if label is not None and boxes is not None:
             gt = torch.as_tensor(boxes[int(self.index.value)], dtype=torch.float32) * torch.tensor([wd, h, wd, h])
         shown = denormalize(x[None].float(), self.mean, self.std)[0]
-        fig = _new_figure((7.2, 2.6 * h / wd + 0.5), pyplot=False)
-        axes = fig.subplots(1, 3, squeeze=False)[0]
-        title = caption + ("" if label is None else f", true {self._name(label)}")
-        draw_panels(axes, maps, 0, shown, x[None], [kind], layer=layer, head=head, mean=self.mean,
-                    std=self.std, gt_box=gt, title=title)
+        fig, subs, axes, footer = rows_figure(1, 3, h / wd, panel=2.5, pyplot=False)
+        draw_panels(axes[0], maps, 0, shown, x[None], [kind], layer=layer, head=head, mean=self.mean,
+                    std=self.std, gt_box=gt, title=caption)
+        pred = int(maps.output.logits[0].argmax())
+        text, color = row_title(self.method.value, None, pred, label, self.class_names, fig.get_figwidth())
+        subs[0].suptitle(text, fontsize=9, color=color)
         fig.suptitle(f"{self.method.value}: {_describe(kind, layer, head, maps.depth)}", fontsize=9)
-        fig.tight_layout()
+        draw_footer(footer, true_box=gt is not None, outlines=kind in MASK_KINDS, colorbar=kind not in MASK_KINDS)
         self.figure = fig
         self.image.value = _png(fig)
         self.info.value = self._predictions_html(maps, label)

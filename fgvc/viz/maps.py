@@ -179,9 +179,10 @@ def attention_maps(model: FGVCModel, images: Tensor) -> AttentionMaps:
         tokens = bb.embed(images)  # (B, T, D)
         for block in blocks:  # as bb(images, return_attention=True), one block's maps at a time
             with bb.record_attention(blocks=[block]) as recorded:
-                tokens = block(tokens)
+                tokens = block(tokens, **bb.block_kwargs())  # EVA-02: rotary embeddings
             attn = recorded[0].float()  # (B, heads, T, T)
-            cls_rows.append(attn[:, :, 0])  # (B, heads, T)
+            # the global token's row: CLS, or for ViTs without one the mean of the patch rows (bb.global_token)
+            cls_rows.append(attn[:, :, 0] if bb.has_class_token else attn[:, :, bb.num_prefix_tokens :].mean(2))
             head_means.append(attn.mean(1, keepdim=True))  # (B, 1, T, T)
             del attn, recorded
     finally:

@@ -1,0 +1,206 @@
+"""What the notebooks need beyond the public API, kept here so that a notebook is one import and its cells
+read as steps: the laptop-sized settings of a recipe, checkpoints given as ``dataset:method=path``, their
+evaluation on the matching test split, and quick stand-in models when there is nothing to evaluate.
+
+    from fgvc import notebook
+    recipe, note = notebook.recipe_for_here("glsim_cub_224", "../data/CUB_200_2011", smoke=False)
+    runs = notebook.evaluate_checkpoints("cub:glsim=runs/glsim/seed0/best.safetensors", {"cub": "data/CUB_200_2011"})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Evaluated",
+    "LAPTOP",
+    "evaluate_checkpoints",
+    "examples",
+    "laptop_overrides",
+    "parse_checkpoints",
+    "quick_stand_ins",
+    "recipe_for_here",
+]
+
+#: A recipe made laptop-sized: a small ViT from scratch, a few epochs, AdamW; ``smoke`` shrinks it further
+#: (what the test suite runs). Keys are recipe overrides (``fgvc.load_recipe(name, overrides)``).
+LAPTOP: dict[str, dict[str, Any]] = {
+    "full": {
+        "model.pretrained": False, "model.backbone": "vit_tiny_patch16_224", "model.drop_path_rate": 0.0,
+        "model.backbone_kwargs": {"depth": 6}, "model.img_size": 112, "train.epochs": 30, "train.batch_size": 32,
+        "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 0.05, "train.warmup_steps": None,
+        "train.lr_base_batch_size": None, "train.steps": None,
+    },
+    "smoke": {"model.backbone_kwargs": {"depth": 2}, "model.img_size": 64, "train.epochs": 1, "train.batch_size": 16},
+}
+
+
+def laptop_overrides(method: str, *, smoke: bool = False) -> dict[str, Any]:
+    """``LAPTOP``'s overrides for ``method`` (GLSim keeps 4 of the small grid's cells: ``model.top_k``)."""
+    out = dict(LAPTOP["full"], **(LAPTOP["smoke"] if smoke else {}))
+    if method == "glsim":
+        out["model.top_k"] = 4
+    return out
+
+
+def recipe_for_here(
+    name: str, cub_root: str | os.PathLike | None, *, smoke: bool = False
+) -> tuple[dict[str, Any], str]:
+    """The recipe ``name`` as it can run on this machine, and a sentence saying which data and settings.
+
+    In order: the official CUB in ``cub_root`` (the recipe as published; in small mode made laptop-sized),
+    the real 100-species CUB subset (``fgvc.data.cub_subset``; laptop-sized, a class subset), the built-in
+    synthetic data (laptop-sized).
+    """
+    from .data import cub_subset, find_dataset
+    from .recipe import load_recipe
+
+    method = load_recipe(name)["model"]["method"]
+    quick = laptop_overrides(method, smoke=smoke)
+    official = find_dataset("cub", cub_root)
+    subset = cub_subset()
+    if official is not None and not smoke:
+        overrides: dict[str, Any] = {"data.root": str(official)}
+        note = f"Data: the official CUB-200-2011 at {official}: the recipe as published (a reproduction run)."
+    elif official is not None or subset is not None:
+        root = official if official is not None else subset
+        overrides = dict(quick, **{"data.root": str(root), "data.classes": 5 if smoke else 20,
+                                   "data.resize": 72 if smoke else 128})
+        what = "the official CUB-200-2011" if official is not None else "the real 100-species CUB subset"
+        note = f"Data: {what} at {root}: a from-scratch sanity run on a class subset, not a reproduction."
+    else:
+        overrides = dict(quick, **{"data.dataset": "synthetic", "data.resize": None,
+                                   "data.options": {"num_classes": 5, "train": 200 if smoke else 3000,
+                                                    "val": 50 if smoke else 500, "test": 100 if smoke else 1000}})
+        note = "Data: no CUB folder found, so the built-in synthetic fine-grained dataset (see data/README.md)."
+    lines = [note] + [f"  {key} = {value}" for key, value in overrides.items()]
+    return load_recipe(name, overrides), "\n".join(lines)
+
+
+def parse_checkpoints(spec: str | Mapping[str, Any] | None) -> dict[tuple[str, str], Path]:
+    """Checkpoints by ``(dataset, method)`` from ``"cub:glsim=a.safetensors,cars:vit=b.safetensors"`` (what
+    ``FGVC_CHECKPOINTS`` holds) or from a dict ``{"cub": {"glsim": path}}``. Empty or None: none."""
+    if not spec:
+        return {}
+    if isinstance(spec, Mapping):
+        return {(d, m): Path(p) for d, by_method in spec.items() for m, p in by_method.items()}
+    out: dict[tuple[str, str], Path] = {}
+    for item in str(spec).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, path = item.partition("=")
+        dataset, colon, method = key.partition(":")
+        if not sep or not colon or not dataset.strip() or not method.strip() or not path.strip():
+            raise ValueError(f"checkpoint {item!r} is not dataset:method=path (e.g. cub:glsim=best.safetensors)")
+        out[(dataset.strip(), method.strip())] = Path(path.strip()).expanduser()
+    return out
+
+
+@dataclass
+class Evaluated:
+    """Results, models and test splits by ``(dataset label, method)``; ``tests`` by dataset label."""
+
+    results: dict[tuple[str, str], Any] = field(default_factory=dict)
+    models: dict[tuple[str, str], Any] = field(default_factory=dict)
+    tests: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_checkpoints(
+    checkpoints: str | Mapping[str, Any] | Mapping[tuple[str, str], Any] | None,
+    roots: Mapping[str, str | os.PathLike | None],
+    *,
+    device: str | None = None,
+    verbose: bool = True,
+) -> Evaluated:
+    """Evaluate each checkpoint on the test split of its dataset's folder (``roots[dataset]``), as
+    ``fgvc eval`` does: the checkpoint's own test transform and class subset (``recipe.checkpoint_split``).
+
+    Checkpoints whose file or dataset folder is missing are skipped and named (``verbose``).
+    """
+    from .recipe import _evaluate_split, checkpoint_split
+
+    if isinstance(checkpoints, Mapping) and checkpoints and all(isinstance(k, tuple) for k in checkpoints):
+        pairs = {k: Path(v) for k, v in checkpoints.items()}
+    else:
+        pairs = parse_checkpoints(checkpoints)  # type: ignore[arg-type]
+    out = Evaluated()
+    skipped: dict[str, list[str]] = {}
+    for (dataset, method), path in pairs.items():
+        root = roots.get(dataset)
+        if root is None or not Path(path).is_file():
+            why = f"no {dataset} data folder" if root is None else "no checkpoint file"
+            skipped.setdefault(why, []).append(f"{dataset}:{method}")
+            continue
+        model, test = checkpoint_split(path, root, dataset=dataset)
+        out.results[(dataset, method)] = _evaluate_split(model, test, {}, device=device)
+        out.models[(dataset, method)] = model
+        out.tests[dataset] = test  # one test split per dataset: the checkpoints of a dataset share it
+        if verbose:
+            print(f"{dataset}:{method}: {path} on {len(test)} test images, {model.num_classes} classes")
+    if verbose:
+        for why, keys in skipped.items():
+            print(f"skipped ({why}): {', '.join(keys)}")
+    return out
+
+
+def quick_stand_ins(
+    methods: Sequence[str], *, smoke: bool = False, epochs: int | None = None, device: str | None = None
+) -> Evaluated:
+    """Small from-scratch models, one per method, trained briefly on the real CUB subset (a class subset) or,
+    without it, on synthetic data, and evaluated on its test split: they show the tools, not the methods."""
+    from . import create_model, evaluate, fit
+    from .data import (
+        build_dataset,
+        build_transforms,
+        cub_subset,
+        subset_classes,
+        synthetic_splits,
+        train_val_split,
+    )
+
+    size, classes = (64, 5) if smoke else (112, 20)
+    epochs = epochs if epochs is not None else (1 if smoke else 15)
+    subset = cub_subset()
+    if subset is not None:
+        label = f"cub-subset ({classes} classes, from scratch)"
+        probe = create_model("vit", num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
+        train_tf = build_transforms(probe, train=True, img_size=size, resize=round(size * 1.15))
+        test_tf = build_transforms(probe, train=False, img_size=size, resize=round(size * 1.15))
+        train = subset_classes(build_dataset("cub", subset, "train"), classes)
+        train, val = train_val_split(train, 0.1, train_transform=train_tf, val_transform=test_tf)
+        test = subset_classes(build_dataset("cub", subset, "test", test_tf), classes)
+    else:
+        label = f"synthetic ({classes} classes, from scratch)"
+        splits = synthetic_splits(num_classes=classes, image_size=size, train=200 if smoke else 3000,
+                                  val=50 if smoke else 500, test=100 if smoke else 1000)
+        train, val, test = splits["train"], splits["val"], splits["test"]
+    print(f"Quick stand-ins on {label}: {', '.join(methods)}, {epochs} epoch(s) each.")
+    out = Evaluated(tests={label: test})
+    for method in methods:
+        model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
+                             backbone_kwargs=dict(depth=2 if smoke else 6), **({"top_k": 4} if method == "glsim" else {}))
+        if getattr(test, "classes", None):
+            model.class_names = list(test.classes)
+        fit(model, train, val, epochs=epochs, batch_size=32, lr=1e-3, device=device, progress=not smoke)
+        out.results[(label, method)] = evaluate(model, test, retrieval=True)
+        out.models[(label, method)] = model
+    return out
+
+
+def examples(test: Any, n: int = 3, *, start: int = 0) -> dict[str, Any]:
+    """``n`` test items spread over the split (from ``start``), as ``viz.plot_maps`` takes them: ``images``
+    (n, 3, H, W), ``targets``, ``gt_boxes`` (n, 4) in input pixels or None, ``indices``."""
+    import torch
+
+    step = max(1, len(test) // max(n, 1))
+    indices = [(start + k * step) % len(test) for k in range(min(n, len(test)))]
+    images = torch.stack([torch.as_tensor(test[i][0]) for i in indices])
+    h, w = images.shape[-2:]
+    boxes = getattr(test, "input_boxes", None)
+    gt = None if boxes is None else torch.as_tensor(boxes)[indices].float() * torch.tensor([w, h, w, h])
+    return {"images": images, "targets": [int(test[i][1]) for i in indices], "gt_boxes": gt, "indices": indices}
