@@ -23,10 +23,11 @@ FIXED_BOX = "glsim_fixed_box"
 
 
 class FixedBoxGLSim(GLSim):
-    """GLSim cropping the centred box of ``box_side`` (a fraction of each side, whole patches)."""
+    """GLSim cropping the centred box of ``box_side`` (a fraction of each side, whole patches); its crop pass is
+    ``crop_mode`` (the box's tokens by default), GLSim's other options as given."""
 
-    def __init__(self, *, box_side: float = 0.5, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, *, box_side: float = 0.5, crop_mode: str = "tokens", **options: Any) -> None:
+        super().__init__(crop_mode=crop_mode, **options)
         rows, cols = self.backbone.grid_size
         ph, pw = self.backbone.patch_size
         nr, nc = max(round(rows * box_side), 1), max(round(cols * box_side), 1)
