@@ -3,7 +3,7 @@
 The methods need more than timm's ``forward_features``: the tokens with their prefix (CLS, distillation or
 register tokens), the blocks one by one, the final norm, the tokens of every layer, and on demand the
 attention probabilities of every layer. ``ViTBackbone`` exposes exactly these, for any input resolution
-(square or not), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file, and optionally
+(square or not; one call may also run at another size, position embeddings resampled), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file, and optionally
 with overlapping patches (``patch_stride``).
 
 Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it is
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import timm
-from timm.layers import PatchEmbed
+import torch
+from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
 
 from .weights import shipped_backbone
@@ -190,6 +191,7 @@ class ViTBackbone(nn.Module):
         if state is not None:
             self.load_report = _load_strict(self.vit, state, checkpoint_path, name)
             self.load_report["left_aside"] += aside
+        self._pos_embed_cache: dict[Any, Tensor] = {}  # pos_embed_at without gradients: one resampled size
 
     def _check_divisible(self, patch: int | Sequence[int] | None) -> None:
         """Fail early, naming the numbers, when the resolution does not tile into patches."""
@@ -255,21 +257,105 @@ class ViTBackbone(nn.Module):
         return cfg
 
     # ---------------------------------------------------------------- forward
-    def embed(self, x: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> tokens (B, T, D): patch embedding, prefix tokens, position embedding."""
-        if x.shape[-2:] != self.img_size:
-            raise ValueError(
-                f"{self.name} was built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
-                f"{x.shape[-2]}x{x.shape[-1]}; build the model with img_size={tuple(x.shape[-2:])}"
-            )
+    def grid_at(self, img_size: int | Sequence[int]) -> tuple[int, int]:
+        """(rows, cols) of patch tokens for inputs of ``img_size`` (the model's own grid at ``img_size``)."""
+        size = to_2tuple(img_size)
+        ph, pw = self.patch_size
+        if size[0] % ph or size[1] % pw:
+            raise ValueError(f"size {size[0]}x{size[1]} is not divisible by the patch size {ph}x{pw} of {self.name}")
+        return to_2tuple(self.vit.patch_embed.dynamic_feat_size(size))
+
+    def pos_embed_at(self, img_size: int | Sequence[int]) -> Tensor | None:
+        """The position embedding (1, [prefix +] rows * cols, D) resampled to the grid of ``img_size``.
+
+        timm's ``resample_abs_pos_embed`` (bicubic, as for pretrained weights), computed from the model's own
+        ``pos_embed`` on every call while gradients are recorded, so training reaches the original parameter;
+        without gradients the result is cached per size (and dropped when the parameter changes).
+        """
         v = self.vit
-        x = v.patch_embed(x)
-        x = v._pos_embed(x)
-        if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
-            x = x[0]
+        size = to_2tuple(img_size)
+        if size == self.img_size or v.pos_embed is None:
+            return v.pos_embed
+        grid = self.grid_at(size)
+        record = torch.is_grad_enabled() and v.pos_embed.requires_grad
+        key = (grid, v.pos_embed.device, v.pos_embed.dtype, v.pos_embed._version)
+        cache = self._pos_embed_cache
+        if not record and key in cache:
+            return cache[key]
+        pos = resample_abs_pos_embed(
+            v.pos_embed, new_size=list(grid), old_size=list(self.grid_size),
+            num_prefix_tokens=0 if v.no_embed_class else v.num_prefix_tokens,
+        )
+        if not record:
+            cache.clear()  # one entry: a new size or a changed parameter replaces it
+            cache[key] = pos
+        return pos
+
+    def embed(self, x: Tensor, *, img_size: int | Sequence[int] | None = None) -> Tensor:
+        """Images (B, 3, H, W) -> tokens (B, T, D): patch embedding, prefix tokens, position embedding.
+
+        ``img_size``: the size ``x`` has when it is not the model's (e.g. GLSim's crop re-encoded smaller); the
+        position embeddings are resampled to its grid (``pos_embed_at``). Without it, ``x`` must be at the
+        model's ``img_size``.
+        """
+        size = self.img_size if img_size is None else to_2tuple(img_size)
+        if x.shape[-2:] != size:
+            got = f"got {x.shape[-2]}x{x.shape[-1]}"
+            if img_size is None:
+                raise ValueError(f"{self.name} was built for {size[0]}x{size[1]} inputs, {got}; build the model "
+                                 f"with img_size={tuple(x.shape[-2:])}")
+            raise ValueError(f"{self.name} was asked for {size[0]}x{size[1]} inputs (img_size), {got}")
+        v = self.vit
+        if size == self.img_size:
+            x = v.patch_embed(x)
+            x = v._pos_embed(x)
+            if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
+                return v.norm_pre(x[0])
         else:
-            x = v.patch_drop(x)
+            if getattr(v, "rope", None) is not None:
+                raise ValueError(f"{self.name}: rotary position embeddings are built for one grid; inputs at "
+                                 "another size than img_size are not supported")
+            x = self._add_pos_embed(self._patch_tokens(x), self.pos_embed_at(size))
+        x = v.patch_drop(x)
         return v.norm_pre(x)
+
+    def _patch_tokens(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) at any patch-divisible size -> patch tokens (B, rows * cols, D).
+
+        timm's ``PatchEmbed`` forward without its check of the built size (same convolution and per-token norm).
+        """
+        pe = self.vit.patch_embed
+        if getattr(pe, "dynamic_img_pad", False):
+            raise ValueError(f"{self.name}: other input sizes are not supported with dynamic_img_pad")
+        self.grid_at(x.shape[-2:])  # a clear error for a size that does not tile
+        x = pe.proj(x)  # (B, D, rows, cols)
+        return pe.norm(x.flatten(2).transpose(1, 2))  # (B, rows * cols, D)
+
+    def _add_pos_embed(self, x: Tensor, pos_embed: Tensor | None) -> Tensor:
+        """Patch tokens (B, N, D) -> (B, prefix + N, D): prefix tokens and ``pos_embed``, as timm's ``_pos_embed``."""
+        v = self.vit
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (v.cls_token, v.reg_token) if t is not None]
+        if pos_embed is None:
+            x = torch.cat([*prefix, x], dim=1)
+        elif v.no_embed_class:  # the position embedding covers the patches only
+            x = torch.cat([*prefix, x + pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos_embed
+        return v.pos_drop(x)
+
+    def encode(self, tokens: Tensor, *, attn_mask: Tensor | None = None) -> Tensor:
+        """Embedded tokens (B, T, D) -> the last block's tokens after the final norm (B, T, D).
+
+        attn_mask: optional (B, 1, 1, T) boolean key mask (True: attend), for sequences padded to one length.
+        """
+        extra = self.block_kwargs()
+        if attn_mask is not None:
+            extra["attn_mask"] = attn_mask
+        if not extra:
+            return self.norm(self.blocks(tokens))
+        for block in self.blocks:
+            tokens = block(tokens, **extra)
+        return self.norm(tokens)
 
     def block_kwargs(self) -> dict[str, Any]:
         """What every block call needs besides the tokens: ``rope`` for EVA-02's rotary embeddings, else nothing.
@@ -298,18 +384,18 @@ class ViTBackbone(nn.Module):
         self,
         x: Tensor,
         *,
+        img_size: int | Sequence[int] | None = None,
         return_hidden_states: bool = False,
         return_attention: bool = False,
     ) -> EncoderOutput:
-        """Images (B, 3, H, W) -> ``EncoderOutput`` (tokens after the final norm, optional per-layer data)."""
-        tokens = self.embed(x)
-        extra = self.block_kwargs()
+        """Images (B, 3, H, W) -> ``EncoderOutput`` (tokens after the final norm, optional per-layer data).
+
+        ``img_size``: see ``embed`` (inputs at another size than the model's, position embeddings resampled).
+        """
+        tokens = self.embed(x, img_size=img_size)
         if not (return_hidden_states or return_attention):
-            if not extra:
-                return EncoderOutput(tokens=self.norm(self.blocks(tokens)))
-            for block in self.blocks:
-                tokens = block(tokens, **extra)
-            return EncoderOutput(tokens=self.norm(tokens))
+            return EncoderOutput(tokens=self.encode(tokens))
+        extra = self.block_kwargs()
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
             for block in self.blocks:

@@ -252,6 +252,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, backbone_kwargs=None if args.depth is None else dict(depth=args.depth),
         warmup=args.warmup, repeats=args.repeats, train=not args.no_train, memory=not args.no_memory,
         timm_reference=not args.no_timm, threads=args.threads, progress=not args.no_progress,
+        selection=not args.no_selection, amp=None if args.amp == "fp32" else args.amp,
     )
     print(result.to_markdown())
     if args.accuracy and not args.out:
@@ -308,6 +309,11 @@ def _add_benchmark_command(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-train", action="store_true", help="skip the training step (time and MACs)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--no-timm", action="store_true", help="do not time timm's own model beside fgvc's vit")
+    bench.add_argument("--no-selection", action="store_true", help="skip the selection-step table")
+    bench.add_argument(
+        "--amp", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="run inference and the training step under torch.autocast to this dtype (default: %(default)s)",
+    )
     bench.add_argument(
         "--out", default=None, help="folder for methods.csv, selection.csv, benchmark.md (and the plot)"
     )

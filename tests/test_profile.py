@@ -131,7 +131,8 @@ def test_profile_rejects_bad_arguments():
 def test_cli_benchmark(tmp_path, capsys):
     code = main([
         "benchmark", "--methods", "vit,glsim", "--backbone", "test_vit", "--depth", "2", "--img-size", "64",
-        "64x96", "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--no-memory", "--no-progress",
+        "64x96", "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--no-memory", "--no-progress", "--amp",
+        "bf16",
         "--out", str(tmp_path), "--accuracy", "vit=50,glsim=55.5",
     ])
     assert code == 0
@@ -148,3 +149,34 @@ def test_cli_benchmark_rejects_bad_values(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--img-size", "448by336"])
     assert "N or HxW" in capsys.readouterr().err
+
+
+def test_ranges_bracket_the_medians_and_options_are_rows():
+    """Each timing is a median with the range of its runs; each ratio the median of the rounds' own ratios;
+    GLSim's cheaper crop passes and DCAL's PWCA in fewer blocks are rows like the methods."""
+    r = fgvc.profile(["glsim", "glsim_half", "glsim_tokens", ("dcal_T1", "dcal", dict(pwca_blocks=1))],
+                     img_sizes=[64], memory=False, selection=False, timm_reference=False,
+                     **dict(QUICK, repeats=3))
+    assert [row.method for row in r.rows] == ["vit", "glsim", "glsim_half", "glsim_tokens", "dcal_T1"]
+    assert r.selection == []
+    for row in r.rows:
+        assert row.throughput_lo <= row.throughput <= row.throughput_hi
+        assert row.throughput_ratio_lo <= row.throughput_ratio <= row.throughput_ratio_hi
+        assert row.train_throughput_lo <= row.train_throughput <= row.train_throughput_hi
+        assert row.train_ratio_lo <= row.train_ratio <= row.train_ratio_hi
+        assert row.train_throughput == pytest.approx(row.batch_size / row.train_ms * 1e3)
+    vit = r.row("vit", 64)
+    assert vit.throughput_ratio_lo == vit.throughput_ratio_hi == vit.train_ratio_lo == vit.train_ratio_hi == 1.0
+    glsim, half = r.row("glsim", 64), r.row("glsim_half", 64)
+    assert half.macs_ratio < 0.7 * glsim.macs_ratio  # the crop pass at a quarter of the tokens
+    assert r.row("glsim_tokens", 64).macs_ratio <= glsim.macs_ratio
+    assert ("glsim_half inference throughput x ViT", "64") in {(t.name, t.img_size) for t in r.targets}
+    load = r.setup["loadavg"]
+    assert len(load) == 2 and "load average" in r.to_markdown()
+
+
+def test_profile_under_bf16_autocast():
+    r = fgvc.profile(["glsim"], img_sizes=[64], memory=False, selection=False, timm_reference=False, amp="bf16",
+                     **QUICK)
+    assert {row.amp for row in r.rows} == {"bfloat16"} and "bfloat16" in r.to_markdown()
+    assert all(math.isfinite(row.throughput) and math.isfinite(row.train_ms) for row in r.rows)

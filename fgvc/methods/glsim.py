@@ -19,6 +19,21 @@ Faithful to the official code (arkel23/GLSim, ``glsim/model_utils/glsim.py``):
 ``crop_at_inference=False`` skips the crop pass in evaluation (the aggregator then sees the global token
 only): plain-ViT cost, usually lower accuracy.
 
+Cheaper crop passes (options beyond the official code; the default is the official pass above). Two encoder
+passes at the input resolution bound GLSim at half a plain ViT's throughput; these shrink the second one:
+
+* ``crop_size``: the crop is resized to this size instead of the input's (an int or (h, w) in pixels, or a
+  float fraction of ``img_size``, rounded to whole patches) and encoded with the position embeddings
+  resampled to its grid (``ViTBackbone.pos_embed_at``). ``0.5`` encodes a quarter of the tokens; a small
+  box is still enlarged (a 3 x 3-patch box at 224 px becomes 112 px).
+* ``crop_mode="tokens"``: no second image. The crop pass re-encodes the global pass's own embedded tokens
+  inside the box (patch embedding plus each patch's position embedding, CLS in front): the box at the input
+  resolution, attended to alone. Boxes differ per image, so the sequences are padded to the batch's largest
+  box and a key mask keeps padding out of attention (no mask when all boxes hold as many patches). Its cost
+  follows the box: a box of n patches costs an encoder pass over 1 + n tokens, the whole image at worst.
+  Padding was chosen over a fixed number of top-k tokens so that the pass sees the same region as the
+  official crop (the box, not scattered patches).
+
 Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
 
 * stochastic depth: the official ``BlockVanilla`` gives every block the same ``DropPath(sd)`` and the
@@ -32,6 +47,7 @@ Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -41,11 +57,16 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from ..backbone import to_2tuple
 from .base import FGVCModel, ModelOutput, register_model
 
-__all__ = ["GLSim", "cls_patch_similarity", "crop_and_resize", "init_aggregator_official", "select_box"]
+__all__ = [
+    "GLSim", "box_token_sequence", "cls_patch_similarity", "crop_and_resize", "init_aggregator_official",
+    "resolve_crop_size", "select_box",
+]
 
 DROP_PATH_SCHEDULES = ("constant", "linear")
+CROP_MODES = ("resize", "tokens")
 
 
 def cls_patch_similarity(
@@ -108,6 +129,55 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | None 
     return torch.cat(crops, dim=0)
 
 
+def resolve_crop_size(
+    crop_size: int | float | Sequence[int] | None, img_size: tuple[int, int], patch_size: tuple[int, int]
+) -> tuple[int, int]:
+    """GLSim's ``crop_size`` option -> (h, w) pixels: None is ``img_size``; a float in (0, 1] a fraction of it,
+    rounded to whole patches (at least one); an int or (h, w) is taken as given and must tile into patches."""
+    ph, pw = patch_size
+    if crop_size is None:
+        return img_size
+    if isinstance(crop_size, float):
+        if not 0 < crop_size <= 1:
+            raise ValueError(f"a fractional crop_size must be in (0, 1], got {crop_size}")
+        return (max(round(img_size[0] * crop_size / ph), 1) * ph, max(round(img_size[1] * crop_size / pw), 1) * pw)
+    h, w = to_2tuple(crop_size)
+    if h < ph or w < pw or h % ph or w % pw:
+        raise ValueError(f"crop_size {h}x{w} must be a positive multiple of the patch size {ph}x{pw}")
+    return h, w
+
+
+def box_token_sequence(
+    tokens: Tensor, boxes: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int], patch_size: tuple[int, int]
+) -> tuple[Tensor, Tensor | None]:
+    """The prefix tokens and the patch tokens inside each box, padded to the longest: the crop as tokens.
+
+    tokens: (B, P + rows * cols, D) embedded tokens (position embeddings added); boxes: (B, 4) (x0, y0, x1, y1)
+    input pixels on patch borders, ends exclusive. Returns the sequences (B, P + M, D), patches in raster order
+    and M the most patches of a box, and the (B, 1, 1, P + M) boolean key mask (True: a real token), or None
+    when no sequence is padded.
+    """
+    b = tokens.shape[0]
+    rows, cols = grid_size
+    ph, pw = patch_size
+    r = torch.arange(rows, device=tokens.device).view(1, rows, 1)
+    c = torch.arange(cols, device=tokens.device).view(1, 1, cols)
+    x0, y0, x1, y1 = (boxes[:, i].view(b, 1, 1) for i in range(4))
+    inside = (r >= y0 // ph) & (r < y1 // ph) & (c >= x0 // pw) & (c < x1 // pw)  # (B, rows, cols)
+    inside = inside.reshape(b, rows * cols)
+    counts = inside.sum(-1)  # (B,)
+    m = int(counts.max())
+    order = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[:, :m]  # inside patches first, raster
+    patches = tokens[:, num_prefix_tokens:]  # (B, N, D)
+    picked = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))  # (B, M, D)
+    sequence = torch.cat([tokens[:, :num_prefix_tokens], picked], dim=1)  # (B, P + M, D)
+    if bool((counts == m).all()):
+        return sequence, None
+    real = torch.arange(m, device=tokens.device).view(1, m) < counts.view(b, 1)  # (B, M)
+    mask = torch.cat([real.new_ones(b, num_prefix_tokens), real], dim=1)  # (B, P + M)
+    return sequence, mask.view(b, 1, 1, -1)
+
+
 @torch.no_grad()
 def init_aggregator_official(block: nn.Module) -> None:
     """Xavier-uniform linear weights, N(0, 1e-6) biases (official ``init_weights``); norms reset to 1 / 0.
@@ -132,7 +202,9 @@ class GLSim(FGVCModel):
 
     Options: ``top_k`` (8), ``inclusive_box`` (False: official exclusive end), ``crop_at_inference``
     (True), ``aggregator_heads`` (default ``embed_dim // 64``, at least 1), ``drop_path_schedule``
-    (``"constant"``: official, every block and the aggregator at ``drop_path_rate``; ``"linear"``: timm's).
+    (``"constant"``: official, every block and the aggregator at ``drop_path_rate``; ``"linear"``: timm's),
+    and the cheaper crop passes of the module doc: ``crop_size`` (None: the input size, official; pixels or a
+    fraction such as 0.5) and ``crop_mode`` (``"resize"``: official; ``"tokens"``: the box's own tokens).
     """
 
     def __init__(
@@ -143,6 +215,8 @@ class GLSim(FGVCModel):
         crop_at_inference: bool = True,
         aggregator_heads: int | None = None,
         drop_path_schedule: str = "constant",
+        crop_size: int | float | Sequence[int] | None = None,
+        crop_mode: str = "resize",
         **common: Any,
     ) -> None:
         options = dict(
@@ -151,9 +225,15 @@ class GLSim(FGVCModel):
             crop_at_inference=crop_at_inference,
             aggregator_heads=aggregator_heads,
             drop_path_schedule=drop_path_schedule,
+            crop_size=list(crop_size) if isinstance(crop_size, Sequence) else crop_size,
+            crop_mode=crop_mode,
         )
         if drop_path_schedule not in DROP_PATH_SCHEDULES:
             raise ValueError(f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {drop_path_schedule!r}")
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
+        if crop_mode == "tokens" and crop_size is not None:
+            raise ValueError("crop_mode='tokens' encodes the box at the input resolution; crop_size is for 'resize'")
         super().__init__(options=options, **common)
         bb = self.backbone
         if bb.patch_stride != bb.patch_size:
@@ -170,6 +250,14 @@ class GLSim(FGVCModel):
         self.top_k = top_k
         self.inclusive_box = inclusive_box
         self.crop_at_inference = crop_at_inference
+        self.crop_mode = crop_mode
+        self.crop_size = resolve_crop_size(crop_size, bb.img_size, bb.patch_size)  # (h, w) of the resized crop
+        rotary = getattr(bb.vit, "rope", None) is not None  # EVA: rotary embeddings built for one grid
+        if crop_mode == "tokens" and (rotary or not bb.has_class_token):
+            raise ValueError(f"crop_mode='tokens' needs a CLS token and absolute position embeddings; {bb.name} "
+                             f"has {'rotary embeddings' if rotary else 'no CLS token'}")
+        if self.crop_size != bb.img_size and rotary:
+            raise ValueError(f"crop_size needs absolute position embeddings to resample; {bb.name} has rotary ones")
         dim = bb.embed_dim
         heads = aggregator_heads or max(dim // 64, 1)
         rate = float(self.config["drop_path_rate"])
@@ -196,13 +284,33 @@ class GLSim(FGVCModel):
         boxes = select_box(similarity, self.top_k, bb.patch_size, bb.img_size, inclusive=self.inclusive_box)
         return similarity, boxes
 
+    def crop_pass(self, x: Tensor, embedded: Tensor | None, boxes: Tensor) -> Tensor:
+        """The crop's CLS token (B, D): the box resized and re-encoded, or the box's own tokens re-encoded.
+
+        x: (B, 3, H, W) input; embedded: (B, T, D) the global pass's embedded tokens (before the blocks), needed
+        by ``crop_mode="tokens"`` only.
+        """
+        bb = self.backbone
+        if self.crop_mode == "tokens":
+            if embedded is None:
+                raise ValueError("crop_mode='tokens' needs the global pass's embedded tokens")
+            sequence, mask = box_token_sequence(embedded, boxes, bb.num_prefix_tokens, bb.grid_size, bb.patch_size)
+            return bb.encode(sequence, attn_mask=mask)[:, 0]  # (B, P + M, D) -> CLS (B, D)
+        crops = crop_and_resize(x, boxes, self.crop_size)  # (B, 3, h, w), no gradient to the selection
+        other_size = {} if self.crop_size == bb.img_size else {"img_size": self.crop_size}
+        return bb.global_token(bb(crops, **other_size).tokens)
+
     def forward(self, x: Tensor) -> ModelOutput:
-        tokens = self.backbone(x).tokens  # (B, T, D), after the final norm
+        bb = self.backbone
+        if self.crop_mode == "tokens":  # the crop pass reuses the embedded tokens (B, T, D)
+            embedded = bb.embed(x)
+            tokens = bb.encode(embedded)  # (B, T, D), after the final norm
+        else:
+            embedded, tokens = None, bb(x).tokens
         similarity, boxes = self.select(tokens.detach())
         cls_tokens = [self.backbone.global_token(tokens)]  # global CLS (B, D)
         if self.training or self.crop_at_inference:
-            crops = crop_and_resize(x, boxes)  # (B, 3, H, W), no gradient to the selection
-            cls_tokens.append(self.backbone.global_token(self.backbone(crops).tokens))  # crop CLS (B, D)
+            cls_tokens.append(self.crop_pass(x, embedded, boxes))  # crop CLS (B, D)
         z = self.aggregator(torch.stack(cls_tokens, dim=1))  # (B, 2, D)
         z = self.aggregator_norm(z)[:, 0]  # (B, D)
         return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, similarity=similarity)
