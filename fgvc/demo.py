@@ -242,23 +242,22 @@ def _version() -> str:
 
 @torch.no_grad()
 def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike, n: int = 6) -> None:
-    """Rows: methods; columns: the same test images. Each panel: the image in grey under the map the method
-    selects with (its ``similarity`` output: GLSim's CLS-patch similarity, DCAL's rollout) or, for methods
-    without one, its attention rollout, normalised per panel; the true detail box in green, a crop box in
-    orange, and the prediction in the title (green when right, red when wrong)."""
+    """Rows: methods; columns: the same test images. Each panel (``fgvc.viz.overlay_map``): the image in grey
+    under the map the method selects with (its ``similarity`` output: GLSim's CLS-patch similarity, DCAL's
+    rollout) or, for methods without one, its attention rollout, normalised per panel; the true detail box in
+    green, the model's crop box in blue, and the prediction in the title (green when right, red when wrong)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .viz import attention_maps, denormalize
+    from .viz import attention_maps, denormalize, overlay_map
+    from .viz.core import heat_colorbar
 
     images = torch.stack([data[i][0] for i in range(n)])
     targets = [data[i][1] for i in range(n)]
     names = list(data.classes)
-    gt = data.input_boxes[:n]
-    fig, axes = plt.subplots(len(models), n, figsize=(1.9 * n + 0.6, 2.1 * len(models)), squeeze=False)
-    grey = None
+    fig, axes = plt.subplots(len(models), n, figsize=(1.9 * n + 1.0, 2.1 * len(models)), squeeze=False)
     for row, (method, model) in enumerate(models.items()):
         model.eval()
         maps = attention_maps(model, images)
@@ -266,37 +265,23 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
         heat = maps.output.similarity if selects else maps.get("rollout")
         label = "CLS-patch similarity" if "similarity" in maps.kinds else "attention rollout"
         preds = maps.output.logits.argmax(-1).tolist()
-        if grey is None:
-            rgb = denormalize(images, model.data_config["mean"], model.data_config["std"])
-            grey = rgb.mean(-1)  # (n, H, W) luminance: the map's hue stays readable on any image
+        rgb = denormalize(images, model.data_config["mean"], model.data_config["std"])  # (n, H, W, 3)
         h, w = model.img_size
+        gt = data.input_boxes[:n] * torch.tensor([w, h, w, h])
         for col in range(n):
-            ax = axes[row, col]
-            ax.imshow(grey[col], cmap="gray", vmin=0, vmax=1)
-            m = heat[col].float()
-            m = (m - m.min()) / (m.max() - m.min()).clamp(min=1e-8)
-            ax.imshow(m.numpy(), cmap="magma", alpha=0.55, extent=(-0.5, w - 0.5, h - 0.5, -0.5), vmin=0, vmax=1)
-            x0, y0, x1, y1 = (gt[col] * torch.tensor([w, h, w, h])).tolist()
-            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5))
-            if maps.output.boxes is not None:
-                bx0, by0, bx1, by1 = maps.output.boxes[col].tolist()
-                ax.add_patch(
-                    plt.Rectangle((bx0 - 0.5, by0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="orange", lw=1.5, ls="--")
-                )
             ok = preds[col] == targets[col]
-            ax.set_title(
+            overlay_map(
+                rgb[col], heat[col], ax=axes[row, col], patch_size=model.backbone.patch_size, colorbar=False,
+                true_box=gt[col].tolist(),
+                model_box=None if maps.output.boxes is None else maps.output.boxes[col].tolist(),
+            )
+            axes[row, col].set_title(
                 f"{names[preds[col]]}" + ("" if ok else f"\n(true {names[targets[col]]})"),
                 fontsize=7.5, color="green" if ok else "red",
             )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlim(-0.5, w - 0.5)
-            ax.set_ylim(h - 0.5, -0.5)
         axes[row, 0].set_ylabel(f"{method}\n{label}", fontsize=8)
-    fig.suptitle(
-        "Where each method looks (map normalised per panel; green: true detail, orange dashed: GLSim's crop)",
-        fontsize=9,
-    )
-    fig.tight_layout()
+    fig.suptitle("Where each method looks (green: true detail; blue: GLSim's crop box)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    heat_colorbar(fig, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
     fig.savefig(path, dpi=110)
     plt.close(fig)

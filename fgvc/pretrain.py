@@ -225,6 +225,7 @@ class _Pretrainer(nn.Module):
 @torch.no_grad()
 def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[str, float]:
     """Per detail size: CLS top-1, and the pointing game of GLSim's similarity (peak inside the box)."""
+    from .evaluate import box_iou_pairs
     from .methods.glsim import select_box
 
     model.eval()
@@ -240,11 +241,8 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
             cover = detail_coverage(boxes, bb.grid_size, bb.patch_size[0]).flatten(1)
             peak = sim.argmax(-1)
             hit += (cover.gather(1, peak[:, None]) > 0).sum().item()
-            sel = select_box(sim.reshape(-1, *bb.grid_size), 8, bb.patch_size, bb.img_size).float()
-            inter = (torch.minimum(sel[:, 2:], boxes[:, 2:]) - torch.maximum(sel[:, :2], boxes[:, :2])).clamp(min=0)
-            inter = inter.prod(-1)
-            union = (sel[:, 2:] - sel[:, :2]).prod(-1) + (boxes[:, 2:] - boxes[:, :2]).prod(-1) - inter
-            iou_sum += (inter / union).sum().item()
+            sel = select_box(sim.reshape(-1, *bb.grid_size), 8, bb.patch_size, bb.img_size)
+            iou_sum += box_iou_pairs(sel, boxes).sum().item()
         n = len(idx)
         out[f"top1_{part.side}px"] = 100.0 * correct / n
         out[f"pointing_{part.side}px"] = 100.0 * hit / n
