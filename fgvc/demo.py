@@ -22,8 +22,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from .checkpoint import load_model
 from .data import synthetic_splits
 from .evaluate import evaluate
 from .methods.base import create_model, list_models
-from .train import fit, seed_everything
+from .train import fit, reproducible, seed_everything
 
 __all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "format_table", "run_demo", "summarize_seeds"]
 
@@ -107,7 +106,7 @@ def run_demo(
         f"{', '.join(map(str, seeds))}; writing to {out}/"
     )
     rows: list[dict[str, Any]] = []
-    with _reproducible(s.threads):
+    with reproducible(s.threads):
         for seed in seeds:
             run = replace(s, seed=seed)
             data = synthetic_splits(
@@ -219,19 +218,6 @@ def summarize_seeds(rows: list[dict[str, Any]]) -> str:
             f"{stat([r['crop_iou'] for r in mine], '.2f')} | {stat([r['pointing_game'] for r in mine], '.1f')} |"
         )
     return "\n".join(lines)
-
-
-@contextmanager
-def _reproducible(threads: int) -> Iterator[None]:
-    """Fixed thread count and deterministic algorithms for the demo, restored afterwards."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
 
 
 def _version() -> str:

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from .backbone import ViTBackbone
 from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
+from .train import reproducible
 from .weights import SHIPPED_BACKBONES
 
 __all__ = [
@@ -265,9 +266,12 @@ def pretrain(
     s = settings or PretrainSettings()
     if s.backbone not in SHIPPED_BACKBONES:
         raise ValueError(f"unknown backbone {s.backbone!r}; fgvc pretrains {sorted(SHIPPED_BACKBONES)}")
-    torch.set_num_threads(s.threads)
+    with reproducible(s.threads):  # fixed threads, deterministic algorithms; restored afterwards
+        return _pretrain(out_dir, s, progress, eval_every)
+
+
+def _pretrain(out_dir: str | os.PathLike, s: PretrainSettings, progress: bool, eval_every: int) -> dict[str, Any]:
     torch.manual_seed(s.seed)
-    torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(s.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import random
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,20 @@ def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
         a.ticklabel_format(axis="y", useOffset=False)  # a loss that barely moves reads 2.3026, not 1e-6+2.30258
     fig.tight_layout()
     return fig
+
+
+@contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """Within the context: a fixed thread count and deterministic algorithms (restored on exit), so a seeded
+    run prints the same numbers on every run of the same machine type and torch version."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
 
 
 def seed_everything(seed: int) -> torch.Generator:
