@@ -40,6 +40,7 @@ from .hints import similar_files
 from .methods.base import FGVCModel, create_model
 
 __all__ = [
+    "check_state_matches",
     "load_model",
     "load_state_dict_file",
     "load_train_state",
@@ -219,7 +220,7 @@ def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
     """
     if Path(path).suffix != ".safetensors" and Path(path).is_file():
         state = load_state_dict_file(path)
-        _check_state_matches(model, state, path)
+        check_state_matches(model, state, path)
         model.load_state_dict(state, strict=True)
         return {}
     meta = read_metadata(path)
@@ -231,12 +232,12 @@ def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("method") != model.method:
         raise ValueError(f"checkpoint {path} holds a {meta.get('method')!r} model, not {model.method!r}")
     state, _ = load_tensors(path, "checkpoint")
-    _check_state_matches(model, state, path)
+    check_state_matches(model, state, path)
     model.load_state_dict(state, strict=True)
     return meta
 
 
-def _check_state_matches(model: torch.nn.Module, state: dict[str, Tensor], path: Any) -> None:
+def check_state_matches(model: torch.nn.Module, state: dict[str, Tensor], path: Any) -> None:
     """Same keys and shapes as the model, or an error naming the first differences."""
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:

@@ -20,7 +20,7 @@ from .distributed import all_gather_objects, get_rank, get_world_size, is_distri
 from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
-__all__ = ["TTA_MODES", "EvalResult", "box_iou_pairs", "evaluate", "pointing_game", "tta_forward"]
+__all__ = ["TTA_MODES", "EvalResult", "box_iou_pairs", "check_labels", "evaluate", "pointing_game", "tta_forward"]
 
 #: Test-time augmentations of ``evaluate`` / ``predict`` (``tta=``): None (off) or ``"hflip"``.
 TTA_MODES = (None, "hflip")
@@ -234,7 +234,7 @@ def evaluate(
     for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, targets = images.to(device), targets.to(device)
         out = tta_forward(model, images, tta)
-        _check_labels(targets, out.logits.shape[1])
+        check_labels(targets, out.logits.shape[1])
         batch_losses.append(model.loss(out, targets).item() * len(targets))
         logits_all.append(out.logits.float().cpu())
         targets_all.append(targets.cpu())
@@ -333,7 +333,7 @@ def _shard(n: int, batch_size: int) -> tuple[int, int]:
     return min(b0 * batch_size, n), min(b1 * batch_size, n)
 
 
-def _check_labels(targets: Tensor, num_classes: int) -> None:
+def check_labels(targets: Tensor, num_classes: int) -> None:
     """A wrong class count between data and model is named, not left to a CUDA assert."""
     if len(targets) and (int(targets.max()) >= num_classes or int(targets.min()) < 0):
         raise ValueError(

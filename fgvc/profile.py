@@ -68,6 +68,7 @@ from .methods.base import FGVCModel, create_model, list_models
 from .methods.dcal import local_query_count
 from .methods.glsim import cls_patch_similarity, select_box
 from .methods.transfg import part_selection
+from .precision import autocast_dtype
 
 __all__ = [
     "VARIANTS",
@@ -785,9 +786,7 @@ def profile(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but torch sees no CUDA device")
-    from .train import _autocast_dtype  # late: train imports much more than profile needs
-
-    dtype = _autocast_dtype(amp, device)
+    dtype = autocast_dtype(amp, device)
     specs = _resolve(methods, timm_reference)
     saved_threads = torch.get_num_threads()
     if threads is not None:

@@ -45,7 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    _check_state_matches,
+    check_state_matches,
     load_train_state,
     remove_stale_temporaries,
     save_model,
@@ -61,8 +61,9 @@ from .distributed import (
     init_distributed,
     wrap_ddp,
 )
-from .evaluate import _check_labels, evaluate
+from .evaluate import check_labels, evaluate
 from .methods.base import FGVCModel
+from .precision import autocast_dtype, set_tf32
 from .settings import check_fit_settings
 
 __all__ = ["History", "fit", "plot_log", "seed_everything"]
@@ -194,19 +195,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _autocast_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
-    """'auto': bf16 on CUDA GPUs that support it, none on the CPU (slower there than fp32)."""
-    if amp in (None, False, "none", "fp32"):
-        return None
-    if amp in ("auto", True):
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    if amp in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if amp in ("fp16", "float16"):
-        return torch.float16
-    raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
-
-
 def fit(
     model: FGVCModel,
     train_data: Dataset,
@@ -310,7 +298,7 @@ def fit(
         model_state, saved, saved_tensors = load_train_state(state_path)
         _check_resume(net, saved, train_data, state_path, optimizer=optimizer, world=world, batch_size=batch_size,
                       accumulate_steps=accumulate_steps, seed=seed, epochs=epochs, settings=settings)
-        _check_state_matches(net, model_state, state_path)
+        check_state_matches(net, model_state, state_path)
         net.load_state_dict(model_state, strict=True)
 
     seed_everything(seed + rank)
@@ -337,7 +325,7 @@ def fit(
     sched = CosineLRScheduler(
         opt, t_initial=total_steps, lr_min=min_lr, warmup_t=warmup, warmup_lr_init=min(min_lr, lr), t_in_epochs=False
     )
-    dtype = _autocast_dtype(amp, device)
+    dtype = autocast_dtype(amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
     history = History(checkpoint_dir=out_dir)
     best_top1, step, start_epoch, micro_done = -math.inf, 0, 1, 0
@@ -372,7 +360,7 @@ def fit(
     if out_dir is not None and main:
         remove_stale_temporaries(out_dir)  # of a write killed in an earlier run
     log = _Log(out_dir, enabled=main, resume_step=step if saved is not None else None, tensorboard=tensorboard)
-    tf32_before = _set_tf32(tf32)
+    tf32_before = set_tf32(tf32)
 
     def advice() -> str:
         clip = "" if grad_clip is not None else " or enable gradient clipping (grad_clip)"
@@ -447,7 +435,7 @@ def fit(
                     with sync:
                         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                             out = fwd(images)
-                            _check_labels(targets, out.logits.shape[1])
+                            check_labels(targets, out.logits.shape[1])
                             loss = net.loss(out, targets, label_smoothing=label_smoothing)
                         loss_value = loss.item()
                         if any_rank(not math.isfinite(loss_value), device):
@@ -528,7 +516,7 @@ def fit(
                 tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
     finally:
         log.close()
-        _set_tf32(tf32_before)
+        set_tf32(tf32_before)
     return history
 
 
@@ -735,19 +723,6 @@ def _oom_message(batch_size: int, accumulate_steps: int, dtype: torch.dtype | No
         f"batch with gradient accumulation to keep the effective batch: {hint} (fgvc train --batch-size "
         f"{smaller} --accumulate-steps {accumulate_steps * batch_size // smaller}){amp}."
     )
-
-
-def _set_tf32(value: bool | None) -> tuple[bool, bool] | None:
-    """Set TF32 for CUDA matmuls and cuDNN; returns the previous setting (None: left alone)."""
-    if value is None:
-        return None
-    if isinstance(value, tuple):
-        matmul, cudnn = value
-    else:
-        matmul = cudnn = bool(value)
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-    return before
 
 
 # ----------------------------------------------------------------------------------------- logs
