@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from _fixed_box import FIXED_BOX
+from _targets import targets_markdown
 
 import fgvc
 from fgvc.profile import timed_rounds
@@ -81,7 +82,7 @@ def main() -> None:
     result = fgvc.profile(OPTIONS, backbone=args.backbone, img_sizes=args.img_size, batch_size=args.batch_size,
                           device=args.device, repeats=args.repeats, warmup=args.warmup, train=False, memory=False,
                           selection=False, timm_reference=False, threads=args.threads, progress=True)
-    print(result.to_markdown(targets=True))
+    print(result.to_markdown() + targets_markdown(result.rows))
     # the tokens pass's length: the padded sequence of each batch (boxes as these random weights select them)
     for size in args.img_size:
         model = fgvc.create_model("glsim", backbone=args.backbone, num_classes=200, img_size=size,

@@ -3,7 +3,7 @@
 Everything is measured by ``fgvc.profile`` (see its module doc: same run, models taking turns, MACs under math
 attention, selection shares); this script adds ``dcal_nopwca`` (DCAL with ``pwca=False``) and prints, per size,
 what PWCA costs: the training step of DCAL = the ViT's x (PWCA = dcal - dcal_nopwca, + the rest), in time and
-in training MACs, against the issue's DCAL targets (inference <= 1.15x the ViT, training step <= 2x; the
+in training MACs, against DCAL's cost targets (inference <= 1.15x the ViT, training step <= 2x; the
 paper reports 1.8x). PWCA (training only) runs every block a second time, with its backward and twice the
 keys, so its MACs alone are the ViT's training step plus the attention's share again: with SA, DCAL's
 training step has at least 2x the ViT's MACs plus that share, before GLCA and the rollout.
@@ -19,6 +19,8 @@ what a cheaper PWCA costs; ``--dcal-only`` leaves GLSim and TransFG out (a quick
 from __future__ import annotations
 
 import argparse
+
+from _targets import targets_markdown
 
 import fgvc
 
@@ -47,7 +49,7 @@ def main() -> None:
         backbone_kwargs=None if args.depth is None else dict(depth=args.depth), memory=False,
         timm_reference=False, progress=True,
     )
-    print(result.to_markdown(targets=True))
+    print(result.to_markdown() + targets_markdown(result.rows))
     met = []
     for size in args.img_size:
         dcal, nopwca = result.row("dcal", size), result.row("dcal_nopwca", size)

@@ -275,8 +275,8 @@ def _add_benchmark_command(sub: argparse._SubParsersAction) -> None:
         "with ratios to the plain ViT of the same run and timm's own model timed beside it: parameters, MACs "
         "per image (FlopCounterMode, math attention), inference images/s and training-step time (medians, the "
         "models taking turns), peak memory above the idle model (CUDA max allocated; CPU: process RSS), and "
-        "each method's selection step as a share of one encoder forward. Prints markdown tables and the "
-        "targets; --out writes CSV, markdown and (with --accuracy) an accuracy-against-throughput plot.",
+        "each method's selection step as a share of one encoder forward. Prints markdown tables; --out writes "
+        "CSV, markdown and (with --accuracy) an accuracy-against-throughput plot.",
     )
     bench.add_argument(
         "--methods",

@@ -20,12 +20,8 @@ backbone with the same random weights (cost needs no pretrained weights):
   with its range. The machine's 1-minute load average before and after the run is kept in the setup;
 * **peak memory** of one inference batch and of the first training step (gradients and AdamW state
   included), *above the memory the idle model and its input already hold*: on CUDA from
-  ``max_memory_allocated``; on the CPU from the process RSS. A process's peak RSS (``getrusage``) only grows,
-  so on Linux the RSS high-water mark is reset through ``/proc/self/clear_refs`` right before each step,
-  after freed heap memory has been returned to the system (``malloc_trim``), and the RSS just before is
-  subtracted: each figure is that step's own growth, whatever ran before it in the process. Checked against a
-  fresh process per model (deit_tiny, 448 px, batch 4): within about 20 MiB for inference and 5% for
-  training. Elsewhere (no /proc) the CPU figures are NaN;
+  ``max_memory_allocated``; on the CPU from the process RSS (``fgvc.memory``: each figure is that step's own
+  growth, whatever ran before it in the process; NaN where there is no /proc);
 * **the selection step alone**, as a share of one encoder forward (fused attention, as the methods run it),
   in wall time and in MACs: GLSim's CLS-patch similarity + top-k + box, DCAL's CLS-row attention rollout +
   top-R, TransFG's part selection (CLS row of the attention product); for reference also the full-matrix
@@ -42,8 +38,6 @@ plots accuracy against throughput when accuracies are given.
 from __future__ import annotations
 
 import csv
-import ctypes
-import gc
 import math
 import os
 import platform
@@ -64,6 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import ViTBackbone, to_2tuple
 from .layers.rollout import attention_rollout, rollout_map
+from .memory import peak_memory_mib
 from .methods.base import FGVCModel, create_model, list_models
 from .methods.dcal import local_query_count
 from .methods.glsim import cls_patch_similarity, select_box
@@ -75,7 +70,6 @@ __all__ = [
     "MethodCost",
     "ProfileResult",
     "SelectionCost",
-    "TargetCheck",
     "count_macs",
     "count_train_macs",
     "profile",
@@ -95,7 +89,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # the GLSim paper (Rios et al., 2024): selection FLOPs as a share of the backbone's, 224 to 448 px
 PAPER_SHARES = "GLSim about 0.003%, attention rollout about 1-14%, TransFG part selection about 47-781%"
-MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------- counting
@@ -246,70 +239,19 @@ def _train_step(model: nn.Module, x: Tensor, y: Tensor, dtype: torch.dtype | Non
 def _peak_memory(model: nn.Module, x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> tuple[float, float]:
     """(inference, first training step) peak memory in MiB above what the idle model and its input hold.
 
-    CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``. CPU (Linux): the process RSS
-    high-water mark, reset through ``/proc/self/clear_refs`` right before the step, minus the RSS then, after
-    freed heap memory is returned to the system (``malloc_trim``) so that the step's growth is its own; NaN
-    where /proc is missing. The training step is the first one of a fresh AdamW: gradients and optimizer state
-    are included.
+    ``fgvc.memory.peak_memory_mib`` of each step. The training step is the first one of a fresh AdamW: gradients
+    and optimizer state are included.
     """
-    device = x.device
-    cuda = device.type == "cuda"
-
-    def peak(fn: Callable[[], Any]) -> float:
-        gc.collect()  # tensors held by reference cycles of the previous step
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            fn()
-            torch.cuda.synchronize(device)
-            return (torch.cuda.max_memory_allocated(device) - base) / MIB
-        _trim_heap()
-        if not _reset_peak_rss() or (before := _proc_status()) is None:
-            return math.nan
-        fn()
-        after = _proc_status()
-        return math.nan if after is None else (after[1] - before[0]) / MIB
-
     model.eval()
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), _autocast(x.device, dtype):
         model(x)  # warm-up: the runtime's one-time allocations are not the model's
-        infer = peak(lambda: model(x))
+        infer = peak_memory_mib(lambda: model(x), x.device)
     model.train()
     model.zero_grad(set_to_none=True)
-    train = peak(_train_step(model, x, y, dtype))  # the optimizer goes with its closure
+    train = peak_memory_mib(_train_step(model, x, y, dtype), x.device)  # the optimizer goes with its closure
     model.zero_grad(set_to_none=True)
     model.eval()
     return infer, train
-
-
-def _proc_status() -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) of this process in bytes from /proc (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            status = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (Linux >= 4.0); False where it cannot be done."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    """Return freed heap memory to the system (glibc), so the next step's RSS growth is its own."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -367,31 +309,11 @@ class SelectionCost:
 
 
 @dataclass
-class TargetCheck:
-    """One of the issue's targets, checked on this run's ratios: ``value op limit``."""
-
-    name: str
-    img_size: str
-    value: float
-    op: str  # ">=", "<=" or "<"
-    limit: float
-
-    @property
-    def met(self) -> bool:
-        return {">=": self.value >= self.limit, "<=": self.value <= self.limit, "<": self.value < self.limit}[self.op]
-
-    def __str__(self) -> str:
-        verdict = "met" if self.met else "NOT met"
-        return f"{self.name} at {self.img_size}: {self.value:.4g} {self.op} {self.limit:g}: {verdict}"
-
-
-@dataclass
 class ProfileResult:
-    """What ``profile`` measured: one ``MethodCost`` per method and size, the selection steps, the targets."""
+    """What ``profile`` measured: one ``MethodCost`` per method and size, and the selection steps."""
 
     rows: list[MethodCost]
     selection: list[SelectionCost]
-    targets: list[TargetCheck]
     setup: dict[str, Any] = field(default_factory=dict)
 
     def row(self, method: str, img_size: int | Sequence[int]) -> MethodCost:
@@ -415,9 +337,8 @@ class ProfileResult:
             writer.writerows(asdict(r) for r in rows)
         return path
 
-    def to_markdown(self, targets: bool = False) -> str:
-        """The setup line, the methods table and the selection table as markdown; ``targets``: also the
-        development targets checked on this run's ratios (for benchmarks, not for users' reports)."""
+    def to_markdown(self) -> str:
+        """The setup line, the methods table and the selection table as markdown."""
         s = self.setup
         load = s.get("loadavg") or [math.nan, math.nan]
         lines = [
@@ -452,8 +373,6 @@ class ProfileResult:
                 lines.append(f"| {c.img_size} | {step} | {c.ms:.3g} | {c.time_pct:.3g} | {c.mmacs:.4g} | "
                              f"{c.macs_pct:.3g} |")
             lines += ["", f"The GLSim paper's shares of backbone FLOPs (224-448 px): {PAPER_SHARES}."]
-        if targets and self.targets:
-            lines += ["", "Targets (ratios of this run):", ""] + [f"- {t}" for t in self.targets]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -713,28 +632,6 @@ def _measure_selection(
     return selection
 
 
-def _targets(rows: Sequence[MethodCost]) -> list[TargetCheck]:
-    """The issue's targets on this run's ratios (only those whose methods were measured)."""
-    checks = []
-    for r in rows:
-        size = r.img_size
-        vit = next(v for v in rows if v.method == "vit" and v.img_size == size)
-        if r.method == "glsim":
-            checks += [
-                TargetCheck("glsim inference throughput x ViT", size, r.throughput_ratio, ">=", 0.45),
-                TargetCheck("glsim selection % of encoder MACs", size, r.select_macs_pct, "<", 0.1),
-                TargetCheck("glsim selection % of encoder time", size, r.select_time_pct, "<", 0.1),
-            ]
-        elif r.method == "dcal":
-            checks.append(TargetCheck("dcal inference MACs x ViT", size, r.macs_ratio, "<=", 1.15))
-        elif r.method.startswith("glsim_") and r.method != "glsim_nocrop":  # a cheaper crop pass
-            checks.append(TargetCheck(f"{r.method} inference throughput x ViT", size, r.throughput_ratio, ">=", 0.75))
-        elif r.method == TIMM:
-            checks.append(TargetCheck("fgvc vit throughput x timm's model", size, vit.throughput / r.throughput,
-                                      ">=", 0.98))
-    return [c for c in checks if not math.isnan(c.value)]  # figures not measured in this run are left out
-
-
 def profile(
     methods: Sequence[str | tuple[str, str, dict[str, Any]]] = DEFAULT_METHODS,
     *,
@@ -774,7 +671,7 @@ def profile(
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: inference and training step under ``torch.autocast``.
         threads: torch CPU threads during the run (default: as set).
         progress: print what is being measured to stderr.
-    Returns a ``ProfileResult``: ``.rows``, ``.selection``, ``.targets``, ``.to_markdown()``, ``.to_csv()``,
+    Returns a ``ProfileResult``: ``.rows``, ``.selection``, ``.to_markdown()``, ``.to_csv()``,
     ``.plot()``, ``.save()``.
     """
     if batch_size < 2:
@@ -815,7 +712,7 @@ def profile(
     finally:
         torch.set_num_threads(saved_threads)
     setup["loadavg"][1] = _loadavg()
-    return ProfileResult(rows=rows, selection=steps, targets=_targets(rows), setup=setup)
+    return ProfileResult(rows=rows, selection=steps, setup=setup)
 
 
 def _loadavg() -> float:
