@@ -7,8 +7,6 @@
     result = fgvc.evaluate(model, test_data)
 """
 
-__version__ = "0.1.0"
-
 from .backbone import EncoderOutput, ViTBackbone
 from .checkpoint import load_model, load_weights, read_metadata, save_model
 from .evaluate import EvalResult, evaluate
@@ -19,6 +17,7 @@ from .profile import ProfileResult, profile
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
 from .retrieval import RetrievalResult, retrieval_metrics
 from .train import History, fit, plot_log, seed_everything
+from .version import __version__
 
 __all__ = [
     "EncoderOutput",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +25,10 @@ import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
 
+from .io import backbone_state_dict, load_timm_state
 from .weights import shipped_backbone
 
-__all__ = ["EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "to_2tuple"]
+__all__ = ["EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "shape_repr", "to_2tuple"]
 
 
 def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
@@ -39,6 +39,18 @@ def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
     if len(size) != 2:
         raise ValueError(f"size must be an int or (height, width), got {size!r}")
     return size  # type: ignore[return-value]
+
+
+def shape_repr(x: Any) -> str:
+    """``(2, 10)`` for a tensor or array, ``[(2, 3), ...]`` for a list of them, repr for anything else.
+
+    What the output values (``EncoderOutput``, ``ModelOutput``) print instead of their numbers.
+    """
+    if hasattr(x, "shape"):
+        return str(tuple(x.shape))
+    if isinstance(x, (list, tuple)) and x and all(hasattr(v, "shape") for v in x):
+        return f"[{len(x)} x {tuple(x[0].shape)}]" if len({tuple(v.shape) for v in x}) == 1 else f"[{len(x)} tensors]"
+    return repr(x)
 
 
 class OverlapPatchEmbed(PatchEmbed):
@@ -94,10 +106,8 @@ class EncoderOutput:
 
     def __repr__(self) -> str:
         """Shapes, not values."""
-        from .methods.base import _shape
-
-        parts = [f"tokens={_shape(self.tokens)}"]
-        parts += [f"{k}={_shape(v)}" for k, v in (("hidden_states", self.hidden_states), ("attentions", self.attentions)) if v is not None]
+        parts = [f"tokens={shape_repr(self.tokens)}"]
+        parts += [f"{k}={shape_repr(v)}" for k, v in (("hidden_states", self.hidden_states), ("attentions", self.attentions)) if v is not None]
         return "EncoderOutput(" + ", ".join(parts) + ")"
 
 
@@ -166,8 +176,6 @@ class ViTBackbone(nn.Module):
             checkpoint_path = os.fspath(checkpoint_path)
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_path}")
-            from .checkpoint import backbone_state_dict  # late: checkpoint imports the methods
-
             if checkpoint_path.endswith(".npz"):
                 npz = checkpoint_path  # Google's ViT layout: timm's own reader, once the model is built
             else:
@@ -189,7 +197,7 @@ class ViTBackbone(nn.Module):
         if npz is not None:
             self.load_report = dict(file=npz, loaded=len(self.vit.state_dict()), left_aside=[])
         if state is not None:
-            self.load_report = _load_strict(self.vit, state, checkpoint_path, name)
+            self.load_report = load_timm_state(self.vit, state, checkpoint_path, name)
             self.load_report["left_aside"] += aside
         self._pos_embed_cache: dict[Any, Tensor] = {}  # pos_embed_at without gradients: one resampled size
 
@@ -440,41 +448,6 @@ class ViTBackbone(nn.Module):
                 h.remove()
             for attn, fused in saved:
                 attn.fused_attn = fused
-
-
-def _load_strict(vit: nn.Module, state: dict[str, Tensor], path: str, name: str) -> dict[str, Any]:
-    """Load a timm-style state dict into ``vit`` through timm's filter for its family, all or nothing.
-
-    The filter (``checkpoint_filter_fn`` of the module that defines the model class) resamples position
-    embeddings and patch kernels and converts other layouts, as timm does for its own pretrained weights; the
-    classifier of the file is left aside (the backbone has none). Anything else that does not match is a
-    ``ValueError`` with what matched, what is missing, what is unexpected and which shapes differ.
-    """
-    filter_fn = getattr(sys.modules.get(type(vit).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state = filter_fn(state, vit)
-    own = vit.state_dict()
-    heads = (getattr(vit, "pretrained_cfg", None) or {}).get("classifier") or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    aside = sorted(k for k in state if k not in own and any(k.startswith(h + ".") for h in heads))
-    state = {k: v for k, v in state.items() if k not in aside}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        matched = len(own) - len(missing) - len(shapes)
-        parts = [f"matched {matched} of {len(own)} tensors"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)):
-            if items:
-                more = f", ... ({len(items) - 4} more)" if len(items) > 4 else ""
-                parts.append(f"{label} {len(items)} ({', '.join(items[:4])}{more})")
-        raise ValueError(
-            f"{path} does not fit {name}: " + "; ".join(parts) + " (a timm state dict of this architecture, or "
-            "an fgvc checkpoint / train_state of the same backbone, is expected)"
-        )
-    vit.load_state_dict(state, strict=True)
-    return dict(file=path, loaded=len(own), left_aside=aside)
 
 
 def _patch_size_from_name(name: str) -> int | None:

@@ -414,7 +414,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = _Parser(
         prog="fgvc", description="Fine-grained visual categorization with vision transformers."

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .hints import similar_files
+from .io import torch_load_safely
 from .methods.base import FGVCModel, create_model
 
 __all__ = [
@@ -57,18 +58,8 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` allowing ``argparse.Namespace`` (the official config) and nothing else."""
     path = Path(path)
     if not path.is_file():
-        from .hints import similar_files
-
         raise FileNotFoundError(f"checkpoint not found: {path}{similar_files(path)}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(
-            f"refusing to load {path}: it needs more than tensors and an argparse Namespace to unpickle (it "
-            f"could run code); torch says: {first}"
-        ) from None
+    obj = torch_load_safely(path, allowed=[argparse.Namespace])
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj

@@ -221,7 +221,7 @@ def summarize_seeds(rows: list[dict[str, Any]]) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

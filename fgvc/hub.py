@@ -28,7 +28,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint import load_model, read_metadata, save_model
+from .io import cpu_tensors
 from .methods.base import FGVCModel
+from .version import __version__
 
 __all__ = ["WEIGHTS_NAME", "checkpoint_card_info", "export_timm", "from_pretrained", "model_card", "push_to_hub", "save_pretrained"]
 
@@ -50,8 +52,6 @@ def save_pretrained(
     ``dataset`` (e.g. ``"cub"``) and ``metrics`` (e.g. ``{"top1": 91.2}``, on the test split) go into the
     config and the card. Returns the folder.
     """
-    from . import __version__
-
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     extra = {k: v for k, v in dict(dataset=dataset, metrics=metrics).items() if v is not None}
@@ -80,8 +80,6 @@ def model_card(
     description: str | None = None,
 ) -> str:
     """A Hub model card (YAML front matter + markdown): method, backbone, input, data, metrics, fgvc version."""
-    from . import __version__
-
     cfg = model.config
     h, w = model.img_size
     tags = ["image-classification", "fine-grained", "fgvc", "timm", model.method]
@@ -215,7 +213,7 @@ def export_timm(model: FGVCModel, path: str | os.PathLike) -> tuple[Path, str]:
     if path.suffix != ".safetensors":
         raise ValueError(f"export to a .safetensors file, got {path}")
     net = model.backbone.vit  # the timm model (num_classes=0)
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in net.state_dict().items()}
+    state = cpu_tensors(net.state_dict())
     head = getattr(model, "head", None)
     classifier = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"  # "fc" for ResNets
     with_head = model.method == "vit" and isinstance(head, nn.Linear)

@@ -49,11 +49,11 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .backbone import ViTBackbone
 from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
+from .io import cpu_tensors, write_safetensors
 from .train import reproducible
 from .weights import SHIPPED_BACKBONES
 
@@ -330,15 +330,13 @@ def _pretrain(out_dir: str | os.PathLike, s: PretrainSettings, progress: bool, e
 
 def _save_weights(model: _Pretrainer, path: Path, step: int) -> dict[str, Tensor]:
     """The backbone as a timm state dict (what ``checkpoint_path=`` and the shipped loader read)."""
-    state = {k: v.detach().contiguous() for k, v in model.backbone.vit.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=dict(format="timm", source="fgvc pretrain", step=str(step)))
-    os.replace(tmp, path)
+    state = cpu_tensors(model.backbone.vit.state_dict())
+    write_safetensors(state, path, dict(format="timm", source="fgvc pretrain", step=str(step)))
     return state
 
 
 def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seconds: float, n: int) -> None:
-    from . import __version__
+    from .version import __version__
 
     shipped = SHIPPED_BACKBONES[s.backbone]
     rows = "\n".join(

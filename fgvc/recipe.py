@@ -321,7 +321,7 @@ def run_info() -> dict[str, Any]:
     import timm
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     commit = None
     try:

@@ -16,6 +16,7 @@ import timm
 from torch import Tensor, nn
 
 from .backbone import EncoderOutput, to_2tuple
+from .io import backbone_state_dict, load_timm_state
 
 __all__ = ["VIT_MODULES", "TimmBackbone", "is_vit_family", "timm_module"]
 
@@ -74,8 +75,6 @@ class TimmBackbone(nn.Module):
             kwargs["drop_path_rate"] = drop_path_rate
         state = None
         if checkpoint_path is not None:  # read safely, loaded strictly once built (as ViTBackbone does)
-            from .checkpoint import backbone_state_dict
-
             state, aside = backbone_state_dict(checkpoint_path)
             pretrained = False
         #: whether timm built the model for ``img_size`` (Swin and other windowed models); CNNs take any size
@@ -90,9 +89,7 @@ class TimmBackbone(nn.Module):
         #: what ``checkpoint_path`` gave (as ``ViTBackbone.load_report``), None otherwise
         self.load_report: dict[str, Any] | None = None
         if state is not None:
-            from .backbone import _load_strict
-
-            self.load_report = _load_strict(self.vit, state, os.fspath(checkpoint_path), name)
+            self.load_report = load_timm_state(self.vit, state, os.fspath(checkpoint_path), name)
             self.load_report["left_aside"] += aside
 
     @property

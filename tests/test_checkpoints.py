@@ -77,7 +77,7 @@ def test_saving_over_a_checkpoint_is_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("fgvc.checkpoint.save_file", crash)
+    monkeypatch.setattr("fgvc.io.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         fgvc.save_model(model, path)
     assert path.read_bytes() == before  # the previous checkpoint survives

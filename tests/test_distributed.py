@@ -34,11 +34,11 @@ device = init_distributed("cpu")
 rank = get_rank()
 assert get_world_size() == 2 and torch.distributed.get_backend() == "gloo"
 writes = []
-real_save = fgvc.checkpoint.atomic_save_file
+real_save = fgvc.checkpoint.write_safetensors
 def audited(tensors, path, metadata):
     writes.append(str(path))
     return real_save(tensors, path, metadata)
-fgvc.checkpoint.atomic_save_file = audited
+fgvc.checkpoint.write_safetensors = audited
 tiny = dict(backbone="test_vit", backbone_kwargs=dict(depth=2))
 
 # 1. exact evaluation: 13 test images, whole-batch shards (also one empty shard), gathered in order

@@ -284,7 +284,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("fgvc.checkpoint.save_file", full)
+    monkeypatch.setattr("fgvc.io.save_file", full)
     with pytest.raises(OSError, match="No space left"):
         fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=8, out_dir=tmp_path, resume=True, progress=False,
                  save_every_steps=2)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbone import ViTBackbone, to_2tuple
+from ..backbone import ViTBackbone, shape_repr, to_2tuple
 
 __all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "model_options", "register_model"]
 
@@ -43,20 +43,11 @@ class ModelOutput:
 
     def __repr__(self) -> str:
         """Shapes, not values: ``ModelOutput(logits=(2, 10), embedding=(2, 64), extras={features: (2, 64)})``."""
-        parts = [f"{f}={_shape(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
+        parts = [f"{f}={shape_repr(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
         parts = [p for p in parts if not p.endswith("=None")]
         if self.extras:
-            parts.append("extras={" + ", ".join(f"{k}: {_shape(v)}" for k, v in self.extras.items()) + "}")
+            parts.append("extras={" + ", ".join(f"{k}: {shape_repr(v)}" for k, v in self.extras.items()) + "}")
         return "ModelOutput(" + ", ".join(parts) + ")"
-
-
-def _shape(x: Any) -> str:
-    """``(2, 10)`` for a tensor or array, ``[(2, 3), ...]`` for a list of them, repr for anything else."""
-    if hasattr(x, "shape"):
-        return str(tuple(x.shape))
-    if isinstance(x, (list, tuple)) and x and all(hasattr(v, "shape") for v in x):
-        return f"[{len(x)} x {tuple(x[0].shape)}]" if len({tuple(v.shape) for v in x}) == 1 else f"[{len(x)} tensors]"
-    return repr(x)
 
 
 class FGVCModel(nn.Module):
