@@ -320,7 +320,10 @@ def test_uncertainty_weighted_loss_and_its_gradients():
         model.loss_weights.copy_(torch.tensor([0.1, -0.2, 0.3]))
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 4, 1])
     out = model(x)
-    assert torch.equal(out.logits, out.extras["sa_logits"])  # training: .logits are SA's
+    # training: .logits are the prediction evaluation scores too (log-probabilities of the averaged SA + GLCA
+    # prediction); the loss reads the branches' raw logits in extras
+    summed = out.extras["sa_logits"].softmax(-1) + out.extras["glca_logits"].softmax(-1)
+    assert torch.allclose(out.logits, (summed / 2).log(), atol=1e-6)
     w = model.loss_weights.detach()
     branches = ("sa_logits", "glca_logits", "pwca_logits")
     ce = torch.stack([F.cross_entropy(out.extras[k], y, label_smoothing=0.1) for k in branches]).detach()

@@ -90,11 +90,11 @@ def test_method_maps_read_the_models_own_selection(images):
         plain = model(images)
     assert "glca_attention" not in plain.extras  # only when asked for: no cost otherwise
     dcal = viz.attention_maps(model, images)
-    assert model.return_glca_attention is False  # the flag is reset after drawing
+    assert model.return_glca_attention is False  # explain asks for the map itself: no flag is flipped
     torch.testing.assert_close(dcal.output.logits, plain.logits)  # asking for the map changes nothing else
     queries = dcal.output.extras["glca_queries"]  # (B, R)
     r = queries.shape[1]
-    attn = dcal.glca_attention  # (B, heads, R, T) probabilities
+    attn = dcal.output.extras["glca_attention"]  # (B, heads, R, T) probabilities
     assert attn.shape == (3, 2, r, 1 + 24)
     torch.testing.assert_close(attn.sum(-1), torch.ones(3, 2, r))
     mask = dcal.get("glca_queries").reshape(3, -1)

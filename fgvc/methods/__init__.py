@@ -1,13 +1,27 @@
 """The methods, one module each, all registered in one registry (``create_model`` / ``list_models``)."""
 
 from . import dcal, glsim, transfg, vit  # noqa: F401  (importing registers the methods)
-from .base import FGVCModel, ModelOutput, create_model, list_models, model_options, register_model
+from .base import (
+    BASELINE,
+    FGVCModel,
+    ModelOutput,
+    create_model,
+    list_models,
+    model_class,
+    model_options,
+    register_model,
+)
 from .dcal import DCAL
+from .explain import Explanation, GridMap, MapInfo, SelectionStep
 from .glsim import GLSim
 from .transfg import TransFG
 from .vit import ViT
 
+#: The methods fgvc ships, in the order its tables and figures list them (``fgvc demo``, ``fgvc benchmark``).
+SHIPPED_METHODS = ("vit", "glsim", "dcal", "transfg")
+
 __all__ = [
-    "DCAL", "FGVCModel", "GLSim", "ModelOutput", "TransFG", "ViT", "create_model", "list_models", "model_options",
+    "BASELINE", "DCAL", "Explanation", "FGVCModel", "GLSim", "GridMap", "MapInfo", "ModelOutput", "SHIPPED_METHODS",
+    "SelectionStep", "TransFG", "ViT", "create_model", "list_models", "model_class", "model_options",
     "register_model",
 ]

@@ -1,8 +1,20 @@
-"""What every fgvc method shares: the output object, the loss interface, and the registry.
+"""What every fgvc method shares: the output object, the loss interface, the explanation contract, the registry.
 
 A method is an ``FGVCModel``: it owns a ``ViTBackbone``, its forward returns a ``ModelOutput`` (always the
 same kind of object, in training and in evaluation), and ``model.loss(output, targets)`` computes its own
 training loss. The training loop only ever calls these two, so it has no per-method branches.
+
+The rest of fgvc reads a method through the explanation contract (``fgvc.methods.explain``), so visualization,
+Grad-CAM, ``fgvc benchmark`` and ``fgvc demo`` have no per-method branches either:
+
+* ``own_maps`` / ``map_info()``: the maps it can explain (the plain ViT's ``attention`` and ``rollout``, then
+  its own), and ``explain(x)``, which returns them with the evaluation output;
+* ``grad_cam_layer()``: the layer Grad-CAM reads;
+* ``selection_steps(tokens, attentions)``: its selection step, timed and counted by ``fgvc benchmark``;
+* ``variants`` (named option sets ``fgvc benchmark`` accepts) and ``small_input_options`` (options for inputs
+  of a few dozen patches, used by the notebooks' laptop-sized runs).
+
+The plain ViT's answers are the defaults here; a method overrides what it adds (see docs/adding_a_method.md).
 """
 
 from __future__ import annotations
@@ -10,44 +22,24 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbone import ViTBackbone, shape_repr, to_2tuple
+from ..backbone import ViTBackbone, to_2tuple
+from .explain import COMMON_MAPS, Explanation, MapInfo, SelectionStep, backbone_attention, explaining
+from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base.ModelOutput``)
 
-__all__ = ["FGVCModel", "ModelOutput", "create_model", "list_models", "model_options", "register_model"]
+__all__ = [
+    "BASELINE", "FGVCModel", "ModelOutput", "create_model", "list_models", "model_class", "model_options",
+    "register_model",
+]
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
-
-
-@dataclass
-class ModelOutput:
-    """The result of any fgvc model's forward.
-
-    logits: (B, C) class scores used for prediction.
-    embedding: (B, D) the image embedding (for retrieval and analysis), when the method has one.
-    boxes: (B, 4) selected region as (x0, y0, x1, y1) input pixels, exclusive ends, for methods that crop.
-    similarity: (B, rows, cols) the selection map over patches, for methods that have one.
-    extras: method-specific tensors that the method's own loss reads (never the training loop).
-    """
-
-    logits: Tensor
-    embedding: Tensor | None = None
-    boxes: Tensor | None = None
-    similarity: Tensor | None = None
-    extras: dict[str, Tensor] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        """Shapes, not values: ``ModelOutput(logits=(2, 10), embedding=(2, 64), extras={features: (2, 64)})``."""
-        parts = [f"{f}={shape_repr(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
-        parts = [p for p in parts if not p.endswith("=None")]
-        if self.extras:
-            parts.append("extras={" + ", ".join(f"{k}: {shape_repr(v)}" for k, v in self.extras.items()) + "}")
-        return "ModelOutput(" + ", ".join(parts) + ")"
+#: The plain baseline every method is compared with (``fgvc benchmark``'s ratios, a probe model's transforms).
+BASELINE = "vit"
 
 
 class FGVCModel(nn.Module):
@@ -58,8 +50,18 @@ class FGVCModel(nn.Module):
     """
 
     method: ClassVar[str] = ""
+    #: The method's name in titles and captions (its paper's spelling); empty: the registered name.
+    display_name: ClassVar[str] = ""
     #: False for methods that only need a pooled feature (the plain baseline): any timm classifier then works.
     needs_vit: ClassVar[bool] = True
+    #: The maps this method explains beyond every ViT's ``attention`` and ``rollout``: name -> ``MapInfo``.
+    own_maps: ClassVar[dict[str, MapInfo]] = {}
+    #: Whether ``selection_steps`` reads the encoder's attention probabilities (``fgvc benchmark`` records them).
+    selection_reads_attention: ClassVar[bool] = False
+    #: Named option sets ``fgvc benchmark`` accepts as ``<method>_<name>`` (e.g. an ablation or a cheaper mode).
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Options for inputs of a few dozen patches (the notebooks' laptop-sized runs), e.g. a smaller top-k.
+    small_input_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -184,6 +186,44 @@ class FGVCModel(nn.Module):
         """The training loss of this method; by default cross-entropy on ``output.logits``."""
         return F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
 
+    # --------------------------------------------------------------------------- explanation contract
+    @classmethod
+    def map_info(cls) -> dict[str, MapInfo]:
+        """Every map ``explain`` returns, in display order: the plain ViT's, then the method's ``own_maps``."""
+        return {**COMMON_MAPS, **cls.own_maps}
+
+    @property
+    def title(self) -> str:
+        """``display_name``, else the registered name."""
+        return self.display_name or self.method
+
+    def explain(self, x: Tensor) -> Explanation:
+        """The evaluation output of (B, 3, H, W) ``x`` and every map of ``map_info()`` (eval mode, no gradient;
+        the training mode is restored).
+
+        The plain ViT's: the model's forward, then one pass of the backbone recording each block's CLS
+        attention and the rollout (``backbone_attention``). A method overrides this to add its ``own_maps``
+        (computed from its own forward, never by a caller flipping its flags).
+        """
+        with explaining(self):
+            output = self(x)
+            attention, rollout = backbone_attention(self.backbone, x)
+        return Explanation(output=output, attention=attention, maps={"rollout": rollout})
+
+    def grad_cam_layer(self) -> nn.Module:
+        """The layer Grad-CAM reads (``fgvc.viz.grad_cam``): the first norm of the last block that sees every
+        patch token."""
+        return self.backbone.blocks[-1].norm1
+
+    def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
+        """This method's selection step(s), as ``fgvc benchmark`` times and counts them against the encoder.
+
+        tokens: (B, T, D) final-norm tokens of one encoder pass of this model's backbone configuration;
+        attentions: its per-block (B, heads, T, T) probabilities when ``selection_reads_attention``, else None.
+        Each step's ``run()`` computes the selection from them. The plain ViT selects nothing.
+        """
+        return []
+
 
 # ------------------------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[FGVCModel]] = {}
@@ -205,6 +245,11 @@ def register_model(name: str) -> Callable[[type[FGVCModel]], type[FGVCModel]]:
 def list_models() -> list[str]:
     """Names accepted by ``create_model``."""
     return sorted(_REGISTRY)
+
+
+def model_class(method: str) -> type[FGVCModel]:
+    """The class registered as ``method`` (its ``own_maps``, ``variants``, ... without building a model)."""
+    return _check_method(method)
 
 
 def _check_method(method: str) -> type[FGVCModel]:

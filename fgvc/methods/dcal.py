@@ -47,16 +47,17 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   ``0.5 * sum_i (exp(-w_i) L_i + w_i)`` over the cross-entropies of SA, GLCA and PWCA (PWCA omitted when it
   did not run). ``w`` (``loss_weights``, 3 parameters, start at 0) are trained with the model; it is 1-D,
   so ``fgvc.fit`` does not decay it. Label smoothing goes to every cross-entropy.
-* **Inference**: ``logits = log(0.5 * (softmax(SA) + softmax(GLCA)))``: log-probabilities of the averaged
-  prediction, so ``argmax`` / top-k are those of the summed probabilities (the paper's rule) and the
-  evaluation loss (cross-entropy of ``logits`` in eval mode) is the NLL of that prediction.
-  ``embedding`` = ``[SA feature, GLCA feature]`` (B, 2D) for retrieval. ``similarity`` is the rollout
-  map (B, rows, cols) that chose the GLCA queries.
-* **Training outputs**: ``logits`` = SA logits (what ``fit`` reports as train top-1), ``extras`` =
-  ``sa_logits``, ``glca_logits``, ``pwca_logits`` (when run), ``pwca_pairs`` (the distractor index of each
-  image), ``glca_queries`` (B, R) patch indices (0 = first patch token); ``glca_attention`` (B, heads, R, T)
-  only when ``model.return_glca_attention`` is set (``fgvc.viz`` sets it for the call it draws; the rows of
-  the R local queries, also with ``glca_cls_token``).
+* **Prediction** (training and evaluation alike): ``logits = log(0.5 * (softmax(SA) + softmax(GLCA)))``:
+  log-probabilities of the averaged prediction, so ``argmax`` / top-k are those of the summed probabilities
+  (the paper's rule), what ``fit`` reports as train top-1 is the prediction evaluation scores, and the
+  evaluation loss (cross-entropy of ``logits`` in eval mode) is the NLL of that prediction. The branches' raw
+  logits are always in ``extras``: ``sa_logits``, ``glca_logits``, and in training ``pwca_logits`` (when
+  PWCA ran); the training loss reads those. ``embedding`` = ``[SA feature, GLCA feature]`` (B, 2D) for
+  retrieval. ``similarity`` is the rollout map (B, rows, cols) that chose the GLCA queries.
+* **Other outputs**: ``extras`` also holds ``pwca_pairs`` (training, the distractor index of each image),
+  ``glca_queries`` (B, R) patch indices (0 = first patch token); ``glca_attention`` (B, heads, R, T) in
+  ``explain`` (the rows of the R local queries, also with ``glca_cls_token``) or when
+  ``model.return_glca_attention`` is set.
 
 Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``),
 attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout needs a whole map:
@@ -96,6 +97,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -103,8 +105,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.blocks import block_forward, check_timm_block
-from ..layers.rollout import rollout_map
+from ..layers.rollout import attention_rollout, rollout_map
 from .base import FGVCModel, ModelOutput, register_model
+from .explain import (
+    Explanation,
+    GridMap,
+    MapInfo,
+    SelectionStep,
+    backbone_attention,
+    explaining,
+    scatter_to_grid,
+    tokens_to_grid,
+)
 
 __all__ = ["DCAL", "local_query_count", "random_derangement"]
 
@@ -141,6 +153,17 @@ class DCAL(FGVCModel):
     ``glca_cls_token`` (False: GLCA's feature is the mean of its R local query outputs; True: CLS is one more
     GLCA query and its output is the feature, the reading of the paper's re-identification text).
     """
+
+    display_name = "DCAL"
+    own_maps = {
+        "glca_queries": MapInfo("GLCA queries", "DCAL: GLCA local queries (top rollout patches)", mask=True),
+        "glca_attention": MapInfo("GLCA attention", "DCAL: GLCA attention from the local queries", per_head=True),
+    }
+    selection_reads_attention = True
+    variants = {
+        "nopwca": dict(pwca=False),  # the PWCA branch off: PWCA's share of the training step
+        "T6": dict(pwca_blocks=6),  # PWCA in the last 6 blocks only (the paper's T)
+    }
 
     def __init__(
         self,
@@ -184,11 +207,15 @@ class DCAL(FGVCModel):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.loss_weights = nn.Parameter(torch.zeros(3))  # uncertainty weights w (SA, GLCA, PWCA)
-        # Set True (fgvc.viz does, for one call) to get extras["glca_attention"]: (B, heads, R, T) GLCA
-        # probabilities from the R local queries. Off by default: no extra cost in training or evaluation.
+        # True: every forward also returns extras["glca_attention"], (B, heads, R, T) GLCA probabilities from
+        # the R local queries (``explain`` asks for them itself). Off by default: no extra cost.
         self.return_glca_attention = False
 
     def forward(self, x: Tensor) -> ModelOutput:
+        return self._forward(x, glca_attention=self.return_glca_attention)
+
+    def _forward(self, x: Tensor, *, glca_attention: bool) -> ModelOutput:
+        """The forward of the module doc; ``glca_attention``: also return GLCA's attention in ``extras``."""
         bb = self.backbone
         prefix, p = bb.num_prefix_tokens, self.glca_index
         sa = bb.embed(x)  # (B, T, D)
@@ -227,7 +254,7 @@ class DCAL(FGVCModel):
         if self.glca_cls_token:  # CLS (token 0) as the first query: R + 1 queries
             query_index = torch.cat([torch.zeros_like(query_index[:, :1]), query_index], dim=1)
         g, glca_probs, _ = block_forward(
-            self.glca, glca_input, query_index=query_index, need_weights=self.return_glca_attention
+            self.glca, glca_input, query_index=query_index, need_weights=glca_attention
         )  # (B, R [+ 1], D), (B, heads, R [+ 1], T) or None
         g = self.glca_norm(g)
         glca_feature = g[:, 0] if self.glca_cls_token else g.mean(dim=1)  # (B, D)
@@ -241,25 +268,51 @@ class DCAL(FGVCModel):
         extras = dict(sa_logits=sa_logits, glca_logits=glca_logits, glca_queries=queries)
         if glca_probs is not None:  # the R local queries' rows (the CLS query's row left out)
             extras["glca_attention"] = glca_probs[:, :, 1:] if self.glca_cls_token else glca_probs
-        if not self.training:
-            logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
-            logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)
-            return ModelOutput(logits=logits, embedding=embedding, similarity=similarity, extras=extras)
         if pairs is not None:
             extras.update(pwca_logits=self.head(bb.pool(bb.norm(pw))), pwca_pairs=pairs)
-        return ModelOutput(logits=sa_logits, embedding=embedding, similarity=similarity, extras=extras)
+        logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
+        logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)
+        return ModelOutput(logits=logits, embedding=embedding, similarity=similarity, extras=extras)
 
     def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
-        """Training: ``0.5 * sum_i (exp(-w_i) CE_i + w_i)`` over SA, GLCA, PWCA (those present in extras).
-
-        Evaluation mode: cross-entropy of ``output.logits`` (the averaged SA + GLCA prediction).
+        """Training: ``0.5 * sum_i (exp(-w_i) CE_i + w_i)`` over SA, GLCA, PWCA (the branches' raw logits in
+        ``extras``, those present). Evaluation mode: cross-entropy of ``output.logits`` (the averaged SA + GLCA
+        prediction's log-probabilities).
         """
         if not self.training:
             return F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
-        total = output.logits.new_zeros((), dtype=torch.float32)
+        total = output.extras["sa_logits"].new_zeros((), dtype=torch.float32)
         for w, key in zip(self.loss_weights, ("sa_logits", "glca_logits", "pwca_logits"), strict=True):
             logits = output.extras.get(key)
             if logits is not None:
                 ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
                 total = total + 0.5 * (torch.exp(-w) * ce + w)
         return total
+
+    def explain(self, x: Tensor) -> Explanation:
+        """The plain ViT's maps (the SA stream's attention and rollout), GLCA's queries and GLCA's attention."""
+        with explaining(self):
+            output = self._forward(x, glca_attention=True)
+            attention, rollout = backbone_attention(self.backbone, x)
+        grid = self.backbone.grid_size
+        prefix = self.backbone.num_prefix_tokens
+        queries = output.extras["glca_queries"]  # (B, R)
+        a = output.extras["glca_attention"].float()  # (B, heads, R, T)
+        glca = GridMap(tokens_to_grid(a.mean(1).mean(1)[:, prefix:], grid),  # heads and queries averaged
+                       heads=tokens_to_grid(a.mean(2)[:, :, prefix:], grid))  # (B, heads, rows, cols)
+        maps = {"rollout": rollout, "glca_queries": GridMap(scatter_to_grid(queries, torch.ones_like(queries), grid)),
+                "glca_attention": glca}
+        return Explanation(output=output, attention=attention, maps=maps)
+
+    def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
+        """The rollout's CLS row over blocks 1..p-1 and its top-R, as DCAL runs it; and for reference the full
+        rollout (all rows, T x T products), which is what the GLSim paper counts."""
+        prefix, p = self.backbone.num_prefix_tokens, self.glca_index
+        r = self.num_queries
+        maps = list(attentions or [])
+        cls_maps = maps[: p - 1] + [maps[p - 1][:, :, :1]]  # the CLS row of block p-1 is the only one used
+        return [
+            SelectionStep(f"rollout of blocks 1-{p} (CLS row) + top-{r}", lambda: rollout_map(cls_maps, prefix).topk(r, -1)),
+            SelectionStep(f"full rollout of blocks 1-{p} (T x T products) + top-{r}",
+                          lambda: attention_rollout(maps[:p])[:, 0, prefix:].topk(r, -1), reference=True),
+        ]

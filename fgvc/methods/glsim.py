@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from ..backbone import to_2tuple
 from .base import FGVCModel, ModelOutput, register_model
+from .explain import Explanation, GridMap, MapInfo, SelectionStep
 
 __all__ = [
     "GLSim", "box_token_sequence", "cls_patch_similarity", "crop_and_resize", "init_aggregator_official",
@@ -207,6 +208,18 @@ class GLSim(FGVCModel):
     fraction such as 0.5) and ``crop_mode`` (``"resize"``: official; ``"tokens"``: the box's own tokens).
     """
 
+    display_name = "GLSim"
+    own_maps = {
+        "similarity": MapInfo("CLS-patch similarity", "GLSim: CLS-patch cosine similarity (picks the crop)",
+                              shows_box=True),
+    }
+    variants = {
+        "nocrop": dict(crop_at_inference=False),  # no crop pass at inference
+        "half": dict(crop_size=0.5),  # the crop re-encoded at half the size: a quarter of the tokens
+        "tokens": dict(crop_mode="tokens"),  # the crop pass on the box's own tokens
+    }
+    small_input_options = {"top_k": 4}  # 4 of a small grid's cells
+
     def __init__(
         self,
         *,
@@ -314,3 +327,16 @@ class GLSim(FGVCModel):
         z = self.aggregator(torch.stack(cls_tokens, dim=1))  # (B, 2, D)
         z = self.aggregator_norm(z)[:, 0]  # (B, D)
         return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, similarity=similarity)
+
+    def explain(self, x: Tensor) -> Explanation:
+        """The plain ViT's maps and ``similarity``, the map that chose the crop box (``output.boxes``)."""
+        explanation = super().explain(x)
+        explanation.maps["similarity"] = GridMap(explanation.output.similarity.float())
+        return explanation
+
+    def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
+        """The CLS-patch similarity of the final-norm tokens, its top-k and their box."""
+        bb = self.backbone
+        prefix, grid, k = bb.num_prefix_tokens, bb.grid_size, self.top_k
+        return [SelectionStep(f"similarity + top-{k} + box", lambda: select_box(
+            cls_patch_similarity(tokens, prefix, grid), k, bb.patch_size, bb.img_size))]

@@ -52,6 +52,15 @@ from torch import Tensor, nn
 
 from ..layers.blocks import block_forward, check_timm_block, gather_tokens
 from .base import FGVCModel, ModelOutput, register_model
+from .explain import (
+    Explanation,
+    GridMap,
+    MapInfo,
+    SelectionStep,
+    backbone_attention,
+    explaining,
+    scatter_to_grid,
+)
 
 __all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official", "set_official_dropout"]
 
@@ -123,6 +132,11 @@ class TransFG(FGVCModel):
     embeddings and MLPs). The official overlapping 16 px patches are the common option ``patch_stride=12``.
     """
 
+    display_name = "TransFG"
+    own_maps = {"parts": MapInfo("TransFG parts", "TransFG: selected parts (heads per patch)", mask=True,
+                                 per_head=True)}
+    selection_reads_attention = True
+
     def __init__(
         self,
         *,
@@ -174,3 +188,43 @@ class TransFG(FGVCModel):
         if not self.training:
             return ce
         return ce + contrastive_loss(output.extras["features"], targets)
+
+    def explain(self, x: Tensor) -> Explanation:
+        """The selected ``parts``; ``attention`` and ``rollout`` of the first L-1 blocks (those that see every
+        patch), and as the last layer the part block's CLS attention to the parts, placed at their patches."""
+        bb = self.backbone
+        with explaining(self):
+            with bb.record_attention(blocks=[self.part_block]) as recorded:
+                output = self(x)
+            attention, rollout = backbone_attention(bb, x, blocks=list(bb.blocks)[:-1])
+        grid, prefix = bb.grid_size, bb.num_prefix_tokens
+        parts = output.extras["part_indices"]  # (B, heads) patch indices
+        a = recorded[0].float()[:, :, 0, prefix:]  # (B, heads, K parts): CLS attention in the part block
+        heads = range(parts.shape[1])
+        attention.append(GridMap(scatter_to_grid(parts, a.mean(1), grid),
+                                 heads=torch.stack([scatter_to_grid(parts, a[:, h], grid) for h in heads], 1)))
+        ones = torch.ones_like(parts)
+        counts = GridMap(scatter_to_grid(parts, ones, grid),  # how many heads picked each patch
+                         heads=torch.stack([scatter_to_grid(parts[:, [h]], ones[:, [h]], grid) for h in heads], 1))
+        return Explanation(output=output, attention=attention, maps={"rollout": rollout, "parts": counts})
+
+    def grad_cam_layer(self) -> nn.Module:
+        """The last block that sees every patch is the one before the part block."""
+        return self.backbone.blocks[-2].norm1
+
+    def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
+        """Part selection from the CLS row of the first L-1 blocks' attention product; and for reference the
+        official product of whole T x T maps."""
+        prefix, depth = self.backbone.num_prefix_tokens, self.backbone.depth
+        part_maps = list(attentions or [])[: depth - 1]
+
+        def full_product() -> Tensor:  # the official Part_Attention: whole (T, T) products, then the CLS row
+            product = part_maps[0]
+            for attn in part_maps[1:]:
+                product = attn @ product  # (B, H, T, T)
+            return product[:, :, 0, prefix:].argmax(-1)
+
+        return [
+            SelectionStep(f"part selection of blocks 1-{depth - 1} (CLS row)", lambda: part_selection(part_maps, prefix)),
+            SelectionStep(f"official full product of blocks 1-{depth - 1} (T x T)", full_product, reference=True),
+        ]

@@ -18,6 +18,7 @@ from .base import FGVCModel, ModelOutput, register_model
 class ViT(FGVCModel):
     """Plain fine-tuned backbone (a ViT, or any timm classifier): what every FGVC method is compared against."""
 
+    display_name = "ViT"
     needs_vit = False
 
     def __init__(self, **common: Any) -> None:

@@ -26,18 +26,16 @@ from torch import Tensor
 from ..methods.base import FGVCModel
 from .core import denormalize
 from .figures import (
-    _SHORT,
-    MASK_KINDS,
-    _describe,
     confused_pairs,
     draw_footer,
     draw_panels,
+    is_mask,
     plot_confused_pair,
     resolve_stats,
     row_title,
     rows_figure,
 )
-from .maps import HEADED, LAYERED, AttentionMaps, attention_maps, available_maps
+from .maps import AttentionMaps, attention_maps
 
 __all__ = ["Explorer", "explore"]
 
@@ -163,7 +161,7 @@ class Explorer(w.VBox):
         """Kinds, layers and heads of the chosen model (keeps the current choice where it exists; the first
         time: the last layer)."""
         bb = self.model.backbone
-        kinds = [(_SHORT[k], k) for k in available_maps(self.model)]
+        kinds = [(info.title, k) for k, info in self.model.map_info().items()]
         keep_kind = self.kind.value
         self.kind.options = kinds
         self.kind.value = keep_kind if keep_kind in [k for _, k in kinds] else "attention"
@@ -174,8 +172,13 @@ class Explorer(w.VBox):
         heads = [("mean", "mean")] + [(str(h), str(h)) for h in range(bb.num_heads)]
         self.head.options = heads
         self.head.value = keep_head if keep_head in [h for _, h in heads] else "mean"
-        self.layer.disabled = self.kind.value not in LAYERED
-        self.head.disabled = self.kind.value not in HEADED
+        self._enable_layer_and_head()
+
+    def _enable_layer_and_head(self) -> None:
+        """The layer slider for kinds with layers, the head choice for kinds with heads (``MapInfo``)."""
+        info = self.model.map_info().get(self.kind.value)
+        self.layer.disabled = info is None or not info.per_layer
+        self.head.disabled = info is None or not info.per_head
 
     def current(self) -> tuple[Tensor, int | None, str]:
         """(3, H, W) normalized image, its label (None for an upload) and a caption."""
@@ -222,8 +225,8 @@ class Explorer(w.VBox):
         pred = int(maps.output.logits[0].argmax())
         text, color = row_title(self.method.value, None, pred, label, self.class_names, fig.get_figwidth())
         subs[0].suptitle(text, fontsize=9, color=color)
-        fig.suptitle(f"{self.method.value}: {_describe(kind, layer, head, maps.depth)}", fontsize=9)
-        draw_footer(footer, true_box=gt is not None, outlines=kind in MASK_KINDS, colorbar=kind not in MASK_KINDS)
+        fig.suptitle(f"{self.method.value}: {maps.describe(kind, layer, head)}", fontsize=9)
+        draw_footer(footer, true_box=gt is not None, outlines=is_mask(maps, kind), colorbar=not is_mask(maps, kind))
         self.figure = fig
         self.image.value = _png(fig)
         self.info.value = self._predictions_html(maps, label)
@@ -254,8 +257,7 @@ class Explorer(w.VBox):
             with self._held():  # moving the index slider leaves the uploaded image
                 self.source.value = "index"
         if change["owner"] is self.kind:
-            self.layer.disabled = self.kind.value not in LAYERED
-            self.head.disabled = self.kind.value not in HEADED
+            self._enable_layer_and_head()
         self.render()
 
     def _on_method(self, change: dict) -> None:

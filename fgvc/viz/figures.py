@@ -30,16 +30,6 @@ __all__ = [
     "rows_figure",
 ]
 
-_SHORT = {
-    "attention": "CLS attention",
-    "rollout": "rollout",
-    "similarity": "CLS-patch similarity",
-    "glca_queries": "GLCA queries",
-    "glca_attention": "GLCA attention",
-    "parts": "TransFG parts",
-}
-
-
 def _normalization(data: Any) -> tuple[Any, Any] | None:
     """The (mean, std) of the ``Normalize`` in a dataset's transform (looking through wrappers), else None."""
     for _ in range(5):  # EvalBoxes / SubsetDataset / Subset wrap the dataset that has the transform
@@ -74,17 +64,10 @@ def pretty_name(name: str) -> str:
     return name.replace("_", " ")
 
 
-def _describe(kind: str, layer: int, head: int | None, depth: int) -> str:
-    text = _SHORT.get(kind, kind)
-    if kind == "attention":
-        text += f", layer {layer % depth + 1}/{depth}"
-    if kind in ("attention", "glca_attention", "parts"):
-        text += ", heads mean" if head is None else f", head {head}"
-    return text
-
-
-#: Map kinds that are selections (cells chosen or not): drawn as outlines, not as a tint.
-MASK_KINDS = ("glca_queries", "parts")
+def is_mask(maps: AttentionMaps, kind: str) -> bool:
+    """Whether ``kind`` is a selection (cells chosen or not, ``MapInfo.mask``): drawn as an outline, not a tint."""
+    info = maps.info.get(kind)
+    return info is not None and info.mask
 
 
 def draw_panels(
@@ -107,8 +90,9 @@ def draw_panels(
     """Fill one row of axes: the image with boxes, one map per kind, the crop.
 
     Every map is drawn over the desaturated image, normalised per panel, with the true box (``gt_box``,
-    input pixels) on every panel; selections (``MASK_KINDS``) are outlined. The crop is the model's own
-    (GLSim's box, also drawn on its similarity map) when it has one, else the box around the ``top_k``
+    input pixels) on every panel; selections (``MapInfo.mask``) are outlined. The crop is the model's own
+    (``output.boxes``, also drawn on the map that chose it, ``MapInfo.shows_box``) when it has one, else the
+    box around the ``top_k``
     highest cells of the last map drawn (what that map points at).
     shown: (H, W, 3) de-normalized image; images: the normalized (B, 3, H, W) batch (crops are cut from it,
     then de-normalized with mean / std). title: on the image panel; column_titles: the map names on top.
@@ -121,16 +105,17 @@ def draw_panels(
         last = maps.get(kind, layer=layer, head=head)[index]  # (rows, cols)
         overlay_map(
             shown, last, ax=ax, input_size=maps.img_size, patch_size=maps.patch_size,
-            patch_stride=maps.patch_stride, mask=kind in MASK_KINDS, true_box=gt_box,
-            model_box=own_box if kind == "similarity" else None, colorbar=False,
-            title=_describe(kind, layer, head, maps.depth) if column_titles else None,
+            patch_stride=maps.patch_stride, mask=is_mask(maps, kind), true_box=gt_box,
+            model_box=own_box if kind in maps.info and maps.info[kind].shows_box else None, colorbar=False,
+            title=maps.describe(kind, layer, head) if column_titles else None,
         )
     if own_box is not None:
         box, crop_title = own_box, "crop (re-encoded)"
     elif last is not None:
-        k = int((last > 0.5).sum()) if kinds[-1] in MASK_KINDS else top_k  # a selection: its cells
+        selection = is_mask(maps, kinds[-1])
+        k = int((last > 0.5).sum()) if selection else top_k  # a selection: its cells
         box = map_box(last[None].cpu(), k, maps.img_size, maps.patch_size, maps.patch_stride)[0]
-        crop_title = "box of the selected cells" if kinds[-1] in MASK_KINDS else f"box of the map's top-{top_k} cells"
+        crop_title = "box of the selected cells" if selection else f"box of the map's top-{top_k} cells"
     else:
         box = None
     ax_img.imshow(shown)
@@ -271,8 +256,8 @@ def plot_maps(
         text, color = row_title(model.method, indices[i] if indices is not None else None, preds[i],
                                 None if targets is None else int(targets[i]), names, width)
         subs[i].suptitle(text, fontsize=9, color=color)
-    draw_footer(footer, true_box=gt_boxes is not None, outlines=any(k in MASK_KINDS for k in kinds),
-                colorbar=any(k not in MASK_KINDS for k in kinds))
+    draw_footer(footer, true_box=gt_boxes is not None, outlines=any(is_mask(maps, k) for k in kinds),
+                colorbar=any(not is_mask(maps, k) for k in kinds))
     return fig
 
 

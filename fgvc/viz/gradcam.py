@@ -2,8 +2,8 @@
 
 pytorch-grad-cam's ViT example reshapes tokens to a 14 x 14 grid; here the reshape uses the backbone's real
 grid (any resolution, non-square, prefix tokens dropped), and the model's ``ModelOutput`` is reduced to its
-logits for the library. The target layer is the first norm of the last block that sees every patch (the last
-block; TransFG's last full-token block, the one before its part block).
+logits for the library. The target layer is the model's ``grad_cam_layer()``: the first norm of the last block
+that sees every patch (the last block, or for a method with a part block, the one before it).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def grad_cam(
     bb = model.backbone
     rows, cols = bb.grid_size
     prefix = bb.num_prefix_tokens
-    layer = bb.blocks[-2 if model.method == "transfg" else -1].norm1
+    layer = model.grad_cam_layer()
 
     def reshape(tokens: Tensor) -> Tensor:  # (B, T, D) -> (B, D, rows, cols): the real grid, not 14 x 14
         patches = tokens[:, prefix:]
