@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .data.contract import classes_of, input_boxes_of
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
 from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
@@ -224,7 +225,7 @@ def evaluate(
     start, stop = _shard(len(data), batch_size) if sharded else (0, len(data))
     shard = Subset(data, range(start, stop)) if sharded else data
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    gt_boxes = getattr(data, "input_boxes", None)
+    gt_boxes = input_boxes_of(data)
     h, w = model.img_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     logits_all, targets_all, ious, embeddings = [], [], [], []
@@ -294,7 +295,7 @@ def evaluate(
 
 
 def _class_names(model: FGVCModel, data: Any, num_classes: int) -> list[str] | None:
-    for names in (getattr(model, "class_names", None), getattr(data, "classes", None)):
+    for names in (getattr(model, "class_names", None), classes_of(data)):
         if names is not None and len(names) == num_classes:
             return [str(n) for n in names]
     return None

@@ -248,18 +248,17 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
 
     ``val`` is carved from the training split (``val_fraction``, stratified, seeded by ``split_seed``) and
     uses the test transform; it is absent when ``val_fraction`` is 0 or under ``protocol: paper`` (the whole
-    training split is trained on). The synthetic dataset has its own
-    train / val / test streams (``options`` go to ``synthetic_splits``; it is drawn at the model's input size).
+    training split is trained on). A generated dataset (the synthetic one) has its own train / val / test
+    streams, drawn at the model's input size (``DatasetDef.draw_splits``; ``options`` go to it).
     """
-    from .data import build_dataset, build_transforms, subset_classes, synthetic_splits, train_val_split
+    from .data import build_dataset, build_transforms, dataset_definition, subset_classes, train_val_split
 
     data = recipe["data"]
     options = dict(data.get("options") or {})
     val_fraction = 0.0 if recipe.get("protocol", "val") == "paper" else float(data.get("val_fraction", 0.1))
-    if data["dataset"] == "synthetic":
-        if model is not None:
-            options.setdefault("image_size", tuple(model.img_size))
-        splits: dict[str, Dataset] = dict(synthetic_splits(**options))
+    draw_splits = dataset_definition(data["dataset"]).draw_splits
+    if draw_splits is not None:
+        splits: dict[str, Dataset] = dict(draw_splits(None if model is None else model.img_size, **options))
         if not val_fraction:
             splits.pop("val")
         return splits
@@ -493,7 +492,7 @@ def train_recipe(
 
 def _num_classes(recipe: Mapping[str, Any]) -> int:
     """The class count the data will have, read without decoding any image."""
-    from .data import build_dataset
+    from .data import dataset_definition
 
     data = recipe["data"]
     classes = data.get("classes")
@@ -502,9 +501,7 @@ def _num_classes(recipe: Mapping[str, Any]) -> int:
     if isinstance(classes, list):
         return len(classes)
     options = dict(data.get("options") or {})
-    if data["dataset"] == "synthetic":
-        return int(options.get("num_classes", 10))
-    return len(build_dataset(data["dataset"], data.get("root"), "train", **options).classes)
+    return dataset_definition(data["dataset"]).num_classes(data.get("root"), options)
 
 
 def _plain(x: Any) -> Any:
@@ -566,11 +563,20 @@ def checkpoint_split(
     beside the checkpoint when it is there; ``dataset`` overrides the name. The items are the checkpoint's
     test transform of each image (normalized tensors at its input size), the labels its classes; when the
     dataset has boxes, ``input_boxes`` are in the model's input frame. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. The synthetic dataset is rebuilt
-    from the run's options (``root`` is not used), so the split is the very one training evaluated.
+    checkpoint's (same count and names), else the error says which differ. A generated dataset (the
+    synthetic one) is drawn again from the run's options (``root`` is not used), so the split is the very one
+    training evaluated.
     """
     from .checkpoint import load_model
-    from .data import EvalBoxes, build_dataset, subset_classes, synthetic_splits
+    from .data import (
+        EvalBoxes,
+        boxes_pixels_of,
+        build_dataset,
+        classes_of,
+        dataset_definition,
+        input_boxes_of,
+        subset_classes,
+    )
 
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
@@ -580,17 +586,17 @@ def checkpoint_split(
         raise ValueError(f"no config.yaml beside {checkpoint} says which dataset it was trained on: pass dataset=")
     same = name == data.get("dataset")
     options = dict(data.get("options") or {}) if same else {}
-    if name == "synthetic":  # the very split training evaluated: same sizes, seed and input size, no transform
-        options.setdefault("image_size", tuple(model.img_size))
-        splits = synthetic_splits(**options)
+    draw_splits = dataset_definition(name).draw_splits
+    if draw_splits is not None:  # the very split training evaluated: same sizes, seed and input size, no transform
+        splits = draw_splits(model.img_size, **options)
         if split not in splits:
-            raise ValueError(f"the synthetic dataset has the splits {sorted(splits)}, got {split!r}")
+            raise ValueError(f"the {name} dataset has the splits {sorted(splits)}, got {split!r}")
         test = splits[split]
     else:
         test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
-    classes = list(getattr(test, "classes", None) or [])
+    classes = list(classes_of(test) or [])
     if classes and len(classes) != model.num_classes:
         raise ValueError(
             f"{root} ({name}, {split}) has {len(classes)} classes but checkpoint {checkpoint} has "
@@ -599,7 +605,7 @@ def checkpoint_split(
     if classes and model.class_names and classes != list(model.class_names):
         diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
         raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
-    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+    if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
         resize = _size(data.get("test_resize", data.get("resize")))
         test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
     return model, test
@@ -639,13 +645,13 @@ def evaluate_checkpoint(
 
 def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:
     """``evaluate`` with boxes mapped into the model's input frame and retrieval where it is defined."""
-    from .data import EvalBoxes
+    from .data import EvalBoxes, boxes_pixels_of, input_boxes_of, targets_of
     from .evaluate import evaluate
 
-    if getattr(test, "input_boxes", None) is None and getattr(test, "boxes_pixels", None) is not None:
+    if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
         resize = _size(data.get("test_resize", data.get("resize")))
         test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
     # Retrieval needs a class with two images or more (each query must have something to find).
-    targets = getattr(test, "targets", None)
+    targets = targets_of(test)
     counts = np.bincount(np.asarray(targets if targets is not None else [0], dtype=np.int64))
     return evaluate(model, test, retrieval=bool(counts.max() >= 2), **evaluate_options)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .data.contract import input_boxes_of, targets_of
+
 __all__ = ["Chance", "chance_levels", "results_table", "smoke_banner"]
 
 SMOKE_BANNER = (
@@ -66,7 +68,7 @@ def chance_levels(targets: Sequence[int] | np.ndarray, num_classes: int | None =
 
 
 def _box_fractions(data: Any) -> np.ndarray | None:
-    boxes = getattr(data, "input_boxes", None)
+    boxes = input_boxes_of(data)
     if boxes is None:
         return None
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # fractions of the input (x0, y0, x1, y1)
@@ -92,7 +94,7 @@ def results_table(results: Mapping[tuple[str, str], Any], data: Mapping[str, Any
         if name not in done:
             done.add(name)
             source = (data or {}).get(name)
-            targets = getattr(source, "targets", None)
+            targets = targets_of(source)
             chance = chance_levels(r.targets if targets is None else targets, classes, _box_fractions(source))
             has_ret = r.retrieval is not None
             lines.append(

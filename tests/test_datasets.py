@@ -9,18 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
+import fgvc
 from fgvc.cli import main
 from fgvc.data import (
+    CUB200,
     CorruptImageError,
+    DatasetDef,
+    EvalBoxes,
+    FGVCDataset,
     SyntheticFGVC,
     build_dataset,
     check_dataset,
+    dataset_splits,
+    list_datasets,
     load_rgb,
+    register_dataset,
     subset_classes,
     train_val_split,
 )
+from fgvc.data.cub import read_cub
 
 REAL_CUB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CUB_200_2011_subset100"
 needs_real_cub = pytest.mark.skipif(not (REAL_CUB / "images.txt").is_file(), reason="real CUB subset not present")
@@ -390,6 +400,44 @@ def test_subset_classes_relabels_and_keeps_boxes(tmp_path):
     assert sorted(va.targets) == [0, 1] and tr.classes == picked.classes
     with pytest.raises(ValueError, match="not one of"):
         subset_classes(train, ["no such bird"])
+
+
+def test_a_class_subset_of_the_synthetic_data_keeps_its_crop_iou():
+    """The subset's input_boxes are the parent's rows, so evaluate still scores the crop boxes against them."""
+    data = SyntheticFGVC(24, num_classes=4, image_size=64)
+    subset = subset_classes(data, [2, 0])
+    assert torch.equal(subset.input_boxes, data.input_boxes[subset.indices])
+    train, val = train_val_split(subset, 0.5, seed=0)
+    assert torch.equal(val.input_boxes, subset.input_boxes[val.indices])
+    model = fgvc.create_model("glsim", **TINY, num_classes=2, img_size=64)
+    assert fgvc.evaluate(model, subset, batch_size=8).mean_iou is not None
+    # with its own transform a view's output frame is unknown: no input boxes rather than wrong ones
+    assert train_val_split(subset, 0.5, seed=0, val_transform=lambda im: im)[1].input_boxes is None
+
+
+def test_every_dataset_follows_the_contract(tmp_path):
+    cub = build_dataset("cub", make_cub(tmp_path / "cub"), "train")
+    synthetic = build_dataset("synthetic", None, "train", num_samples=8, num_classes=4)
+    views = [subset_classes(cub, 2), train_val_split(synthetic, 0.5)[1], EvalBoxes(cub, img_size=64)]
+    for data in [cub, synthetic, *views]:
+        assert isinstance(data, FGVCDataset)
+        assert len(data.targets) == len(data) and data.num_classes == len(data.classes)
+    assert cub.input_boxes is None and views[2].input_boxes.shape == (len(cub), 4)
+    assert synthetic.boxes_pixels is None and synthetic.input_boxes.shape == (8, 4)
+
+
+def test_a_new_dataset_is_one_definition(tmp_path):
+    """A registered DatasetDef is built by name, lists its splits and is checked by ``fgvc data check``."""
+    make_cub(tmp_path / "birds")
+    register_dataset(DatasetDef("my_birds", CUB200, reader=read_cub, splits=("train", "test")))
+    try:
+        assert "my_birds" in list_datasets() and dataset_splits("my_birds") == ["train", "test"]
+        assert len(build_dataset("my_birds", tmp_path / "birds", "test")) == 3
+        assert check_dataset("my_birds", tmp_path / "birds").ok
+    finally:
+        unregister = fgvc.data.datasets
+        for table in (unregister._DEFINITIONS, unregister.DATASETS, unregister.READERS):
+            table.pop("my_birds")
 
 
 def test_skip_corrupt_warns_once_for_many_files(tmp_path):

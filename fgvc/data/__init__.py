@@ -10,8 +10,25 @@ from .aircraft import FGVCAircraft
 from .cars import StanfordCars
 from .check import DataReport, SplitReport, check_dataset
 from .common import CorruptImageError, ImageDataset, ReaderDataset, Records, check_image, load_rgb, to_rgb
+from .contract import (
+    FGVCDataset,
+    boxes_pixels_of,
+    classes_of,
+    display_names_of,
+    input_boxes_of,
+    num_classes_of,
+    targets_of,
+)
 from .cub import CUB200
-from .datasets import DATASETS, build_dataset, dataset_splits, list_datasets
+from .datasets import (
+    DATASETS,
+    build_dataset,
+    dataset_definition,
+    dataset_splits,
+    list_datasets,
+    register_dataset,
+)
+from .definition import DatasetDef
 from .find import cub_subset, find_dataset
 from .flowers import Flowers102
 from .folder import ImageFolderDataset
@@ -25,7 +42,9 @@ __all__ = [
     "DATASETS",
     "CorruptImageError",
     "DataReport",
+    "DatasetDef",
     "EvalBoxes",
+    "FGVCDataset",
     "FGVCAircraft",
     "Flowers102",
     "ImageDataset",
@@ -37,19 +56,27 @@ __all__ = [
     "StanfordCars",
     "SubsetDataset",
     "SyntheticFGVC",
+    "boxes_pixels_of",
     "build_dataset",
     "build_transforms",
     "check_dataset",
     "check_image",
+    "classes_of",
     "cub_subset",
+    "dataset_definition",
     "dataset_splits",
     "find_dataset",
+    "input_boxes_of",
     "default_resize",
+    "display_names_of",
     "list_datasets",
     "load_rgb",
     "map_boxes",
+    "num_classes_of",
+    "register_dataset",
     "subset_classes",
     "synthetic_splits",
+    "targets_of",
     "to_rgb",
     "train_val_split",
 ]

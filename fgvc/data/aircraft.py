@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from .common import ImageDataset, Records, missing_annotation, read_table
+from .definition import DatasetDef
 
-__all__ = ["AIRCRAFT_LAYOUT", "AIRCRAFT_SPLITS", "FGVCAircraft", "read_aircraft"]
+__all__ = ["AIRCRAFT_LAYOUT", "DEFINITION", "AIRCRAFT_SPLITS", "FGVCAircraft", "read_aircraft"]
 
 AIRCRAFT_SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
 _LEVEL_FILES = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
@@ -105,3 +106,7 @@ class FGVCAircraft(ImageDataset):
     ) -> None:
         records = read_aircraft(root, split, annotation_level=annotation_level, remove_banner=remove_banner)
         super().__init__(records, transform, skip_corrupt)
+
+
+# "trainval" (train + val) is accepted too, but is not a disjoint split
+DEFINITION = DatasetDef("aircraft", FGVCAircraft, reader=read_aircraft, splits=("train", "val", "test"))

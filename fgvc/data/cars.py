@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from .common import ReaderDataset, Records, missing_annotation
-from .folder import FOLDER_SPLITS, read_folder
+from .definition import DatasetDef
+from .folder import FOLDER_SPLITS, folder_splits, read_folder
 
-__all__ = ["CARS_LAYOUT", "StanfordCars", "read_cars"]
+__all__ = ["CARS_LAYOUT", "DEFINITION", "cars_splits", "StanfordCars", "read_cars"]
 
 CARS_LAYOUT = """\
 stanford_cars/
@@ -116,3 +117,16 @@ class StanfordCars(ReaderDataset):
     """Stanford Cars (devkit or class-folder layout, see ``CARS_LAYOUT``): split ``"train"`` or ``"test"``."""
 
     reader = staticmethod(read_cars)
+
+
+def cars_splits(root: str | os.PathLike) -> list[str]:
+    """``train`` and ``test`` in the devkit layout; a train / val / test folder tree's own splits otherwise."""
+    root = Path(root).expanduser()
+    if _devkit_root(root) is None:
+        for candidate in (root, root / "stanford_cars"):
+            if any((candidate / s).is_dir() for s in FOLDER_SPLITS):
+                return folder_splits(candidate)
+    return ["train", "test"]
+
+
+DEFINITION = DatasetDef("cars", StanfordCars, reader=read_cars, splits=cars_splits)

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+
+from .contract import FGVCDataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -199,13 +200,14 @@ class Records:
         )
 
 
-class ImageDataset(Dataset):
+class ImageDataset(FGVCDataset):
     """Images on disk with integer labels: items ``(transform(rgb_pil_image), label)``.
 
     Attributes: ``classes`` (names in label order), ``display_names`` (readable names), ``targets`` (labels),
     ``samples`` (``(path, label)`` pairs), ``boxes_pixels`` ((N, 4) original-pixel boxes or None) and, read
     lazily, ``image_sizes`` ((N, 2) width, height) and ``boxes`` ((N, 4) fractions of the original width and
-    height, the convention of ``fgvc.evaluate``). Without a transform, items are PIL images.
+    height; ``fgvc.data.EvalBoxes`` maps them into the model's input frame for ``fgvc.evaluate``). Without a
+    transform, items are PIL images.
 
     Files are checked when the dataset is built: a missing image is an error naming it. ``skip_corrupt=True``
     instead leaves out missing and unreadable files (header check, see ``check_image``; ``"full"`` decodes
@@ -299,7 +301,8 @@ class ImageDataset(Dataset):
 
         Computed on first access from ``boxes_pixels`` and the image headers. Fractions of the *original*
         image match the model input only when the whole image is resized to it; after resize + center crop
-        use ``fgvc.data.EvalBoxes`` (``fgvc.evaluate`` reads ``boxes`` as fractions of the model input).
+        use ``fgvc.data.EvalBoxes``, whose ``input_boxes`` (what ``fgvc.evaluate`` reads) are fractions of the
+        model input.
         """
         if self.boxes_pixels is None:
             return None

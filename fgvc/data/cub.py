@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from .common import ReaderDataset, Records, read_table
+from .definition import DatasetDef
 
-__all__ = ["CUB200", "CUB_LAYOUT", "cub_display_name", "read_cub", "read_cub_style"]
+__all__ = ["CUB200", "CUB_LAYOUT", "DEFINITION", "cub_display_name", "read_cub", "read_cub_style"]
 
 CUB_LAYOUT = """\
 CUB_200_2011/
@@ -131,3 +132,6 @@ class CUB200(ReaderDataset):
     """CUB-200-2011 (official layout, see ``CUB_LAYOUT``): split ``"train"`` or ``"test"``."""
 
     reader = staticmethod(read_cub)
+
+
+DEFINITION = DatasetDef("cub", CUB200, reader=read_cub)

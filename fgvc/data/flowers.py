@@ -14,8 +14,9 @@ import numpy as np
 
 from .common import ReaderDataset, Records, missing_annotation
 from .cub import find_root
+from .definition import DatasetDef
 
-__all__ = ["FLOWERS_LAYOUT", "FLOWERS_SPLITS", "Flowers102", "read_flowers"]
+__all__ = ["DEFINITION", "FLOWERS_LAYOUT", "FLOWERS_SPLITS", "Flowers102", "read_flowers"]
 
 FLOWERS_SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SET_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
@@ -60,3 +61,6 @@ class Flowers102(ReaderDataset):
     """Oxford Flowers-102 (official layout, see ``FLOWERS_LAYOUT``): ``train``, ``val`` or ``test``."""
 
     reader = staticmethod(read_flowers)
+
+
+DEFINITION = DatasetDef("flowers", Flowers102, reader=read_flowers, splits=FLOWERS_SPLITS)

@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 
 from .common import IMAGE_EXTENSIONS, ReaderDataset, Records, read_table
+from .definition import DatasetDef
 
-__all__ = ["FOLDER_LAYOUT", "FOLDER_SPLITS", "ImageFolderDataset", "folder_splits", "read_folder"]
+__all__ = ["DEFINITION", "FOLDER_LAYOUT", "FOLDER_SPLITS", "ImageFolderDataset", "folder_splits", "read_folder"]
 
 FOLDER_SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_FILE = "split.txt"
@@ -108,3 +109,6 @@ class ImageFolderDataset(ReaderDataset):
     """A class-per-folder image dataset (see ``FOLDER_LAYOUT``); ``folder_splits(root)`` lists its splits."""
 
     reader = staticmethod(read_folder)
+
+
+DEFINITION = DatasetDef("folder", ImageFolderDataset, reader=read_folder, splits=folder_splits)

@@ -11,8 +11,9 @@ import os
 
 from .common import ReaderDataset, Records
 from .cub import find_root, read_cub_style
+from .definition import DatasetDef
 
-__all__ = ["NABIRDS_LAYOUT", "NABirds", "read_nabirds"]
+__all__ = ["DEFINITION", "NABIRDS_LAYOUT", "NABirds", "read_nabirds"]
 
 NABIRDS_LAYOUT = """\
 nabirds/
@@ -34,3 +35,6 @@ class NABirds(ReaderDataset):
     """NABirds (official layout, see ``NABIRDS_LAYOUT``): split ``"train"`` or ``"test"``."""
 
     reader = staticmethod(read_nabirds)
+
+
+DEFINITION = DatasetDef("nabirds", NABirds, reader=read_nabirds)

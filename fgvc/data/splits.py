@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .contract import FGVCDataset, classes_of, display_names_of, num_classes_of, targets_of
+
 __all__ = ["SubsetDataset", "raw_item", "subset_classes", "train_val_split"]
 
 
@@ -24,7 +26,7 @@ def raw_item(dataset: Dataset, i: int) -> tuple[Image.Image, int]:
     """Sample ``i`` before any transform: ``dataset.load(i)``, or ``render(i)`` for ``SyntheticFGVC``."""
     if hasattr(dataset, "load"):
         return dataset.load(i)
-    if hasattr(dataset, "render") and hasattr(dataset, "targets"):
+    if hasattr(dataset, "render") and targets_of(dataset) is not None:
         return dataset.render(i), int(dataset.targets[i])
     raise TypeError(
         f"{type(dataset).__name__} cannot give untransformed images (it has no load(i)); build it with the "
@@ -32,13 +34,14 @@ def raw_item(dataset: Dataset, i: int) -> tuple[Image.Image, int]:
     )
 
 
-class SubsetDataset(Dataset):
+class SubsetDataset(FGVCDataset):
     """Samples ``indices`` of ``dataset``, optionally relabelled and with their own transform.
 
-    Keeps what fgvc reads from a dataset: ``classes``, ``display_names``, ``targets``, and the subset of
-    ``boxes`` / ``boxes_pixels`` / ``image_sizes`` where the parent has them. With ``transform`` the parent's
-    untransformed images are used (``load``), so a validation split carved from an augmented training
-    dataset can use the test-time transform.
+    Keeps the dataset contract (``FGVCDataset``): ``classes``, ``display_names``, ``targets``, and the rows of
+    ``boxes`` / ``boxes_pixels`` / ``image_sizes`` / ``input_boxes`` where the parent has them. With
+    ``transform`` the parent's untransformed images are used (``load``), so a validation split carved from an
+    augmented training dataset can use the test-time transform; ``input_boxes`` are then None, since the
+    frame of the new transform's output is not known.
     """
 
     def __init__(
@@ -59,13 +62,13 @@ class SubsetDataset(Dataset):
         self.dataset = dataset
         self.transform = transform
         self.label_map = dict(label_map) if label_map is not None else None
-        parent_targets = getattr(dataset, "targets", None)
+        parent_targets = targets_of(dataset)
         if parent_targets is None:
             raise TypeError(f"{type(dataset).__name__} has no .targets (a list of int labels)")
         mapped = [int(parent_targets[i]) for i in self.indices]
         self.targets: list[int] = [self.label_map[t] for t in mapped] if self.label_map is not None else mapped
-        self.classes: list[str] | None = list(classes) if classes is not None else _copy(getattr(dataset, "classes", None))
-        parent_display = getattr(dataset, "display_names", None)
+        self.classes: list[str] | None = list(classes) if classes is not None else _copy(classes_of(dataset))
+        parent_display = display_names_of(dataset)
         if display_names is not None:
             self.display_names: list[str] | None = list(display_names)
         elif classes is None and parent_display is not None:
@@ -110,6 +113,12 @@ class SubsetDataset(Dataset):
         return self._take("image_sizes")
 
     @property
+    def input_boxes(self) -> torch.Tensor | None:
+        """The parent's ``input_boxes`` (fractions of the model input) of these samples, or None: also None
+        with the subset's own transform, whose output frame the parent's boxes do not describe."""
+        return None if self.transform is not None else self._take("input_boxes")
+
+    @property
     def samples(self) -> list[tuple[str, int]] | None:
         parent = getattr(self.dataset, "samples", None)
         return None if parent is None else [(parent[i][0], t) for i, t in zip(self.indices, self.targets, strict=True)]
@@ -141,7 +150,7 @@ def train_val_split(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    targets = getattr(dataset, "targets", None)
+    targets = targets_of(dataset)
     if targets is None:
         raise TypeError(f"train_val_split needs .targets (int labels) on the dataset; {type(dataset).__name__} has none")
     targets = np.asarray(targets, dtype=np.int64)
@@ -164,11 +173,11 @@ def subset_classes(dataset: Dataset, classes: int | Sequence[int | str]) -> Subs
 
     A list keeps its order: its first entry becomes label 0. Handy for quick runs on part of a dataset.
     """
-    targets = getattr(dataset, "targets", None)
-    names = getattr(dataset, "classes", None)
+    targets = targets_of(dataset)
+    names = classes_of(dataset)
     if targets is None:
         raise TypeError(f"subset_classes needs .targets on the dataset; {type(dataset).__name__} has none")
-    num_classes = len(names) if names is not None else int(max(targets, default=-1)) + 1
+    num_classes = num_classes_of(dataset)
     if isinstance(classes, int):
         if not 1 <= classes <= num_classes:
             raise ValueError(f"asked for {classes} classes, the dataset has {num_classes}")
@@ -188,7 +197,7 @@ def subset_classes(dataset: Dataset, classes: int | Sequence[int | str]) -> Subs
             raise ValueError(f"classes must be a non-empty list without repeats, got {list(classes)}")
     label_map = {old: new for new, old in enumerate(chosen)}
     indices = [i for i, t in enumerate(targets) if int(t) in label_map]
-    display = getattr(dataset, "display_names", None)
+    display = display_names_of(dataset)
     return SubsetDataset(
         dataset,
         indices,

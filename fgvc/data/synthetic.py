@@ -46,15 +46,17 @@ pixels are rendered on first access (well under a millisecond at 64 x 64) and ca
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 
-__all__ = ["SyntheticFGVC", "synthetic_splits", "all_class_names", "grid_class_names", "FRAME_COLOUR", "SHAPES", "COLOURS"]
+from .contract import FGVCDataset
+from .definition import DatasetDef
+
+__all__ = ["DEFINITION", "SyntheticFGVC", "draw_splits", "synthetic_splits", "all_class_names", "grid_class_names", "FRAME_COLOUR", "SHAPES", "COLOURS"]
 
 #: The detail's frame colour. Nothing else in any image uses it (all other colours are <= ``_MAX_LEVEL``).
 FRAME_COLOUR: tuple[int, int, int] = (255, 255, 255)
@@ -145,7 +147,7 @@ def _as_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return hw
 
 
-class SyntheticFGVC(Dataset):
+class SyntheticFGVC(FGVCDataset):
     """Procedural fine-grained dataset: the class is the interior of one small white-framed glyph.
 
     See the module docstring for the generator. ``__getitem__`` returns ``(image, label)`` with the image a
@@ -220,7 +222,7 @@ class SyntheticFGVC(Dataset):
             raise ValueError(f"mean and std must have 3 entries with std > 0, got mean={mean!r}, std={std!r}")
 
         self.num_samples = int(num_samples)
-        self.num_classes = int(num_classes)
+        self._num_classes = int(num_classes)
         self.seed = int(seed)
         self.split = split
         self.mean = tuple(float(m) for m in mean)
@@ -373,6 +375,10 @@ class SyntheticFGVC(Dataset):
 
     # ------------------------------------------------------------------ public API
     @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
     def input_boxes(self) -> torch.Tensor | None:
         """The boxes in the frame the model sees (read by ``fgvc.evaluate``): ``boxes`` when the default
         to-tensor transform is used (images are drawn at the input size), None with a custom transform."""
@@ -423,3 +429,21 @@ def synthetic_splits(
         )
         for split, n in sizes.items()
     }
+
+
+def draw_splits(img_size: int | tuple[int, int] | None = None, **options: Any) -> dict[str, SyntheticFGVC]:
+    """A recipe's splits: ``synthetic_splits(**options)`` drawn at ``img_size`` unless ``options`` give
+    ``image_size``."""
+    if img_size is not None:
+        options.setdefault("image_size", tuple(img_size) if not isinstance(img_size, int) else img_size)
+    return synthetic_splits(**options)
+
+
+def _count_classes(root: Any, options: Mapping[str, Any]) -> int:
+    """The class count ``options`` give (``vocabulary``'s length, ``num_classes`` or the default 10)."""
+    vocabulary = options.get("vocabulary")
+    return len(vocabulary) if vocabulary is not None else int(options.get("num_classes") or 10)
+
+
+DEFINITION = DatasetDef("synthetic", SyntheticFGVC, splits=tuple(_SPLITS), draw_splits=draw_splits,
+                        count_classes=_count_classes)

@@ -11,10 +11,10 @@ usual 0.875 crop ratio: ``floor(S / 0.875)`` for a square ``S`` (448 -> 512), an
 aspect ratio, then cropped), as timm's ``crop_mode="squash"`` (the ``crop_mode`` of a non-square model's
 ``pretrained_cfg``).
 
-Boxes: ``fgvc.evaluate`` reads ``data.boxes`` as fractions of the *model input*. A dataset's own ``boxes``
-are fractions of the original image, which only coincide with the input when the whole image is resized
-to it. After resize + center crop, wrap the test dataset in ``EvalBoxes`` to get boxes as fractions of the
-crop the model sees.
+Boxes: ``fgvc.evaluate`` reads ``data.input_boxes``, fractions of the *model input*. A dataset's own
+``boxes`` are fractions of the original image, which only coincide with the input when the whole image is
+resized to it. After resize + center crop, wrap the test dataset in ``EvalBoxes`` to get ``input_boxes`` as
+fractions of the crop the model sees.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
+
+from .contract import FGVCDataset, boxes_pixels_of, classes_of, display_names_of, targets_of
 
 __all__ = ["CROP_RATIO", "EvalBoxes", "build_transforms", "default_resize", "map_boxes", "resized_size"]
 
@@ -181,8 +183,9 @@ def map_boxes(
     return out.float()
 
 
-class EvalBoxes(Dataset):
-    """A test dataset whose ``boxes`` are fractions of the model input after the test transform.
+class EvalBoxes(FGVCDataset):
+    """A test dataset whose ``input_boxes`` (also its ``boxes``) are fractions of the model input after the
+    test transform.
 
     ``fgvc.evaluate(model, EvalBoxes(test_data, img_size=448))`` then measures crop IoU in the frame the
     model sees. ``test_data`` needs ``boxes_pixels`` and ``image_sizes`` (every fgvc image dataset has them)
@@ -193,15 +196,15 @@ class EvalBoxes(Dataset):
     def __init__(
         self, dataset: Dataset, img_size: int | tuple[int, int], resize: int | tuple[int, int] | None = None
     ) -> None:
-        boxes = getattr(dataset, "boxes_pixels", None)
+        boxes = boxes_pixels_of(dataset)
         if boxes is None:
             raise ValueError(f"{type(dataset).__name__} has no boxes_pixels (this dataset has no boxes)")
         self.dataset = dataset
         self.boxes = map_boxes(boxes, dataset.image_sizes, img_size, resize)
         self.input_boxes = self.boxes  # what fgvc.evaluate reads: fractions of the model input
-        self.classes = getattr(dataset, "classes", None)
-        self.display_names = getattr(dataset, "display_names", None)
-        self.targets = getattr(dataset, "targets", None)
+        self.classes = classes_of(dataset)
+        self.display_names = display_names_of(dataset)
+        self.targets = targets_of(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
