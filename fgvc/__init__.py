@@ -16,6 +16,7 @@ from .predict import Prediction, predict
 from .profile import ProfileResult, profile
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
 from .retrieval import RetrievalResult, retrieval_metrics
+from .settings import TrainConfig
 from .train import History, fit, plot_log, seed_everything
 from .version import __version__
 
@@ -29,6 +30,7 @@ __all__ = [
     "ProfileResult",
     "RecipeResult",
     "RetrievalResult",
+    "TrainConfig",
     "ViTBackbone",
     "__version__",
     "create_model",

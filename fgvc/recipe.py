@@ -17,9 +17,10 @@ reported, so that a run can be compared with it::
   split (``val_fraction``, stratified, ``split_seed``), an optional class subset (``classes``: a count or a
   list), the transforms (``resize`` before the crop; ``test_resize`` when the test resize differs;
   ``trivial_augment``, ``random_erasing``) and the dataset's own ``options``;
-* ``train`` is passed to ``fgvc.fit``; ``steps`` (total optimizer updates, as TransFG counts) becomes the
-  number of epochs that reaches it, and ``lr_base_batch_size`` scales ``lr`` linearly with the batch
-  (``lr * batch_size / lr_base_batch_size``, DeiT's and DCAL's convention).
+* ``train`` is passed to ``fgvc.fit`` (its keys are ``fgvc.TrainConfig``'s options, with its defaults);
+  ``steps`` (total optimizer updates, as TransFG counts) becomes the number of epochs that reaches it, and
+  ``lr_base_batch_size`` scales ``lr`` linearly with the batch (``lr * batch_size / lr_base_batch_size``,
+  DeiT's and DCAL's convention).
 
 The recipes shipped with fgvc are in ``fgvc/recipes/`` (``list_recipes()``); ``load_recipe`` takes one of
 their names or a path, and ``key=value`` overrides (``"train.lr=0.001"``, values read as YAML).
@@ -37,7 +38,6 @@ the mean +- std. ``protocol`` says which checkpoint is evaluated:
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
@@ -53,7 +53,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from .hints import did_you_mean
-from .settings import check_data_settings, check_fit_settings, number_from_text
+from .settings import TrainConfig, check_data_settings, check_fit_settings, number_from_text
 
 __all__ = [
     "RecipeResult",
@@ -85,7 +85,7 @@ DATA_KEYS = {
     "options",
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
-RECIPE_ONLY_FIT_ARGS = {"model", "train_data", "val_data", "seed", "out_dir"}  # set by train_recipe itself
+RECIPE_ONLY_FIT_ARGS = {"seed", "out_dir"}  # TrainConfig options set by train_recipe itself
 TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
 
 
@@ -113,9 +113,7 @@ def _recipe_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def _fit_parameters() -> set[str]:
-    from .train import fit
-
-    return set(inspect.signature(fit).parameters) - RECIPE_ONLY_FIT_ARGS
+    return set(TrainConfig.names()) - RECIPE_ONLY_FIT_ARGS
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -304,11 +302,11 @@ def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
     from .distributed import get_world_size
 
     args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
-    batch_size = int(args.get("batch_size", 32))
+    batch_size = int(args.get("batch_size", TrainConfig.batch_size))
     # the images per optimizer update: batch_size is per process (torchrun) and per accumulated step
-    total = batch_size * int(args.get("accumulate_steps", 1)) * get_world_size()
+    total = batch_size * int(args.get("accumulate_steps", TrainConfig.accumulate_steps)) * get_world_size()
     if recipe["train"].get("lr_base_batch_size") is not None:  # null (e.g. --set train.lr_base_batch_size=null): off
-        args["lr"] = float(args.get("lr", 5e-4)) * total / float(recipe["train"]["lr_base_batch_size"])
+        args["lr"] = float(args.get("lr", TrainConfig.lr)) * total / float(recipe["train"]["lr_base_batch_size"])
     if recipe["train"].get("steps") is not None:
         steps_per_epoch = max(train_size // total, 1)  # optimizer updates per epoch
         args["epochs"] = max(math.ceil(int(recipe["train"]["steps"]) / steps_per_epoch), 1)
@@ -462,9 +460,9 @@ def train_recipe(
             model,
             data["test"],
             recipe["data"],
-            batch_size=int(args.get("batch_size", 32)),
+            batch_size=int(args.get("batch_size", TrainConfig.batch_size)),
             device=device,
-            num_workers=int(args.get("num_workers", 0)),
+            num_workers=int(args.get("num_workers", TrainConfig.num_workers)),
         )
         run = dict(
             seed=seed,

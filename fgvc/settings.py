@@ -1,21 +1,28 @@
-"""Settings checked once, up front, each with a one-line message: the checks ``fit`` and the recipes share.
+"""Settings checked once, up front, each with a one-line message: the options ``fit`` and the recipes share.
 
-``fit`` checks its own arguments (``check_fit_settings``) before it touches the data; a recipe's ``train``
-section goes through the very same function when the recipe is loaded (``train.lr`` then names the key as
-the recipe spells it), and its ``data`` section through ``check_data_settings``. So ``batch_size=0``,
-``epochs=0``, ``lr=nan`` or ``val_fraction=-0.2`` stop before a model is built, naming the setting, instead of
-ending in a ``ZeroDivisionError`` deep in a loop, or silently meaning something else.
-"""
+``TrainConfig`` defines ``fit``'s options once: their names, defaults and checks. ``fit`` builds one from its
+keywords, which checks them before it touches the data; a recipe's ``train`` section goes through the very
+same checks when the recipe is loaded (``check_fit_settings``; ``train.lr`` then names the key as the recipe
+spells it), and its ``data`` section through ``check_data_settings``. So ``batch_size=0``, ``epochs=0``,
+``lr=nan`` or ``val_fraction=-0.2`` stop before a model is built, naming the setting, instead of ending in a
+``ZeroDivisionError`` deep in a loop, or silently meaning something else."""
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["AMP_VALUES", "check_data_settings", "check_fit_settings", "number_from_text"]
+from .hints import did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["AMP_VALUES", "TrainConfig", "check_data_settings", "check_fit_settings", "number_from_text"]
 
 AMP_VALUES = (None, False, True, "auto", "none", "fp32", "bf16", "bfloat16", "fp16", "float16")
 
@@ -98,30 +105,107 @@ def _classes(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be null, a class count >= 2 or a list of at least 2 classes, got {value!r}")
 
 
+def _option(default: Any, check: Callable[[str, Any], None] | None = None) -> Any:
+    """A ``TrainConfig`` field: its default and the check its values pass (none: any value)."""
+    return field(default=default, metadata={"check": check} if check is not None else {})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The options of ``fgvc.fit`` with their defaults and checks: the one definition that ``fit``, a recipe's
+    ``train`` section and the command line share. A config is checked when it is made (``ValueError`` naming
+    the first invalid option).
+
+    Attributes:
+        epochs, batch_size: ``batch_size`` images per process and forward pass; the optimizer sees
+            ``batch_size * accumulate_steps * world_size`` images per step.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum), built by timm (no weight decay on norms and biases).
+        lr, min_lr, warmup_steps: linear warmup (default: one epoch, at most 500 steps) then cosine decay to
+            ``min_lr``, updated every optimizer step.
+        label_smoothing: passed to the model's loss.
+        grad_clip: clip the global gradient norm (None: off).
+        amp: ``"auto"`` (bf16 on capable GPUs, fp32 on the CPU), ``"bf16"``, ``"fp16"`` (with a grad scaler
+            on CUDA) or None.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (None: CUDA when available; under torchrun the local rank's).
+        seed: seeds the data order, the augmentations and the training RNG (``seed + rank``).
+        num_workers: data-loading worker processes.
+        out_dir: if given, ``last.safetensors`` and ``train_state.safetensors`` are written every epoch (and
+            every ``save_every_steps`` steps), ``best.safetensors`` whenever the validation top-1 improves,
+            and ``log.jsonl`` (+ TensorBoard) as training goes.
+        progress: progress bars and one printed line per epoch.
+        resume: True: continue from ``out_dir/train_state.safetensors`` if it exists (else start fresh, so
+            a requeued job can always pass it); a path (file or directory): continue from that state, which
+            must exist. Model, optimizer, schedule, grad scaler, RNG and the position in the epoch are
+            restored; the data, model architecture and class count must match the saved run, and so must
+            the optimizer settings (``lr``, ``weight_decay``, ``momentum`` for SGD, ``min_lr``,
+            ``warmup_steps``, ``label_smoothing``, ``grad_clip``): a resume with others is refused, naming
+            them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
+        save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
+            preemptible machines); None: at epoch ends only.
+        accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
+        compile: ``torch.compile`` the training forward (the first steps compile; evaluation stays eager).
+        channels_last: NHWC images and weights (only the patch-embedding convolution of a ViT benefits).
+        tf32: on CUDA, allow TF32 matmuls / convolutions (True), forbid them (False), or leave PyTorch's
+            setting (None). Restored when ``fit`` returns.
+        log_every_steps: a ``log.jsonl`` line every N optimizer steps (plus one per epoch).
+        tensorboard: write TensorBoard scalars to ``out_dir/tensorboard``; None: when it is installed.
+        find_unused_parameters: passed to DistributedDataParallel (every built-in method uses all its
+            parameters in training, so it stays off).
+    """
+
+    epochs: int = _option(10, _int_at_least(1))
+    batch_size: int = _option(32, _int_at_least(1))
+    optimizer: str = _option("adamw", _text)
+    lr: float = _option(5e-4, _positive())
+    weight_decay: float = _option(0.05, _non_negative)
+    momentum: float = _option(0.9, _fraction(closed=False))
+    warmup_steps: int | None = _option(None, _int_at_least(0, optional=True))
+    min_lr: float = _option(1e-6, _non_negative)
+    label_smoothing: float = _option(0.0, _fraction(closed=False))
+    grad_clip: float | None = _option(1.0, _positive(optional=True))
+    amp: str | bool | None = _option("auto", _amp)
+    device: str | torch.device | None = _option(None)
+    seed: int = _option(0, _integer)
+    num_workers: int = _option(0, _int_at_least(0))
+    out_dir: str | os.PathLike | None = _option(None)
+    progress: bool = _option(True, _flag(optional=False))
+    resume: bool | str | os.PathLike = _option(False)
+    save_every_steps: int | None = _option(None, _int_at_least(1, optional=True))
+    accumulate_steps: int = _option(1, _int_at_least(1))
+    compile: bool = _option(False, _flag(optional=False))
+    channels_last: bool = _option(False, _flag(optional=False))
+    tf32: bool | None = _option(None, _flag(optional=True))
+    log_every_steps: int = _option(50, _int_at_least(1))
+    tensorboard: bool | None = _option(None, _flag(optional=True))
+    find_unused_parameters: bool = _option(False, _flag(optional=False))
+
+    def __post_init__(self) -> None:
+        check_fit_settings(self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as keyword arguments of ``fit`` (shallow: an ``out_dir`` stays the object given)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The option names, in ``fit``'s order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_options(cls, config: TrainConfig | None, options: Mapping[str, Any], caller: str = "fit") -> TrainConfig:
+        """``config`` (default: the defaults) with ``options`` replacing its values; an unknown option is a
+        ``TypeError`` as for any unknown keyword argument of ``caller``, with the closest name."""
+        for key in options:
+            if key not in cls.__dataclass_fields__:
+                hint = did_you_mean(key, cls.names())
+                raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}{hint}")
+        return cls(**options) if config is None else replace(config, **options)
+
+
+#: The checks of the recipe's ``train`` section: every ``TrainConfig`` option, and the two keys the recipe
+#: reads itself (``fgvc.recipe.fit_arguments``: ``steps`` -> epochs, ``lr`` scaled by the batch size).
 FIT_RULES: dict[str, Callable[[str, Any], None]] = {
-    "epochs": _int_at_least(1),
-    "batch_size": _int_at_least(1),
-    "optimizer": _text,
-    "lr": _positive(),
-    "weight_decay": _non_negative,
-    "momentum": _fraction(closed=False),
-    "warmup_steps": _int_at_least(0, optional=True),
-    "min_lr": _non_negative,
-    "label_smoothing": _fraction(closed=False),
-    "grad_clip": _positive(optional=True),
-    "amp": _amp,
-    "seed": _integer,
-    "num_workers": _int_at_least(0),
-    "save_every_steps": _int_at_least(1, optional=True),
-    "accumulate_steps": _int_at_least(1),
-    "log_every_steps": _int_at_least(1),
-    "progress": _flag(optional=False),
-    "compile": _flag(optional=False),
-    "channels_last": _flag(optional=False),
-    "find_unused_parameters": _flag(optional=False),
-    "tf32": _flag(optional=True),
-    "tensorboard": _flag(optional=True),
-    # recipe-only keys of the train section (read by fgvc.recipe.fit_arguments)
+    **{f.name: f.metadata["check"] for f in fields(TrainConfig) if "check" in f.metadata},
     "steps": _int_at_least(1, optional=True),
     "lr_base_batch_size": _positive(optional=True),
 }

@@ -20,13 +20,17 @@ training RNG (dropout, drop-path, DCAL's pairing) is seeded with ``seed + rank``
 checkpoint, so a resumed run continues exactly where the saved one was: on the CPU the weights after resume
 equal those of an uninterrupted run bit for bit (tested). On GPUs bitwise equality additionally needs
 deterministic kernels (``torch.use_deterministic_algorithms``), which fit does not switch on.
+
+The loop runs in named phases over one ``_Run`` (model, optimizer, schedule, grad scaler, data order,
+counters): ``_start`` builds it, ``_restore`` continues a saved run, then every epoch ``_train_epoch``
+(``_train_step`` per micro-batch, ``_after_update`` per optimizer step) and ``_end_epoch`` (validation, log,
+last / best model, ``_checkpoint``). The options are ``fgvc.settings.TrainConfig``; the data order is in
+``fgvc.samplers``, what is saved to resume in ``fgvc.run_state``, the history and log in ``fgvc.history``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 import warnings
@@ -41,16 +45,10 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    check_state_matches,
-    load_train_state,
-    remove_stale_temporaries,
-    save_model,
-    save_train_state,
-)
+from .checkpoint import remove_stale_temporaries, save_model, save_train_state
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -62,115 +60,22 @@ from .distributed import (
     wrap_ddp,
 )
 from .evaluate import check_labels, evaluate
+from .history import History, RunLog, plot_log
 from .methods.base import FGVCModel
 from .precision import autocast_dtype, set_tf32
-from .settings import check_fit_settings
+from .run_state import (
+    STATE_FILE,
+    EpochSums,
+    read_resume,
+    resume_settings,
+    rng_state,
+    rng_tensors,
+    set_rng_state,
+)
+from .samplers import EpochBatches, train_loader
+from .settings import TrainConfig
 
-__all__ = ["History", "fit", "plot_log", "seed_everything"]
-
-STATE_FILE = "train_state.safetensors"
-LOG_FILE = "log.jsonl"
-
-
-@dataclass
-class History:
-    """Per-epoch records of a ``fit`` run: ``history.epochs[i]`` is a dict, ``history["val_top1"]`` a list."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    checkpoint_dir: Path | None = None
-
-    def __getitem__(self, key: str) -> list[float]:
-        return [e.get(key, math.nan) for e in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    @property
-    def best(self) -> dict[str, float] | None:
-        """The record of the epoch with the best validation top-1 (None without validation data)."""
-        return None if self.best_epoch is None else self.epochs[self.best_epoch - 1]
-
-    @classmethod
-    def from_jsonl(cls, path: str | os.PathLike) -> History:
-        """The epoch records of a ``log.jsonl`` written by ``fit`` (a file, or the ``out_dir`` holding it)."""
-        path = Path(path)
-        path = path / LOG_FILE if path.is_dir() else path
-        epochs = []
-        for line in _read_jsonl(path):
-            if line.get("kind") == "epoch":
-                epochs.append({k: v for k, v in line.items() if k not in ("kind", "step", "time")})
-        history = cls(epochs=epochs, checkpoint_dir=path.parent)
-        scored = [(e["val_top1"], -i) for i, e in enumerate(epochs) if "val_top1" in e]
-        if scored:
-            history.best_epoch = -max(scored)[1] + 1  # the first epoch reaching the best top-1, as fit keeps
-        return history
-
-    def plot(self, ax: Any = None) -> Any:
-        """Loss and top-1 curves (train and validation) as a matplotlib figure."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-        else:
-            fig = ax[0].figure
-        x = self["epoch"]
-        marker = "o" if len(x) <= 30 else None  # a short curve shows its points
-        ax[0].plot(x, self["train_loss"], label="train", marker=marker)
-        ax[1].plot(x, self["train_top1"], label="train", marker=marker)
-        if any(not math.isnan(v) for v in self["val_loss"]):
-            ax[0].plot(x, self["val_loss"], label="val", marker=marker)
-            ax[1].plot(x, self["val_top1"], label="val", marker=marker)
-        ax[0].set(xlabel="epoch", ylabel="loss")
-        ax[1].set(xlabel="epoch", ylabel="top-1 (%)")
-        for a in ax:
-            a.legend()
-            a.grid(alpha=0.3)
-            a.ticklabel_format(axis="y", useOffset=False)
-        fig.tight_layout()
-        return fig
-
-
-def plot_log(path: str | os.PathLike, ax: Any = None) -> Any:
-    """Training curves from a ``log.jsonl`` (or the ``out_dir`` holding it), also while a run is going.
-
-    Three panels: loss per logged step with the epoch means (train, val) at their last step, top-1 per
-    epoch, and the learning rate per step. Returns the matplotlib figure.
-    """
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path = path / LOG_FILE if path.is_dir() else path
-    lines = _read_jsonl(path)
-    steps = [r for r in lines if r.get("kind") == "step"]
-    epochs = [r for r in lines if r.get("kind") == "epoch"]
-    if ax is None:
-        fig, ax = plt.subplots(1, 3, figsize=(13, 3.2))
-    else:
-        fig = ax[0].figure
-    if steps:
-        marker = "." if len(steps) <= 30 else None  # a short curve shows its points
-        ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, marker=marker,
-                   label="train (step)")
-        ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps], marker=marker)
-    for key, label in (("train_loss", "train (epoch)"), ("val_loss", "val")):
-        pts = [(r["step"], r[key]) for r in epochs if key in r]
-        if pts:
-            ax[0].plot(*zip(*pts, strict=True), marker="o", label=label)
-    for key, label in (("train_top1", "train"), ("val_top1", "val")):
-        pts = [(r["epoch"], r[key]) for r in epochs if key in r]
-        if pts:
-            ax[1].plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax[0].set(xlabel="step", ylabel="loss")
-    ax[1].set(xlabel="epoch", ylabel="top-1 (%)")
-    ax[2].set(xlabel="step", ylabel="learning rate")
-    for a in ax:
-        if a.get_legend_handles_labels()[0]:
-            a.legend()
-        a.grid(alpha=0.3)
-        a.ticklabel_format(axis="y", useOffset=False)  # a loss that barely moves reads 2.3026, not 1e-6+2.30258
-    fig.tight_layout()
-    return fig
+__all__ = ["History", "TrainConfig", "fit", "plot_log", "reproducible", "seed_everything"]
 
 
 @contextmanager
@@ -200,70 +105,19 @@ def fit(
     train_data: Dataset,
     val_data: Dataset | None = None,
     *,
-    epochs: int = 10,
-    batch_size: int = 32,
-    optimizer: str = "adamw",
-    lr: float = 5e-4,
-    weight_decay: float = 0.05,
-    momentum: float = 0.9,
-    warmup_steps: int | None = None,
-    min_lr: float = 1e-6,
-    label_smoothing: float = 0.0,
-    grad_clip: float | None = 1.0,
-    amp: str | bool | None = "auto",
-    device: str | torch.device | None = None,
-    seed: int = 0,
-    num_workers: int = 0,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    resume: bool | str | os.PathLike = False,
-    save_every_steps: int | None = None,
-    accumulate_steps: int = 1,
-    compile: bool = False,
-    channels_last: bool = False,
-    tf32: bool | None = None,
-    log_every_steps: int = 50,
-    tensorboard: bool | None = None,
-    find_unused_parameters: bool = False,
+    config: TrainConfig | None = None,
+    **options: Any,
 ) -> History:
     """Train ``model`` on ``train_data``, validating on ``val_data`` after every epoch.
 
-    Args:
-        epochs, batch_size: ``batch_size`` images per process and forward pass; the optimizer sees
-            ``batch_size * accumulate_steps * world_size`` images per step.
-        optimizer: ``"adamw"`` or ``"sgd"`` (momentum), built by timm (no weight decay on norms and biases).
-        lr, min_lr, warmup_steps: linear warmup (default: one epoch, at most 500 steps) then cosine decay to
-            ``min_lr``, updated every optimizer step.
-        label_smoothing: passed to the model's loss.
-        grad_clip: clip the global gradient norm (None: off).
-        amp: ``"auto"`` (bf16 on capable GPUs, fp32 on the CPU), ``"bf16"``, ``"fp16"`` (with a grad scaler
-            on CUDA) or None.
-        out_dir: if given, ``last.safetensors`` and ``train_state.safetensors`` are written every epoch (and
-            every ``save_every_steps`` steps), ``best.safetensors`` whenever the validation top-1 improves,
-            and ``log.jsonl`` (+ TensorBoard) as training goes.
-        resume: True: continue from ``out_dir/train_state.safetensors`` if it exists (else start fresh, so
-            a requeued job can always pass it); a path (file or directory): continue from that state, which
-            must exist. Model, optimizer, schedule, grad scaler, RNG and the position in the epoch are
-            restored; the data, model architecture and class count must match the saved run, and so must
-            the optimizer settings (``lr``, ``weight_decay``, ``momentum`` for SGD, ``min_lr``,
-            ``warmup_steps``, ``label_smoothing``, ``grad_clip``): a resume with others is refused, naming
-            them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
-        save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
-            preemptible machines); None: at epoch ends only.
-        accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
-        compile: ``torch.compile`` the training forward (the first steps compile; evaluation stays eager).
-        channels_last: NHWC images and weights (only the patch-embedding convolution of a ViT benefits).
-        tf32: on CUDA, allow TF32 matmuls / convolutions (True), forbid them (False), or leave PyTorch's
-            setting (None). Restored when ``fit`` returns.
-        log_every_steps: a ``log.jsonl`` line every N optimizer steps (plus one per epoch).
-        tensorboard: write TensorBoard scalars to ``out_dir/tensorboard``; None: when it is installed.
-        find_unused_parameters: passed to DistributedDataParallel (every built-in method uses all its
-            parameters in training, so it stays off).
+    The options are ``TrainConfig``'s (``epochs``, ``batch_size``, ``lr``, ``out_dir``, ``resume``, ...: their
+    meanings and defaults are documented there), given as keywords (``fit(model, data, epochs=50, lr=1e-3)``)
+    or as ``config=TrainConfig(...)``, which keywords then override. An unknown keyword is a ``TypeError``.
 
-    Every setting is checked before anything runs (``fgvc.settings.check_fit_settings``, which recipes use
-    too). A non-finite loss stops training naming the optimizer step; so does an update that leaves a weight
-    or optimizer tensor non-finite, checked before every save and at every epoch end: nothing non-finite is
-    ever written, so the checkpoints in ``out_dir`` stay good ones.
+    Every option is checked before anything runs (``TrainConfig``, whose checks the recipes use too). A
+    non-finite loss stops training naming the optimizer step; so does an update that leaves a weight or
+    optimizer tensor non-finite, checked before every save and at every epoch end: nothing non-finite is ever
+    written, so the checkpoints in ``out_dir`` stay good ones.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the process group is joined here (NCCL on CUDA, gloo on the CPU),
     the model wrapped in DistributedDataParallel, the training set sharded by ``DistributedSampler``,
@@ -272,399 +126,319 @@ def fit(
     Returns:
         ``History`` with loss, top-1, top-5, lr and seconds per epoch (train metrics over all ranks).
     """
-    check_fit_settings({k: v for k, v in locals().items() if k not in ("model", "train_data", "val_data")})
-    settings = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, min_lr=min_lr, warmup_steps=warmup_steps,
-                    label_smoothing=label_smoothing, grad_clip=grad_clip)  # a resumed run must keep them
-    device = init_distributed(device)
-    rank, world = get_rank(), get_world_size()
-    main = rank == 0
-    net = model
-    _check_class_count(net, train_data, "train_data")
-    _check_image_size(net, train_data, "train_data")
-    if val_data is not None:
-        _check_class_count(net, val_data, "val_data")
-        _check_image_size(net, val_data, "val_data")
-        _check_same_classes(train_data, val_data)
-    class_names = getattr(train_data, "classes", None) or net.class_names
-    if class_names is not None:
-        net.class_names = list(class_names)
-    out_dir = Path(out_dir) if out_dir is not None else None
-
-    # ---- the saved run, checked against this one before anything is trained
-    state_path = _resume_path(resume, out_dir)
-    saved: dict[str, Any] | None = None
-    saved_tensors: dict[str, Tensor] = {}
-    if state_path is not None:
-        model_state, saved, saved_tensors = load_train_state(state_path)
-        _check_resume(net, saved, train_data, state_path, optimizer=optimizer, world=world, batch_size=batch_size,
-                      accumulate_steps=accumulate_steps, seed=seed, epochs=epochs, settings=settings)
-        check_state_matches(net, model_state, state_path)
-        net.load_state_dict(model_state, strict=True)
-
-    seed_everything(seed + rank)
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    batches = _EpochBatches(sampler, batch_size, drop_last=len(sampler) > batch_size)
-    loader = DataLoader(
-        _SeededItems(train_data, seed),
-        batch_sampler=batches,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG untouched
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-    )
-    micro_per_epoch = batches.num_batches
-    if micro_per_epoch == 0:
-        raise ValueError("train_data is empty")
-    steps_per_epoch = math.ceil(micro_per_epoch / accumulate_steps)
-    total_steps = epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, 500) if warmup_steps is None else warmup_steps
-    opt = create_optimizer_v2(net, opt=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    sched = CosineLRScheduler(
-        opt, t_initial=total_steps, lr_min=min_lr, warmup_t=warmup, warmup_lr_init=min(min_lr, lr), t_in_epochs=False
-    )
-    dtype = autocast_dtype(amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
-    history = History(checkpoint_dir=out_dir)
-    best_top1, step, start_epoch, micro_done = -math.inf, 0, 1, 0
-    sums = [0.0, 0.0, 0.0, 0.0]  # this epoch on this rank: loss x images, top-1 hits, top-5 hits, images
-    saved_step = None  # the step of the training state on disk: what a failure leaves the user with
+    cfg = TrainConfig.from_options(config, options)
+    device = init_distributed(cfg.device)
+    _adopt_data(model, train_data, val_data)
+    saved = read_resume(model, train_data, cfg, get_world_size())  # checked before anything is trained
+    run = _start(model, train_data, val_data, cfg, device)
     if saved is not None:
-        saved_step = saved["step"]
-        opt.load_state_dict(saved["optimizer_state_dict"])
-        if saved.get("scheduler", {}).get("t_initial") == total_steps:
-            sched.load_state_dict(saved["scheduler"])
-        elif saved["epoch"] <= epochs:
-            warnings.warn(
-                f"resuming a {saved['epochs']}-epoch run with epochs={epochs}: the learning-rate schedule is "
-                f"recomputed for the new length from step {saved['step']} on", stacklevel=2
-            )
-        if scaler.is_enabled() and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        step, start_epoch, micro_done = saved["step"], saved["epoch"], saved["batches_done"]
-        sched.step_update(num_updates=step)
-        history.epochs = saved["history"]
-        history.best_epoch = saved["best_epoch"]
-        best_top1 = -math.inf if saved["best_top1"] is None else saved["best_top1"]
-        if micro_done:
-            sums = saved["sums"][rank]
-        if saved["world_size"] == world:
-            _set_rng_state(saved["rng"][rank], saved_tensors, rank, device)
-        else:  # allowed at epoch boundaries only (checked): a fresh, still seeded, stream per rank
-            seed_everything(seed + rank + 1_000_003 * step)
-
-    ddp = wrap_ddp(net, device, find_unused_parameters)  # ``net`` itself when not distributed
-    fwd = torch.compile(ddp) if compile else ddp
-    if out_dir is not None and main:
-        remove_stale_temporaries(out_dir)  # of a write killed in an earlier run
-    log = _Log(out_dir, enabled=main, resume_step=step if saved is not None else None, tensorboard=tensorboard)
-    tf32_before = set_tf32(tf32)
-
-    def advice() -> str:
-        clip = "" if grad_clip is not None else " or enable gradient clipping (grad_clip)"
-        if out_dir is None:
-            return f"lower the learning rate{clip}"
-        kept = (f"the last checkpoint (step {saved_step}) is kept in {out_dir}" if saved_step is not None
-                else f"no checkpoint was written to {out_dir} yet")
-        return f"lower the learning rate{clip}; {kept}"
-
-    def check_finite(epoch: int, lr_used: float) -> None:
-        """Stop, before anything is saved or evaluated, when the last update made weights non-finite."""
-        bad = _non_finite(net, opt)
-        if any_rank(bad is not None, device):
-            raise FloatingPointError(
-                f"the weights are not finite after optimizer step {step} (epoch {epoch}, lr {lr_used:.3g}): "
-                f"{bad or 'a tensor on another rank'} holds NaN or inf although the loss was finite, and nothing "
-                f"of this step was saved: {advice()}"
-            )
-
-    def checkpoint(epoch_next: int, done: int) -> None:
-        """Write the resume state (at epoch ends the caller has written last/best before)."""
-        nonlocal saved_step
-        if out_dir is None:
-            return
-        rng = all_gather_objects(_rng_state(device))  # every rank's, so each continues its own stream
-        all_sums = all_gather_objects(list(sums))
-        if main:
-            write_state(rng, all_sums, epoch_next, done)
-        saved_step = step
-        barrier()  # no rank reads (resume, load best) a file rank 0 is still writing
-
-    def write_state(rng: list[dict[str, Any]], all_sums: list[list[float]], epoch_next: int, done: int) -> None:
-        tensors = {}
-        for r, entry in enumerate(rng):
-            tensors[f"rng/{r}/torch"] = entry.pop("torch")
-            for i, t in enumerate(entry.pop("cuda")):
-                tensors[f"rng/{r}/cuda/{i}"] = t
-        save_train_state(
-            out_dir / STATE_FILE,
-            model=net,
-            optimizer=opt,
-            tensors=tensors,
-            state=dict(
-                step=step, epoch=epoch_next, batches_done=done, epochs=epochs, world_size=world,
-                batch_size=batch_size, accumulate_steps=accumulate_steps, seed=seed, optimizer_name=optimizer,
-                num_train=len(train_data), class_names=net.class_names, sums=all_sums, history=history.epochs,
-                best_epoch=history.best_epoch, best_top1=None if best_top1 == -math.inf else best_top1,
-                scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=rng, settings=settings,
-            ),
-        )
-
+        _restore(run, *saved)
+    tf32_before = _launch(run)
     try:
-        for epoch in range(start_epoch, epochs + 1):
-            fwd.train()
-            batches.set_epoch(epoch, skip=micro_done)
-            if micro_done == 0:
-                sums = [0.0, 0.0, 0.0, 0.0]
-            epoch_start = window_start = time.perf_counter()
-            window_images, step_loss, step_n = 0, 0.0, 0
-            bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not (progress and main))
-            for i, (images, targets) in enumerate(bar, start=micro_done):
-                group = i // accumulate_steps * accumulate_steps
-                group_size = min(accumulate_steps, micro_per_epoch - group)
-                last_micro = i == group + group_size - 1
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                # accumulation under DDP: all-reduce the gradients once, after the last micro-batch
-                sync = ddp.no_sync() if ddp is not net and not last_micro else nullcontext()
-                try:
-                    with sync:
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            out = fwd(images)
-                            check_labels(targets, out.logits.shape[1])
-                            loss = net.loss(out, targets, label_smoothing=label_smoothing)
-                        loss_value = loss.item()
-                        if any_rank(not math.isfinite(loss_value), device):
-                            lr_now = opt.param_groups[0]["lr"]
-                            what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-                            raise FloatingPointError(
-                                f"loss is {what} at optimizer step {step + 1} (epoch {epoch}, lr {lr_now:.3g}); "
-                                f"{advice()}"
-                            )
-                        scaler.scale(loss / group_size).backward()
-                    if last_micro:
-                        if grad_clip is not None:
-                            scaler.unscale_(opt)
-                            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-                        scaler.step(opt)
-                        scaler.update()
-                        opt.zero_grad(set_to_none=True)
-                except torch.cuda.OutOfMemoryError as e:
-                    raise torch.cuda.OutOfMemoryError(_oom_message(batch_size, accumulate_steps, dtype, epoch, step)
-                                                      + f"\n{e}") from None
-
-                n = len(targets)
-                with torch.no_grad():
-                    top5 = out.logits.detach().topk(min(5, out.logits.shape[1]), dim=1).indices
-                    sums[0] += loss_value * n
-                    sums[1] += int((top5[:, 0] == targets).sum())
-                    sums[2] += int((top5 == targets[:, None]).any(1).sum())
-                    sums[3] += n
-                step_loss, step_n, window_images = step_loss + loss_value * n, step_n + n, window_images + n
-                if main and progress:
-                    bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", top1=f"{100 * sums[1] / sums[3]:.1f}")
-                if not last_micro:
-                    continue
-                lr_used = opt.param_groups[0]["lr"]
-                step += 1
-                sched.step_update(num_updates=step)
-                if step % log_every_steps == 0:
-                    elapsed = time.perf_counter() - window_start
-                    log.write(dict(kind="step", epoch=epoch, step=step, loss=step_loss / step_n, lr=lr_used,
-                                   images_per_s=window_images * world / max(elapsed, 1e-9)))
-                    window_start, window_images = time.perf_counter(), 0
-                step_loss, step_n = 0.0, 0
-                if save_every_steps and step % save_every_steps == 0 and i + 1 < micro_per_epoch:
-                    check_finite(epoch, lr_used)
-                    checkpoint(epoch, i + 1)
-            micro_done = 0
-            check_finite(epoch, opt.param_groups[0]["lr"])  # before validation, last / best and the state
-
-            total = all_reduce_sum(sums, device)
-            record: dict[str, Any] = dict(
-                epoch=epoch,
-                train_loss=total[0] / total[3],
-                train_top1=100.0 * total[1] / total[3],
-                train_top5=100.0 * total[2] / total[3],
-                lr=opt.param_groups[0]["lr"],
-            )
-            if val_data is not None:
-                result = evaluate(net, val_data, batch_size=batch_size, device=device, num_workers=num_workers)
-                record.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
-                if result.mean_iou is not None:
-                    record["val_iou"] = result.mean_iou
-                if getattr(result, "pointing_game", None) is not None:
-                    record["val_pointing_game"] = result.pointing_game
-            record["seconds"] = time.perf_counter() - epoch_start
-            history.epochs.append(record)
-            improved = val_data is not None and record["val_top1"] > best_top1
-            if improved:
-                best_top1, history.best_epoch = record["val_top1"], epoch
-            if out_dir is not None and main:
-                meta = dict(epoch=epoch, step=step, metrics=record)
-                if improved:
-                    save_model(net, out_dir / "best.safetensors", class_names=net.class_names, extra=meta)
-                save_model(net, out_dir / "last.safetensors", class_names=net.class_names, extra=meta)
-            log.write(dict(kind="epoch", step=step, **record))  # before the state: a resume rewrites it if lost
-            checkpoint(epoch + 1, 0)
-            if progress and main:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-                tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
+            _train_epoch(run, epoch)
+            _end_epoch(run, epoch)
     finally:
-        log.close()
+        run.log.close()
         set_tf32(tf32_before)
-    return history
+    return run.history
 
 
-# ----------------------------------------------------------------------------------------- data order
-class _EpochBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(epoch, index)`` from a ``DistributedSampler``, skipping those a resumed run has done.
+@dataclass
+class _Run:
+    """What the phases of one ``fit`` call share: what trains, on what data, and how far it has come."""
 
-    The permutation is ``DistributedSampler``'s: a function of (seed, epoch) only, so the batches of a
-    resumed epoch are exactly the remaining ones of the interrupted epoch.
-    """
-
-    def __init__(self, sampler: DistributedSampler, batch_size: int, drop_last: bool) -> None:
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.epoch, self.skip = 1, 0
+    cfg: TrainConfig
+    net: FGVCModel  # the model itself: its loss, its weights to check and save
+    train_data: Dataset
+    val_data: Dataset | None
+    device: torch.device
+    loader: DataLoader
+    batches: EpochBatches
+    opt: torch.optim.Optimizer
+    sched: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # of autocast (None: fp32)
+    history: History
+    out_dir: Path | None
+    rank: int
+    world: int
+    ddp: torch.nn.Module | None = None  # net under DistributedDataParallel (net itself when not distributed)
+    fwd: torch.nn.Module | None = None  # ddp, compiled when asked: the training forward
+    log: RunLog | None = None
+    sums: EpochSums = field(default_factory=EpochSums)  # this epoch on this rank
+    step: int = 0  # optimizer steps done
+    start_epoch: int = 1
+    micro_done: int = 0  # batches of start_epoch a resumed run has already trained
+    best_top1: float = -math.inf
+    saved_step: int | None = None  # the step of the training state on disk: what a failure leaves the user with
+    epoch_start: float = 0.0  # perf_counter at the start of the epoch under way
 
     @property
-    def num_batches(self) -> int:
-        """Batches in a whole epoch on this rank."""
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+    def main(self) -> bool:
+        return self.rank == 0
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-        self.sampler.set_epoch(epoch)
+    @property
+    def micro_per_epoch(self) -> int:
+        return self.batches.num_batches
 
-    def __len__(self) -> int:
-        return self.num_batches - self.skip
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for i, batch in enumerate(BatchSampler(self.sampler, self.batch_size, self.drop_last)):
-            if i >= self.skip:
-                yield [(self.epoch, j) for j in batch]
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * math.ceil(self.micro_per_epoch / self.cfg.accumulate_steps)
 
 
-class _SeededItems(Dataset):
-    """``data[index]`` with python / numpy / torch (CPU) seeded from (seed, epoch, index) meanwhile.
+@dataclass
+class _Window:
+    """Since the last log line: images and the wall-clock start; of the optimizer step under way: loss x images."""
 
-    Random augmentations then depend on the image and the epoch only, not on the worker that loads it or
-    on where a resumed run started; the caller's RNG streams are restored afterwards.
-    """
+    start: float
+    images: int = 0
+    loss: float = 0.0
+    n: int = 0
 
-    def __init__(self, data: Dataset, seed: int) -> None:
-        self.data, self.seed = data, seed
-
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        s0, s1 = np.random.SeedSequence([self.seed % 2**32, epoch, index]).generate_state(2)
-        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(int(s0))
-        np.random.seed(int(s0))
-        torch.default_generator.manual_seed(int(s0) << 32 | int(s1))
-        try:
-            return self.data[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
+    def add(self, loss: float, n: int) -> None:
+        self.loss, self.n, self.images = self.loss + loss * n, self.n + n, self.images + n
 
 
-# ----------------------------------------------------------------------------------------- RNG state
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """python / numpy state as JSON-able lists, torch CPU / CUDA states as tensors."""
-    py = random.getstate()
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+# ----------------------------------------------------------------------------------------- phases
+def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg: TrainConfig,
+           device: torch.device) -> _Run:
+    """Seed, place the model, and build the data order, optimizer, schedule and grad scaler of a run."""
+    rank = get_rank()
+    seed_everything(cfg.seed + rank)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader, batches = train_loader(train_data, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   num_workers=cfg.num_workers, device=device)
+    if batches.num_batches == 0:
+        raise ValueError("train_data is empty")
+    steps_per_epoch = math.ceil(batches.num_batches / cfg.accumulate_steps)
+    warmup = min(steps_per_epoch, 500) if cfg.warmup_steps is None else cfg.warmup_steps
+    opt = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              momentum=cfg.momentum)
+    sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr, warmup_t=warmup,
+                              warmup_lr_init=min(cfg.min_lr, cfg.lr), t_in_epochs=False)
+    dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+    return _Run(cfg=cfg, net=model, train_data=train_data, val_data=val_data, device=device, loader=loader,
+                batches=batches, opt=opt, sched=sched, scaler=scaler, dtype=dtype,
+                history=History(checkpoint_dir=out_dir), out_dir=out_dir, rank=rank, world=get_world_size())
+
+
+def _restore(run: _Run, saved: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Continue a saved run: optimizer, schedule, grad scaler, counters, history, epoch sums and RNG streams."""
+    run.opt.load_state_dict(saved["optimizer_state_dict"])
+    if saved.get("scheduler", {}).get("t_initial") == run.total_steps:
+        run.sched.load_state_dict(saved["scheduler"])
+    elif saved["epoch"] <= run.cfg.epochs:
+        warnings.warn(
+            f"resuming a {saved['epochs']}-epoch run with epochs={run.cfg.epochs}: the learning-rate schedule is "
+            f"recomputed for the new length from step {saved['step']} on", stacklevel=3  # fit's caller
+        )
+    if run.scaler.is_enabled() and saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    run.step = run.saved_step = saved["step"]
+    run.start_epoch, run.micro_done = saved["epoch"], saved["batches_done"]
+    run.sched.step_update(num_updates=run.step)
+    run.history.epochs = saved["history"]
+    run.history.best_epoch = saved["best_epoch"]
+    run.best_top1 = -math.inf if saved["best_top1"] is None else saved["best_top1"]
+    if run.micro_done:
+        run.sums = EpochSums(*saved["sums"][run.rank])
+    if saved["world_size"] == run.world:
+        set_rng_state(saved["rng"][run.rank], tensors, run.rank, run.device)
+    else:  # allowed at epoch boundaries only (checked): a fresh, still seeded, stream per rank
+        seed_everything(run.cfg.seed + run.rank + 1_000_003 * run.step)
+
+
+def _launch(run: _Run) -> tuple[bool, bool] | None:
+    """Wrap the model for data parallelism (and compile it), open the log and set TF32; returns the TF32
+    setting to restore."""
+    run.ddp = wrap_ddp(run.net, run.device, run.cfg.find_unused_parameters)
+    run.fwd = torch.compile(run.ddp) if run.cfg.compile else run.ddp
+    if run.out_dir is not None and run.main:
+        remove_stale_temporaries(run.out_dir)  # of a write killed in an earlier run
+    run.log = RunLog(run.out_dir, enabled=run.main, resume_step=run.saved_step, tensorboard=run.cfg.tensorboard)
+    return set_tf32(run.cfg.tf32)
+
+
+def _train_epoch(run: _Run, epoch: int) -> None:
+    """One pass over the epoch's batches (those left, in a resumed epoch), an optimizer step every
+    ``accumulate_steps`` of them; the weights are checked finite at the end."""
+    cfg = run.cfg
+    run.fwd.train()
+    run.batches.set_epoch(epoch, skip=run.micro_done)
+    if run.micro_done == 0:
+        run.sums = EpochSums()
+    run.epoch_start = time.perf_counter()
+    window = _Window(start=run.epoch_start)
+    bar = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and run.main))
+    for i, (images, targets) in enumerate(bar, start=run.micro_done):
+        group = i // cfg.accumulate_steps * cfg.accumulate_steps
+        group_size = min(cfg.accumulate_steps, run.micro_per_epoch - group)  # an epoch's last group may be short
+        last_micro = i == group + group_size - 1
+        images = images.to(run.device, non_blocking=True)
+        targets = targets.to(run.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits, loss = _train_step(run, epoch, images, targets, group_size, last_micro)
+        run.sums.add(loss, logits, targets)
+        window.add(loss, len(targets))
+        if run.main and cfg.progress:
+            s = run.sums
+            bar.set_postfix(loss=f"{s.loss / s.images:.3f}", top1=f"{100 * s.top1 / s.images:.1f}")
+        if last_micro:
+            _after_update(run, epoch, window, done=i + 1)
+    run.micro_done = 0
+    _check_finite(run, epoch, run.opt.param_groups[0]["lr"])  # before validation, last / best and the state
+
+
+def _train_step(run: _Run, epoch: int, images: Tensor, targets: Tensor, group_size: int,
+                last_micro: bool) -> tuple[Tensor, float]:
+    """Forward and backward of one micro-batch, and the optimizer step after the last of its group; returns
+    the logits (B, C) and the loss."""
+    # accumulation under DDP: all-reduce the gradients once, after the last micro-batch
+    sync = run.ddp.no_sync() if run.ddp is not run.net and not last_micro else nullcontext()
+    try:
+        with sync:
+            with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+                out = run.fwd(images)
+                check_labels(targets, out.logits.shape[1])
+                loss = run.net.loss(out, targets, label_smoothing=run.cfg.label_smoothing)
+            loss_value = loss.item()
+            _check_loss(run, loss_value, epoch)
+            run.scaler.scale(loss / group_size).backward()
+        if last_micro:
+            _optimizer_step(run)
+    except torch.cuda.OutOfMemoryError as e:
+        raise torch.cuda.OutOfMemoryError(_oom_message(run.cfg, run.dtype, epoch, run.step) + f"\n{e}") from None
+    return out.logits, loss_value
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Clip the gradients (unscaled), step the optimizer through the grad scaler, clear the gradients."""
+    if run.cfg.grad_clip is not None:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), run.cfg.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+
+
+def _after_update(run: _Run, epoch: int, window: _Window, done: int) -> None:
+    """Count the optimizer step and move the schedule; a log line every ``log_every_steps`` steps, a checkpoint
+    every ``save_every_steps`` inside the epoch (``done``: its batches trained so far)."""
+    cfg = run.cfg
+    lr_used = run.opt.param_groups[0]["lr"]
+    run.step += 1
+    run.sched.step_update(num_updates=run.step)
+    if run.step % cfg.log_every_steps == 0:
+        elapsed = time.perf_counter() - window.start
+        run.log.write(dict(kind="step", epoch=epoch, step=run.step, loss=window.loss / window.n, lr=lr_used,
+                           images_per_s=window.images * run.world / max(elapsed, 1e-9)))
+        window.start, window.images = time.perf_counter(), 0
+    window.loss, window.n = 0.0, 0
+    if cfg.save_every_steps and run.step % cfg.save_every_steps == 0 and done < run.micro_per_epoch:
+        _check_finite(run, epoch, lr_used)
+        _checkpoint(run, epoch, done)
+
+
+def _end_epoch(run: _Run, epoch: int) -> None:
+    """Validate and record the epoch; save the last (and best) model, log it, and write the state to resume."""
+    record = _epoch_record(run, epoch)
+    run.history.epochs.append(record)
+    improved = run.val_data is not None and record["val_top1"] > run.best_top1
+    if improved:
+        run.best_top1, run.history.best_epoch = record["val_top1"], epoch
+    if run.out_dir is not None and run.main:
+        meta = dict(epoch=epoch, step=run.step, metrics=record)
+        if improved:
+            save_model(run.net, run.out_dir / "best.safetensors", class_names=run.net.class_names, extra=meta)
+        save_model(run.net, run.out_dir / "last.safetensors", class_names=run.net.class_names, extra=meta)
+    run.log.write(dict(kind="epoch", step=run.step, **record))  # before the state: a resume rewrites it if lost
+    _checkpoint(run, epoch + 1, 0)
+    if run.cfg.progress and run.main:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+        tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def _epoch_record(run: _Run, epoch: int) -> dict[str, Any]:
+    """The epoch's training metrics over all ranks, its last learning rate, the validation metrics, seconds."""
+    total = EpochSums(*all_reduce_sum(run.sums.as_list(), run.device))
+    record: dict[str, Any] = dict(epoch=epoch, **total.metrics(), lr=run.opt.param_groups[0]["lr"])
+    if run.val_data is not None:
+        result = evaluate(run.net, run.val_data, batch_size=run.cfg.batch_size, device=run.device,
+                          num_workers=run.cfg.num_workers)
+        record.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
+        if result.mean_iou is not None:
+            record["val_iou"] = result.mean_iou
+        if getattr(result, "pointing_game", None) is not None:
+            record["val_pointing_game"] = result.pointing_game
+    record["seconds"] = time.perf_counter() - run.epoch_start
+    return record
+
+
+def _checkpoint(run: _Run, epoch_next: int, done: int) -> None:
+    """Write the state to resume from, to continue at batch ``done`` of ``epoch_next`` (at epoch ends the
+    last / best models are written before)."""
+    if run.out_dir is None:
+        return
+    rng = all_gather_objects(rng_state(run.device))  # every rank's, so each continues its own stream
+    all_sums = all_gather_objects(run.sums.as_list())
+    if run.main:
+        tensors = rng_tensors(rng)  # leaves the JSON-able part in rng
+        save_train_state(run.out_dir / STATE_FILE, model=run.net, optimizer=run.opt, tensors=tensors,
+                         state=_state_record(run, epoch_next, done, rng, all_sums))
+    run.saved_step = run.step
+    barrier()  # no rank reads (resume, load best) a file rank 0 is still writing
+
+
+def _state_record(run: _Run, epoch_next: int, done: int, rng: list[dict[str, Any]],
+                  all_sums: list[list[float]]) -> dict[str, Any]:
+    """The JSON part of the training state (``fgvc.run_state`` reads and checks it on resume)."""
+    cfg = run.cfg
     return dict(
-        python=[py[0], list(py[1]), py[2]],
-        numpy=[name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        torch=torch.get_rng_state(),
-        cuda=cuda,
+        step=run.step, epoch=epoch_next, batches_done=done, epochs=cfg.epochs, world_size=run.world,
+        batch_size=cfg.batch_size, accumulate_steps=cfg.accumulate_steps, seed=cfg.seed, optimizer_name=cfg.optimizer,
+        num_train=len(run.train_data), class_names=run.net.class_names, sums=all_sums,  # type: ignore[arg-type]
+        history=run.history.epochs, best_epoch=run.history.best_epoch,
+        best_top1=None if run.best_top1 == -math.inf else run.best_top1,
+        scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(), rng=rng, settings=resume_settings(cfg),
     )
 
 
-def _set_rng_state(entry: dict[str, Any], tensors: dict[str, Tensor], rank: int, device: torch.device) -> None:
-    version, keys, gauss = entry["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, keys, pos, has_gauss, cached = entry["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors[f"rng/{rank}/torch"])
-    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith(f"rng/{rank}/cuda/"))]
-    if device.type == "cuda" and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-# ----------------------------------------------------------------------------------------- checks
-def _resume_path(resume: bool | str | os.PathLike, out_dir: Path | None) -> Path | None:
-    """The training state to continue from, or None for a fresh start."""
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        if out_dir is None:
-            raise ValueError("resume=True continues from out_dir/train_state.safetensors: give out_dir")
-        path = out_dir / STATE_FILE
-        return path if path.is_file() else None  # nothing saved yet: start fresh
-    path = Path(resume)
-    path = path / STATE_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no training state to resume from at {path}")
-    return path
-
-
-def _check_resume(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: Path, *, optimizer: str,
-                  world: int, batch_size: int, accumulate_steps: int, seed: int, epochs: int,
-                  settings: dict[str, Any]) -> None:
-    """A resumed run must train the same model on the same data with the same optimizer settings (the saved
-    optimizer state and schedule belong to them); mid-epoch also with the same batches."""
-    was = saved.get("model_config") or {}
-    now = json.loads(json.dumps(model.config))
-    for key in ("method", "backbone", "num_classes", "img_size", "patch_stride", "backbone_kwargs", "options"):
-        if key in was and was[key] != now.get(key):
-            what = {"num_classes": "class-count mismatch", "img_size": "image-size mismatch"}.get(key, "mismatch")
-            raise ValueError(f"{what}: {path} was trained with {key}={was[key]!r}, the model has {now.get(key)!r}")
-    names = getattr(data, "classes", None)
-    if names is not None and saved.get("class_names") is not None and list(names) != saved["class_names"]:
-        raise ValueError(f"the classes of train_data differ from those of the run saved in {path}")
-    done = saved["epoch"] - 1  # whole epochs trained; one more is under way when batches_done > 0
-    if epochs < done or (epochs == done and saved["batches_done"]):
-        trained = f"{done} epochs" + (f" and {saved['batches_done']} batches" if saved["batches_done"] else "")
-        raise ValueError(
-            f"{path} has already trained {trained}, more than epochs={epochs} asks for; resume with "
-            f"epochs >= {done + bool(saved['batches_done'])}, or start a new run in another out_dir"
+# ----------------------------------------------------------------------------------------- failures
+def _check_loss(run: _Run, loss: float, epoch: int) -> None:
+    """Stop at a non-finite loss on any rank, before its backward."""
+    if any_rank(not math.isfinite(loss), run.device):
+        lr_now = run.opt.param_groups[0]["lr"]
+        what = loss if not math.isfinite(loss) else "not finite on another rank"
+        raise FloatingPointError(
+            f"loss is {what} at optimizer step {run.step + 1} (epoch {epoch}, lr {lr_now:.3g}); {_advice(run)}"
         )
-    if saved.get("optimizer_name", optimizer) != optimizer:
-        raise ValueError(f"{path} was trained with optimizer={saved['optimizer_name']!r}, not {optimizer!r}")
-    was_settings = saved.get("settings") or {}  # absent in states written before fgvc saved them
-    uses_momentum = any(word in optimizer.lower() for word in ("sgd", "momentum", "nesterov"))
-    changed = [f"{key}={value!r} (saved: {was_settings[key]!r})" for key, value in settings.items()
-               if key in was_settings and was_settings[key] != value and (key != "momentum" or uses_momentum)]
-    if changed:
-        raise ValueError(
-            f"{path} was saved by a run with other settings: {', '.join(changed)}; resume with the saved "
-            f"settings (the optimizer state and learning-rate schedule belong to them), or start a new run in "
-            f"another out_dir"
+
+
+def _check_finite(run: _Run, epoch: int, lr_used: float) -> None:
+    """Stop, before anything is saved or evaluated, when the last update made weights non-finite."""
+    bad = _non_finite(run.net, run.opt)
+    if any_rank(bad is not None, run.device):
+        raise FloatingPointError(
+            f"the weights are not finite after optimizer step {run.step} (epoch {epoch}, lr {lr_used:.3g}): "
+            f"{bad or 'a tensor on another rank'} holds NaN or inf although the loss was finite, and nothing "
+            f"of this step was saved: {_advice(run)}"
         )
-    if saved["batches_done"]:  # the position inside the epoch only means something for the same batches
-        same = dict(world_size=world, batch_size=batch_size, accumulate_steps=accumulate_steps, seed=seed,
-                    num_train=len(data))  # type: ignore[arg-type]
-        for key, value in same.items():
-            if saved[key] != value:
-                raise ValueError(
-                    f"{path} stopped inside an epoch with {key}={saved[key]}; resuming it needs the same "
-                    f"{key} (got {value}), or resume from an epoch-end checkpoint"
-                )
-    if saved.get("world_size") != world:
-        warnings.warn(f"resuming a {saved.get('world_size')}-process run on {world}: RNG streams restart", stacklevel=3)
+
+
+def _advice(run: _Run) -> str:
+    """What to do after a non-finite loss or update, and what the user still has."""
+    clip = "" if run.cfg.grad_clip is not None else " or enable gradient clipping (grad_clip)"
+    if run.out_dir is None:
+        return f"lower the learning rate{clip}"
+    kept = (f"the last checkpoint (step {run.saved_step}) is kept in {run.out_dir}" if run.saved_step is not None
+            else f"no checkpoint was written to {run.out_dir} yet")
+    return f"lower the learning rate{clip}; {kept}"
 
 
 def _non_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
@@ -679,6 +453,34 @@ def _non_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str
         return None
     finite = torch.stack([torch.isfinite(t).all().to(tensors[0][1].device) for _, t in tensors]).cpu()
     return None if bool(finite.all()) else tensors[int((~finite).nonzero()[0])][0]
+
+
+def _oom_message(cfg: TrainConfig, dtype: torch.dtype | None, epoch: int, step: int) -> str:
+    """Out of GPU memory: the smaller batch with accumulation that keeps the effective batch size."""
+    batch_size, accumulate_steps = cfg.batch_size, cfg.accumulate_steps
+    smaller = max(batch_size // 2, 1)
+    more = accumulate_steps * batch_size // smaller
+    hint = f"fit(..., batch_size={smaller}, accumulate_steps={more})"
+    amp = "" if dtype is not None else ", or amp='bf16' (about half the activation memory)"
+    return (
+        f"CUDA out of memory at epoch {epoch}, step {step} with batch_size={batch_size} per GPU. Use a smaller "
+        f"batch with gradient accumulation to keep the effective batch: {hint} (fgvc train --set "
+        f"train.batch_size={smaller} train.accumulate_steps={more}){amp}."
+    )
+
+
+# ----------------------------------------------------------------------------------------- data checks
+def _adopt_data(model: FGVCModel, train_data: Dataset, val_data: Dataset | None) -> None:
+    """Check the data against the model before the first step, and give the model the class names."""
+    _check_class_count(model, train_data, "train_data")
+    _check_image_size(model, train_data, "train_data")
+    if val_data is not None:
+        _check_class_count(model, val_data, "val_data")
+        _check_image_size(model, val_data, "val_data")
+        _check_same_classes(train_data, val_data)
+    class_names = getattr(train_data, "classes", None) or model.class_names
+    if class_names is not None:
+        model.class_names = list(class_names)
 
 
 def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
@@ -712,74 +514,3 @@ def _check_image_size(model: FGVCModel, data: Dataset, name: str) -> None:
             f"image-size mismatch: {name} gives {h}x{w} images but the model was built for img_size="
             f"{tuple(model.img_size)}; change the transform or build the model with img_size=({h}, {w})"
         )
-
-
-def _oom_message(batch_size: int, accumulate_steps: int, dtype: torch.dtype | None, epoch: int, step: int) -> str:
-    smaller = max(batch_size // 2, 1)
-    hint = f"fit(..., batch_size={smaller}, accumulate_steps={accumulate_steps * batch_size // smaller})"
-    amp = "" if dtype is not None else ", or amp='bf16' (about half the activation memory)"
-    return (
-        f"CUDA out of memory at epoch {epoch}, step {step} with batch_size={batch_size} per GPU. Use a smaller "
-        f"batch with gradient accumulation to keep the effective batch: {hint} (fgvc train --batch-size "
-        f"{smaller} --accumulate-steps {accumulate_steps * batch_size // smaller}){amp}."
-    )
-
-
-# ----------------------------------------------------------------------------------------- logs
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"training log not found: {path}")
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a killed run
-            continue
-    return out
-
-
-class _Log:
-    """``log.jsonl`` lines and TensorBoard scalars, from rank 0 only.
-
-    A resumed run drops the lines (and TensorBoard events) the interrupted run wrote after its checkpoint,
-    so the log reads like that of one uninterrupted run.
-    """
-
-    def __init__(self, out_dir: Path | None, *, enabled: bool, resume_step: int | None, tensorboard: bool | None):
-        self.file = self.writer = None
-        if out_dir is None or not enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / LOG_FILE
-        kept: list[str] = []
-        if resume_step is not None and path.is_file():
-            kept = [json.dumps(r) + "\n" for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-        self.file = open(path, "a", buffering=1)  # line-buffered: readable while training runs
-        if tensorboard is not False:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                if tensorboard:
-                    raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
-                return
-            purge = None if resume_step is None else resume_step + 1  # drop events after the checkpoint
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(dict(record, time=time.time())) + "\n")
-        if self.writer is not None:
-            kind, x = record["kind"], record["step"]
-            for key, value in record.items():
-                if key not in ("kind", "step", "epoch") and isinstance(value, int | float):
-                    self.writer.add_scalar(f"{kind}/{key}", value, x)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.writer is not None:
-            self.writer.close()
