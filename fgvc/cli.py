@@ -352,7 +352,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="KEY=VALUE",
         help="override recipe values, dotted keys, YAML values: --set data.root=/data/CUB_200_2011 "
-        "train.lr=0.001 train.batch_size=32",
+        "train.lr=0.001 train.batch_size=32 (train.* keys: the options of fgvc.TrainConfig)",
     )
     train.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     train.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the recipe's)")

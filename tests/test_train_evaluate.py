@@ -61,6 +61,25 @@ def test_fit_is_reproducible_with_a_seed():
     assert runs[0] == runs[1]
 
 
+def test_a_train_config_trains_as_the_same_keywords():
+    runs = []
+    for options in (dict(config=fgvc.TrainConfig(epochs=2, batch_size=8, lr=1e-3)),
+                    dict(config=fgvc.TrainConfig(epochs=5, batch_size=8), epochs=2, lr=1e-3),  # keywords win
+                    dict(epochs=2, batch_size=8, lr=1e-3)):
+        torch.manual_seed(0)
+        model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+        runs.append(fgvc.fit(model, Blobs(n=32), progress=False, **options)["train_loss"])
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_train_config_is_the_one_list_of_options():
+    assert fgvc.TrainConfig().batch_size == 32 and fgvc.TrainConfig().grad_clip == 1.0  # fit's defaults
+    with pytest.raises(TypeError, match=r"fit\(\) got an unexpected keyword argument 'epoch' \(did you mean 'epochs'"):
+        fgvc.fit(fgvc.create_model("vit", num_classes=4, img_size=32, **TINY), Blobs(n=8), epoch=2)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        fgvc.TrainConfig(batch_size=0)
+
+
 def test_class_count_mismatch_stops_before_training():
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
     with pytest.raises(ValueError, match="train_data has 4 classes but the model was built with num_classes=3"):
