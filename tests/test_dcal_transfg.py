@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 from torch.utils.data import Dataset
 
 import fgvc
 import fgvc.methods.dcal as dcal_module
-from fgvc.layers import block_forward, rollout_map
+from fgvc.layers import ProbsRequest, block_forward, rollout_map
 from fgvc.methods.base import ModelOutput
 from fgvc.methods.dcal import random_derangement
 from fgvc.methods.transfg import contrastive_loss
@@ -192,7 +193,7 @@ def test_block_forward_explicit_fused_and_partial_paths_equal_the_timm_block():
     hook = block.attn.qkv.register_forward_hook(lambda m, i, o: calls.append(1))
     for explicit in (False, True):
         xg = x.clone().requires_grad_()
-        y, probs, (q2, k2, v2) = block_forward(block, xg, need_weights=True, explicit=explicit)
+        y, probs, (q2, k2, v2) = block_forward(block, xg, probs=ProbsRequest(explicit=explicit))
         assert torch.allclose(y, block(x), atol=1e-5) and torch.allclose(probs, ref_probs, atol=1e-6)
         assert not probs.requires_grad
         assert torch.allclose(q2, q) and torch.allclose(k2, k) and torch.allclose(v2, v)
@@ -200,23 +201,22 @@ def test_block_forward_explicit_fused_and_partial_paths_equal_the_timm_block():
         y.square().sum().backward()
         grads[explicit] = [xg.grad] + [p.grad.clone() for p in block.parameters()]
         # the CLS row only: (B, heads, 1, T)
-        _, row, _ = block_forward(block, x, need_weights=True, weight_rows=1, explicit=explicit)
+        _, row, _ = block_forward(block, x, probs=ProbsRequest(rows=1, explicit=explicit))
         assert row.shape == (3, 2, 1, 5) and torch.allclose(row, ref_probs[:, :, :1], atol=1e-6)
         # head means in float32 (explicit without gradient on CPU: one image at a time)
         with torch.no_grad():
-            y, mean, _ = block_forward(block, x, need_weights=True, average_heads=True, explicit=explicit)
-            _, row, _ = block_forward(block, x, need_weights=True, average_heads=True, weight_rows=1,
-                                      explicit=explicit)
+            y, mean, _ = block_forward(block, x, probs=ProbsRequest(average_heads=True, explicit=explicit))
+            _, row, _ = block_forward(block, x, probs=ProbsRequest(rows=1, average_heads=True, explicit=explicit))
         assert torch.allclose(y, block(x), atol=1e-5) and mean.dtype == torch.float32
         assert torch.allclose(mean, ref_probs.mean(1, keepdim=True), atol=1e-6)
         assert torch.allclose(row, ref_probs[:, :, :1].mean(1, keepdim=True), atol=1e-6)
         # query subset (queries projected alone): the full block's output at those tokens
-        y, probs, _ = block_forward(block, x, query_index=idx, need_weights=True, explicit=explicit)
+        y, probs, _ = block_forward(block, x, query_index=idx, probs=ProbsRequest(explicit=explicit))
         assert torch.allclose(y, block(x).gather(1, idx[..., None].expand(-1, -1, 64)), atol=1e-5)
         rows = ref_probs.gather(2, idx[:, None, :, None].expand(-1, 2, -1, 5))  # (B, heads, R, T)
         assert torch.allclose(probs, rows, atol=1e-6)
         # extra keys / values: one softmax over T + T2 keys
-        y, probs, _ = block_forward(block, x, extra_kv=other, need_weights=True, explicit=explicit)
+        y, probs, _ = block_forward(block, x, extra_kv=other, probs=ProbsRequest(explicit=explicit))
         keys = torch.cat([k, other[0]], 2)
         a = (q @ keys.transpose(-1, -2) * block.attn.scale).softmax(-1)  # (B, heads, T, T + T2)
         mid = x + block.attn.proj((a @ torch.cat([v, other[1]], 2)).transpose(1, 2).reshape(3, 5, 64))
@@ -224,13 +224,26 @@ def test_block_forward_explicit_fused_and_partial_paths_equal_the_timm_block():
         assert torch.allclose(y, mid + block.mlp(block.norm2(mid)), atol=1e-5)
         # q, k, v given (computed by another stream with the same input): not projected again
         calls.clear()
-        y2, _, _ = block_forward(block, x, extra_kv=other, qkv=(q, k, v), explicit=explicit)
+        y2, _, _ = block_forward(block, x, extra_kv=other, qkv=(q, k, v), probs=ProbsRequest(explicit=explicit))
         assert calls == [] and torch.allclose(y2, y, atol=1e-6)
     hook.remove()
     with pytest.raises(ValueError, match="not both"):
         block_forward(block, x, query_index=idx, qkv=(q, k, v))
     for fused, explicit in zip(grads[False], grads[True], strict=True):  # same gradients either way
         assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_block_forward_applies_the_query_and_key_norms():
+    """A timm block with qk_norm: the block computed from its modules still equals the block."""
+    block = timm.models.vision_transformer.Block(64, 2, qk_norm=True).eval()
+    for norm in (block.attn.q_norm, block.attn.k_norm):
+        nn.init.normal_(norm.weight)
+    x = torch.randn(2, 5, 64)
+    for request in (None, ProbsRequest(), ProbsRequest(explicit=True)):
+        assert torch.allclose(block_forward(block, x, probs=request)[0], block(x), atol=1e-5)
+    idx = torch.tensor([[4, 1], [0, 2]])
+    picked = block_forward(block, x, query_index=idx)[0]
+    assert torch.allclose(picked, block(x).gather(1, idx[..., None].expand(-1, -1, 64)), atol=1e-5)
 
 
 @pytest.mark.parametrize("glca_block", [-1, 1, 2])
@@ -243,7 +256,7 @@ def test_dcal_explicit_attention_path_equals_the_fused_one(monkeypatch, glca_blo
     calls = []
 
     def spy(block, tokens, **kwargs):
-        calls.append(kwargs.get("explicit", False))
+        calls.append(kwargs.get("probs") is not None and kwargs["probs"].explicit)
         return block_forward(block, tokens, **kwargs)
 
     monkeypatch.setattr(dcal_module, "block_forward", spy)

@@ -104,7 +104,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.blocks import block_forward, check_timm_block
+from ..layers.blocks import ProbsRequest, block_forward, check_timm_block
 from ..layers.rollout import attention_rollout, rollout_map
 from .base import FGVCModel, ModelOutput, register_model
 from .explain import (
@@ -231,12 +231,11 @@ class DCAL(FGVCModel):
                 glca_input = sa
             if i < p - 1:  # the rollout needs all rows: one explicit attention gives output and map
                 sa_next, probs, (q, k, v) = block_forward(
-                    block, sa, need_weights=True, explicit=explicit, average_heads=True
+                    block, sa, probs=ProbsRequest(average_heads=True, explicit=explicit)
                 )
             else:  # block p-1: only the CLS row (fused output; all rows without CLS); blocks from p on: no map
-                sa_next, probs, (q, k, v) = block_forward(
-                    block, sa, need_weights=i < p, weight_rows=1 if bb.has_class_token else None, average_heads=True
-                )
+                cls_row = ProbsRequest(rows=1 if bb.has_class_token else None, average_heads=True)
+                sa_next, probs, (q, k, v) = block_forward(block, sa, probs=cls_row if i < p else None)
             if probs is not None:
                 maps.append(probs)
             if pairs is not None and i >= self.pwca_start:  # image 1's queries over [image 1; image 2] k, v
@@ -254,7 +253,7 @@ class DCAL(FGVCModel):
         if self.glca_cls_token:  # CLS (token 0) as the first query: R + 1 queries
             query_index = torch.cat([torch.zeros_like(query_index[:, :1]), query_index], dim=1)
         g, glca_probs, _ = block_forward(
-            self.glca, glca_input, query_index=query_index, need_weights=glca_attention
+            self.glca, glca_input, query_index=query_index, probs=ProbsRequest() if glca_attention else None
         )  # (B, R [+ 1], D), (B, heads, R [+ 1], T) or None
         g = self.glca_norm(g)
         glca_feature = g[:, 0] if self.glca_cls_token else g.mean(dim=1)  # (B, D)

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.blocks import block_forward, check_timm_block, gather_tokens
+from ..layers.blocks import ProbsRequest, block_forward, check_timm_block, gather_tokens
 from .base import FGVCModel, ModelOutput, register_model
 from .explain import (
     Explanation,
@@ -171,7 +171,7 @@ class TransFG(FGVCModel):
         tokens = bb.embed(x)  # (B, T, D)
         maps: list[Tensor] = []  # per block 1..L-1: (B, H, T, T), no gradient
         for block in list(bb.blocks)[:-1]:
-            tokens, probs, _ = block_forward(block, tokens, need_weights=True)
+            tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest())
             maps.append(probs)
         parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
         picked = gather_tokens(tokens, parts + prefix)  # (B, H, D)
