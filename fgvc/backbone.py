@@ -6,8 +6,8 @@ attention probabilities of every layer. ``ViTBackbone`` exposes exactly these, f
 (square or not; one call may also run at another size, position embeddings resampled), with weights from a timm name or a local ``.pth`` / ``.safetensors`` file, and optionally
 with overlapping patches (``patch_stride``).
 
-Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it is
-about 2x faster at 448 px. Maps are recorded by switching the blocks to timm's explicit attention path for
+Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it never
+forms the (T, T) probability map, the costly part at 448 px. Maps are recorded by switching the blocks to timm's explicit attention path for
 that one call and reading the softmax output, then switching back (the model itself is never edited).
 """
 

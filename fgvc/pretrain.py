@@ -10,7 +10,7 @@ learn the task while its *final* patch tokens stay unsupervised: nothing asks th
 and their cosine similarity with it is set by whatever the last block leaves in them (positions, colours).
 GLSim fine-tuned from the previous demo's from-scratch ViT (64 px, 10 px detail) put the peak of that
 similarity inside the detail for 2.3 % of test images, about chance for a detail covering 2.5 % of the
-image, while the rollout of the same backbone found it for 71 % (measured for issue 11). GLSim's selection reads exactly that similarity, so it needs a backbone in
+image, while the rollout of the same backbone found it for 71 %. GLSim's selection reads exactly that similarity, so it needs a backbone in
 which the CLS token and the patches it draws on agree.
 
 **Objective** (the model card states it): cross-entropy on the CLS token (label smoothing 0.1), plus

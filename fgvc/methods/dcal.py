@@ -78,15 +78,13 @@ attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout
 
 The rollout map is propagated as a vector (``fgvc.layers.rollout.rollout_map``): no (T, T) product.
 
-Cost (``benchmarks/method_cost.py --dcal-only --pwca-blocks 6 3``: deit_tiny (12 blocks), batch 4, CPU, 1
-thread, ratios to the ViT in the same run; matmul MACs are exact, times vary with the machine's load):
-inference MACs 1.02x at 224 and 448 px (time 1.04-1.14x at 224, 1.13-1.25x at 448 in different runs: the
-explicit attention of blocks 1..p-2, the rollout and the GLCA block). Training-step MACs with PWCA in all 12
-blocks (the default, as the paper): 2.13x at 224 and 2.39x at 448 (time 2.2-2.5x): PWCA alone is 1.11x and
-1.38x the ViT's training step (a second pass through every block with its backward, over twice the keys: 1x
-plus the attention's share again), so the issue's 2x training target (the paper reports 1.8x wall time) is
-out of reach with PWCA in every block, whatever GLCA and the rollout cost. ``pwca_blocks=6``: 1.57x / 1.70x
-(time 1.62x at 224); ``pwca_blocks=3``: 1.28x / 1.35x (time 1.33x at 224).
+Cost, as ratios of matmul MACs to the plain ViT's (exact; ``benchmarks/method_cost.py`` measures them and
+the times, deit_tiny with 12 blocks): inference adds the rollout over blocks 1..p-1 and one GLCA block over R
+queries, 1.02x at 224 and 448 px. Training adds PWCA, a second pass through every PWCA block with its
+backward over twice the keys: the ViT's training step again plus the attention's share (1.11x at 224, 1.38x
+at 448), so with PWCA in every block (the default, as the paper) a training step has more than twice the
+ViT's MACs (2.13x / 2.39x) whatever GLCA and the rollout cost. ``pwca_blocks=T`` keeps PWCA in the last T
+blocks only: T = 6 gives 1.57x / 1.70x, T = 3 1.28x / 1.35x.
 
 Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
 87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
