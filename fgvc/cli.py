@@ -175,10 +175,10 @@ def _list(args: argparse.Namespace) -> int:
     import fnmatch
 
     from .data import list_datasets
-    from .methods.base import list_models, model_options
+    from .methods.base import BASELINE, list_models, model_options
     from .recipe import list_recipes
 
-    common = set(model_options("vit"))
+    common = set(model_options(BASELINE))  # the baseline has the common options only
     sections: dict[str, list[str]] = {
         "methods": [
             m + ("  (" + ", ".join(o for o in model_options(m) if o not in common) + ")" if set(model_options(m)) - common else "")
@@ -414,6 +414,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import SHIPPED_METHODS
     from .version import __version__
 
     parser = _Parser(
@@ -438,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--methods",
         default=None,
-        help="comma-separated methods to compare (default: vit,glsim,dcal,transfg)",
+        help=f"comma-separated methods to compare (default: {','.join(SHIPPED_METHODS)})",
     )
     demo.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)")
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")

@@ -33,6 +33,7 @@ import torch
 from .checkpoint import load_model
 from .data import synthetic_splits
 from .evaluate import evaluate
+from .methods import SHIPPED_METHODS
 from .methods.base import create_model, list_models
 from .train import fit, reproducible, seed_everything
 
@@ -43,7 +44,7 @@ __all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "format_table", "run_demo", 
 class DemoSettings:
     """Everything the demo trains with (one place, printed with the results)."""
 
-    methods: tuple[str, ...] = ("vit", "glsim", "dcal", "transfg")
+    methods: tuple[str, ...] = SHIPPED_METHODS
     backbone: str = "fgvc_synth_vit_tiny"
     pretrained: bool = True
     img_size: int = 128
@@ -231,7 +232,8 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
     """Rows: methods; columns: the same test images. Each panel (``fgvc.viz.overlay_map``): the image in grey
     under the map the method selects with (its ``similarity`` output: GLSim's CLS-patch similarity, DCAL's
     rollout) or, for methods without one, its attention rollout, normalised per panel; the true detail box in
-    green, the model's crop box in blue, and the prediction in the title (green when right, red when wrong)."""
+    green, the model's crop box in blue (methods whose output has ``boxes``), and the prediction in the title
+    (green when right, red when wrong)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -244,9 +246,12 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
     targets = [data[i][1] for i in range(n)]
     names = list(data.classes)
     fig, axes = plt.subplots(len(models), n, figsize=(1.9 * n + 1.0, 2.1 * len(models)), squeeze=False)
+    croppers = []  # the methods that crop a box (drawn in blue)
     for row, (method, model) in enumerate(models.items()):
         model.eval()
         maps = attention_maps(model, images)
+        if maps.output.boxes is not None:
+            croppers.append(model.title)
         selects = maps.output.similarity is not None  # GLSim's similarity, DCAL's rollout
         heat = maps.output.similarity if selects else maps.get("rollout")
         label = "CLS-patch similarity" if "similarity" in maps.kinds else "attention rollout"
@@ -266,7 +271,8 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
                 fontsize=7.5, color="green" if ok else "red",
             )
         axes[row, 0].set_ylabel(f"{method}\n{label}", fontsize=8)
-    fig.suptitle("Where each method looks (green: true detail; blue: GLSim's crop box)", fontsize=9)
+    boxes = f"; blue: {' / '.join(croppers)}'s crop box" if croppers else ""
+    fig.suptitle(f"Where each method looks (green: true detail{boxes})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     heat_colorbar(fig, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
     fig.savefig(path, dpi=110)

@@ -40,10 +40,12 @@ LAPTOP: dict[str, dict[str, Any]] = {
 
 
 def laptop_overrides(method: str, *, smoke: bool = False) -> dict[str, Any]:
-    """``LAPTOP``'s overrides for ``method`` (GLSim keeps 4 of the small grid's cells: ``model.top_k``)."""
+    """``LAPTOP``'s overrides for ``method``, with the method's own options for small inputs
+    (``small_input_options``, e.g. GLSim keeps 4 of the small grid's cells: ``model.top_k``)."""
+    from .methods.base import model_class
+
     out = dict(LAPTOP["full"], **(LAPTOP["smoke"] if smoke else {}))
-    if method == "glsim":
-        out["model.top_k"] = 4
+    out.update({f"model.{k}": v for k, v in model_class(method).small_input_options.items()})
     return out
 
 
@@ -162,13 +164,14 @@ def quick_stand_ins(
         synthetic_splits,
         train_val_split,
     )
+    from .methods.base import BASELINE, model_class
 
     size, classes = (64, 5) if smoke else (112, 20)
     epochs = epochs if epochs is not None else (1 if smoke else 15)
     subset = cub_subset()
     if subset is not None:
         label = f"cub-subset ({classes} classes, from scratch)"
-        probe = create_model("vit", num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
+        probe = create_model(BASELINE, num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
         train_tf = build_transforms(probe, train=True, img_size=size, resize=round(size * 1.15))
         test_tf = build_transforms(probe, train=False, img_size=size, resize=round(size * 1.15))
         train = subset_classes(build_dataset("cub", subset, "train"), classes)
@@ -183,7 +186,7 @@ def quick_stand_ins(
     out = Evaluated(tests={label: test})
     for method in methods:
         model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
-                             backbone_kwargs=dict(depth=2 if smoke else 6), **({"top_k": 4} if method == "glsim" else {}))
+                             backbone_kwargs=dict(depth=2 if smoke else 6), **model_class(method).small_input_options)
         if getattr(test, "classes", None):
             model.class_names = list(test.classes)
         fit(model, train, val, epochs=epochs, batch_size=32, lr=1e-3, device=device, progress=not smoke)

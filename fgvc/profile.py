@@ -57,16 +57,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import ViTBackbone, to_2tuple
-from .layers.rollout import attention_rollout, rollout_map
 from .memory import peak_memory_mib
-from .methods.base import FGVCModel, create_model, list_models
-from .methods.dcal import local_query_count
-from .methods.glsim import cls_patch_similarity, select_box
-from .methods.transfg import part_selection
+from .methods import SHIPPED_METHODS
+from .methods.base import BASELINE, FGVCModel, create_model, list_models, model_class
 from .precision import autocast_dtype
 
 __all__ = [
     "VARIANTS",
+    "method_variants",
     "MethodCost",
     "ProfileResult",
     "SelectionCost",
@@ -77,16 +75,19 @@ __all__ = [
     "vit_macs",
 ]
 
-DEFAULT_METHODS = ("vit", "glsim", "dcal", "transfg")
+DEFAULT_METHODS = SHIPPED_METHODS
 TIMM = "timm"  # the label of timm's own model (reference for the plain ViT)
-# method variants by name: label -> (method, options)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dcal_nopwca": ("dcal", dict(pwca=False)),  # DCAL's PWCA branch off: PWCA's share of the training step
-    "dcal_T6": ("dcal", dict(pwca_blocks=6)),  # PWCA in the last 6 blocks only (the paper's T)
-    "glsim_nocrop": ("glsim", dict(crop_at_inference=False)),  # GLSim without the crop pass at inference
-    "glsim_half": ("glsim", dict(crop_size=0.5)),  # the crop re-encoded at half the size: a quarter of the tokens
-    "glsim_tokens": ("glsim", dict(crop_mode="tokens")),  # the crop pass on the box's own tokens
-}
+
+
+def method_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every registered method's named option sets (``FGVCModel.variants``): ``"<method>_<name>"`` ->
+    (method, options), e.g. an ablation or a cheaper mode measured beside the method itself."""
+    return {f"{method}_{name}": (method, dict(options))
+            for method in list_models() for name, options in model_class(method).variants.items()}
+
+
+#: The variants of the methods registered when fgvc is imported (``method_variants()``: also later ones).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = method_variants()
 # the GLSim paper (Rios et al., 2024): selection FLOPs as a share of the backbone's, 224 to 448 px
 PAPER_SHARES = "GLSim about 0.003%, attention rollout about 1-14%, TransFG part selection about 47-781%"
 
@@ -453,25 +454,27 @@ class _Spec:
 
 
 def _resolve(methods: Sequence[str | tuple[str, str, dict[str, Any]]], timm_reference: bool) -> list[_Spec]:
-    """Method names, ``VARIANTS`` names or (label, method, options) -> specs, the plain ViT first."""
+    """Method names, variant names (``method_variants``) or (label, method, options) -> specs, the plain ViT
+    first."""
     specs = []
+    variants = method_variants()
     for m in methods:
         if isinstance(m, tuple):
             label, method, options = m
             spec = _Spec(label, method, dict(options))
-        elif m in VARIANTS:
-            spec = _Spec(m, VARIANTS[m][0], dict(VARIANTS[m][1]))
+        elif m in variants:
+            spec = _Spec(m, *variants[m])
         else:
             spec = _Spec(m, m, {})
         if spec.method not in list_models():
             raise ValueError(f"unknown method {spec.method!r}; available: {', '.join(list_models())}, variants: "
-                             f"{', '.join(VARIANTS)}, or a (label, method, options) tuple")
+                             f"{', '.join(variants)}, or a (label, method, options) tuple")
         if spec.label == TIMM or spec.label in [s.label for s in specs]:
             raise ValueError(f"method label {spec.label!r} is reserved or given twice")
         specs.append(spec)
-    if "vit" not in [s.label for s in specs]:
-        specs.insert(0, _Spec("vit", "vit", {}))  # every ratio is to it
-    specs.sort(key=lambda s: s.label != "vit")
+    if BASELINE not in [s.label for s in specs]:
+        specs.insert(0, _Spec(BASELINE, BASELINE, {}))  # every ratio is to it
+    specs.sort(key=lambda s: s.label != BASELINE)
     if timm_reference:
         specs.insert(1, _Spec(TIMM, TIMM, {}))
     return specs
@@ -503,41 +506,18 @@ def _inputs(
 def _selection_steps(
     models: Mapping[str, nn.Module], specs: Sequence[_Spec], x: Tensor
 ) -> tuple[ViTBackbone, list[tuple[str, str, bool, Callable[[], Any]]]]:
-    """The selection steps of the methods present: (method, step, reference, fn) on the ViT's encoder."""
-    bb: ViTBackbone = models["vit"].backbone
-    prefix, depth, grid = bb.num_prefix_tokens, bb.depth, bb.grid_size
-    first = {}  # the first model of each method (its options set the step: top-k, GLCA block, ...)
+    """The selection steps of the methods present (``FGVCModel.selection_steps``, the first model of each method:
+    its options set the step) on one pass of the plain ViT's encoder: (method, step, reference, fn)."""
+    bb: ViTBackbone = models[BASELINE].backbone
+    first: dict[str, FGVCModel] = {}
     for s in specs:
-        first.setdefault(s.method, models[s.label])
+        if isinstance(models[s.label], FGVCModel):
+            first.setdefault(s.method, models[s.label])
     with torch.inference_mode():
-        enc = bb(x, return_attention="dcal" in first or "transfg" in first)
-    tokens, maps = enc.tokens, enc.attentions  # (B, T, D); per block (B, H, T, T)
-    steps: list[tuple[str, str, bool, Callable[[], Any]]] = []
-    if "glsim" in first:
-        k = first["glsim"].top_k
-        steps.append(("glsim", f"similarity + top-{k} + box", False,
-                      lambda: select_box(cls_patch_similarity(tokens, prefix, grid), k, bb.patch_size, bb.img_size)))
-    if "dcal" in first:
-        p = first["dcal"].glca_index
-        r = local_query_count(first["dcal"].glca_ratio, grid[0] * grid[1])
-        # as DCAL runs it: all rows of blocks 1..p-1, the CLS row of block p (only that row is used)
-        cls_maps = maps[: p - 1] + [maps[p - 1][:, :, :1]]
-        steps.append(("dcal", f"rollout of blocks 1-{p} (CLS row) + top-{r}", False,
-                      lambda: rollout_map(cls_maps, prefix).topk(r, -1)))
-        steps.append(("dcal", f"full rollout of blocks 1-{p} (T x T products) + top-{r}", True,
-                      lambda: attention_rollout(maps[:p])[:, 0, prefix:].topk(r, -1)))
-    if "transfg" in first:
-        part_maps = maps[: depth - 1]
-
-        def full_product() -> Tensor:  # the official Part_Attention: whole (T, T) products, then the CLS row
-            product = part_maps[0]
-            for attn in part_maps[1:]:
-                product = attn @ product  # (B, H, T, T)
-            return product[:, :, 0, prefix:].argmax(-1)
-
-        steps.append(("transfg", f"part selection of blocks 1-{depth - 1} (CLS row)", False,
-                      lambda: part_selection(part_maps, prefix)))
-        steps.append(("transfg", f"official full product of blocks 1-{depth - 1} (T x T)", True, full_product))
+        enc = bb(x, return_attention=any(m.selection_reads_attention for m in first.values()))
+    # tokens (B, T, D); attentions per block (B, H, T, T) or None
+    steps = [(method, step.name, step.reference, step.run)
+             for method, model in first.items() for step in model.selection_steps(enc.tokens, enc.attentions)]
     return bb, steps
 
 
@@ -559,14 +539,14 @@ def _measure_size(
         log(f"[{label}] inference timing")
         with torch.inference_mode(), _autocast(device, dtype):
             runs = timed_rounds({k: (lambda m=m: m(x)) for k, m in models.items()}, device, repeats, warmup)
-        infer = {k: _Timing.of(t, runs["vit"]) for k, t in runs.items()}
+        infer = {k: _Timing.of(t, runs[BASELINE]) for k, t in runs.items()}
     train_t: dict[str, _Timing] = {}
     if train:
         log(f"[{label}] training-step timing")
         for m in models.values():
             m.train()
         runs = timed_rounds({k: _train_step(m, x, y, dtype) for k, m in models.items()}, device, repeats, warmup)
-        train_t = {k: _Timing.of(t, runs["vit"]) for k, t in runs.items()}
+        train_t = {k: _Timing.of(t, runs[BASELINE]) for k, t in runs.items()}
         for m in models.values():
             m.zero_grad(set_to_none=True)  # the optimizers went with their closures
             m.eval()
@@ -584,7 +564,7 @@ def _measure_size(
         raw[s.label] = dict(macs=macs, train_macs=train_macs, mem_infer=mem[0], mem_train=mem[1],
                             params=sum(p.numel() for p in model.parameters()))
     own = {c.method: c for c in selection if c.method and not c.reference}  # each method's own step
-    vit = raw["vit"]
+    vit = raw[BASELINE]
     amp = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     rows = []
     for s in specs:
@@ -655,7 +635,7 @@ def profile(
     """Measure the cost of ``methods`` beside the plain ViT on one backbone at each of ``img_sizes``.
 
     Args:
-        methods: method names (``"glsim"``), ``VARIANTS`` names (``"dcal_nopwca"``) or (label, method,
+        methods: method names (``"glsim"``), variant names (``"dcal_nopwca"``, ``method_variants()``) or (label, method,
             options) tuples. The plain ViT is added when missing: every ratio is to it.
         backbone: timm ViT name; random weights (cost does not depend on them). ``backbone_kwargs`` go to timm
             (e.g. ``depth=2`` for quick runs).
