@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .data.contract import classes_of, input_boxes_of
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
+from .layers.geometry import PatchGrid
 from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
@@ -175,12 +176,8 @@ def pointing_game(
     its patch centre ``(col * stride + patch / 2, row * stride + patch / 2)`` in input pixels.
     boxes: (B, 4) ground truth (x0, y0, x1, y1) in input pixels, exclusive ends.
     """
-    b, rows, cols = maps.shape
-    ph, pw = patch_size
-    sh, sw = patch_stride if patch_stride is not None else patch_size
-    peak = maps.reshape(b, -1).float().argmax(dim=1)  # (B,)
-    y = (peak // cols).float() * sh + ph / 2
-    x = (peak % cols).float() * sw + pw / 2
+    _, rows, cols = maps.shape
+    x, y = PatchGrid(rows, cols, patch_size, patch_stride).peak_centres(maps)  # (B,), (B,)
     boxes = boxes.float()
     return (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3])
 

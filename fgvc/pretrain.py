@@ -201,10 +201,10 @@ class _Pretrainer(nn.Module):
         self.s = s
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        tokens = self.backbone(x).tokens  # (B, 1 + N, D) after the final norm
-        logits = self.head(tokens[:, 0])  # (B, C)
-        sim = F.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1)  # (B, N): GLSim's similarity
-        return logits, sim, tokens[:, 1:]
+        enc = self.backbone(x)  # tokens after the final norm: CLS (B, D), patches (B, N, D)
+        logits = self.head(enc.cls)  # (B, C)
+        sim = F.cosine_similarity(enc.cls[:, None], enc.patches, dim=-1)  # (B, N): GLSim's similarity
+        return logits, sim, enc.patches
 
     def losses(self, x: Tensor, y: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Classification (CLS + token labels) and localization losses; also the CLS logits and similarity."""
@@ -227,7 +227,6 @@ class _Pretrainer(nn.Module):
 def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[str, float]:
     """Per detail size: CLS top-1, and the pointing game of GLSim's similarity (peak inside the box)."""
     from .evaluate import box_iou_pairs
-    from .methods.glsim import select_box
 
     model.eval()
     out: dict[str, float] = {}
@@ -242,7 +241,7 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
             cover = detail_coverage(boxes, bb.grid_size, bb.patch_size[0]).flatten(1)
             peak = sim.argmax(-1)
             hit += (cover.gather(1, peak[:, None]) > 0).sum().item()
-            sel = select_box(sim.reshape(-1, *bb.grid_size), 8, bb.patch_size, bb.img_size)
+            sel = bb.patch_grid.top_box(sim.reshape(-1, *bb.grid_size), 8, include_last=False)  # GLSim's box
             iou_sum += box_iou_pairs(sel, boxes).sum().item()
         n = len(idx)
         out[f"top1_{part.side}px"] = 100.0 * correct / n

@@ -58,12 +58,13 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ..backbone import to_2tuple
+from ..layers.geometry import PatchGrid, crop_and_resize
 from .base import FGVCModel, ModelOutput, register_model
 from .explain import Explanation, GridMap, MapInfo, SelectionStep
 
 __all__ = [
     "GLSim", "box_token_sequence", "cls_patch_similarity", "crop_and_resize", "init_aggregator_official",
-    "resolve_crop_size", "select_box",
+    "patch_similarity", "resolve_crop_size", "select_box",
 ]
 
 DROP_PATH_SCHEDULES = ("constant", "linear")
@@ -78,12 +79,14 @@ def cls_patch_similarity(
     tokens: (B, T, D) with T = num_prefix_tokens + rows * cols.  Returns (B, rows, cols).
     global_token: (B, D) used instead of the CLS token (ViTs without one: ``ViTBackbone.global_token``).
     """
-    cls = tokens[:, :1] if global_token is None else global_token[:, None]  # (B, 1, D)
-    patches = tokens[:, num_prefix_tokens:]  # (B, N, D)
-    rows, cols = grid_size
-    if patches.shape[1] != rows * cols:
-        raise ValueError(f"expected {rows}x{cols}={rows * cols} patch tokens, got {patches.shape[1]}")
-    return F.cosine_similarity(cls, patches, dim=-1).reshape(-1, rows, cols)
+    prefix, patches = PatchGrid(*grid_size, num_prefix_tokens=num_prefix_tokens).split(tokens)
+    query = prefix[:, 0] if global_token is None else global_token  # (B, D)
+    return patch_similarity(query, patches, grid_size)
+
+
+def patch_similarity(query: Tensor, patches: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """Cosine similarity of one token per image (B, D) with its patch tokens (B, rows * cols, D) -> (B, rows, cols)."""
+    return F.cosine_similarity(query[:, None], patches, dim=-1).reshape(-1, *grid_size)
 
 
 def select_box(
@@ -100,34 +103,9 @@ def select_box(
     reproduces the official end ``row_max * P`` (last selected row / column left out, at least one patch
     kept); ``inclusive=True`` ends at ``(row_max + 1) * P``.
     """
-    b, rows, cols = similarity.shape
-    if not 1 <= k <= rows * cols:
-        raise ValueError(f"top_k={k} must be between 1 and the number of patches ({rows}x{cols}={rows * cols})")
-    ph, pw = patch_size
-    h, w = img_size
-    index = similarity.reshape(b, -1).topk(k, dim=-1).indices  # (B, k)
-    r, c = index // cols, index % cols  # patch row, column
-    r0, r1 = r.amin(-1), r.amax(-1)
-    c0, c1 = c.amin(-1), c.amax(-1)
-    if inclusive:
-        r1, c1 = r1 + 1, c1 + 1
-    y0, x0 = r0 * ph, c0 * pw
-    y1 = torch.clamp(torch.maximum(r1 * ph, y0 + ph), max=h)
-    x1 = torch.clamp(torch.maximum(c1 * pw, x0 + pw), max=w)
-    return torch.stack([x0, y0, x1, y1], dim=-1)
-
-
-def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-    """Cut each box out of (B, C, H, W) images and resize it to ``size`` (default H, W).
-
-    Bilinear with ``align_corners=True``, as the official ``F.upsample_bilinear``.
-    """
-    size = tuple(images.shape[-2:]) if size is None else size
-    crops = [
-        F.interpolate(img[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=True)
-        for img, (x0, y0, x1, y1) in zip(images, boxes.tolist(), strict=True)
-    ]
-    return torch.cat(crops, dim=0)
+    _, rows, cols = similarity.shape
+    grid = PatchGrid(rows, cols, patch_size, img_size=img_size)
+    return grid.top_box(similarity, k, include_last=inclusive)
 
 
 def resolve_crop_size(
@@ -159,19 +137,14 @@ def box_token_sequence(
     when no sequence is padded.
     """
     b = tokens.shape[0]
-    rows, cols = grid_size
-    ph, pw = patch_size
-    r = torch.arange(rows, device=tokens.device).view(1, rows, 1)
-    c = torch.arange(cols, device=tokens.device).view(1, 1, cols)
-    x0, y0, x1, y1 = (boxes[:, i].view(b, 1, 1) for i in range(4))
-    inside = (r >= y0 // ph) & (r < y1 // ph) & (c >= x0 // pw) & (c < x1 // pw)  # (B, rows, cols)
-    inside = inside.reshape(b, rows * cols)
+    grid = PatchGrid(*grid_size, patch_size, num_prefix_tokens=num_prefix_tokens)
+    prefix, patches = grid.split(tokens)  # (B, P, D), (B, N, D)
+    inside = grid.cells_inside(boxes).reshape(b, grid.num_patches)  # (B, N)
     counts = inside.sum(-1)  # (B,)
     m = int(counts.max())
     order = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[:, :m]  # inside patches first, raster
-    patches = tokens[:, num_prefix_tokens:]  # (B, N, D)
     picked = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))  # (B, M, D)
-    sequence = torch.cat([tokens[:, :num_prefix_tokens], picked], dim=1)  # (B, P + M, D)
+    sequence = torch.cat([prefix, picked], dim=1)  # (B, P + M, D)
     if bool((counts == m).all()):
         return sequence, None
     real = torch.arange(m, device=tokens.device).view(1, m) < counts.view(b, 1)  # (B, M)
@@ -293,8 +266,9 @@ class GLSim(FGVCModel):
     def select(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Final-norm tokens (B, T, D) -> similarity (B, rows, cols) and boxes (B, 4) in input pixels."""
         bb = self.backbone
-        similarity = cls_patch_similarity(tokens, bb.num_prefix_tokens, bb.grid_size, bb.global_token(tokens))
-        boxes = select_box(similarity, self.top_k, bb.patch_size, bb.img_size, inclusive=self.inclusive_box)
+        _, patches = bb.split_tokens(tokens)  # (B, N, D)
+        similarity = patch_similarity(bb.global_token(tokens), patches, bb.grid_size)
+        boxes = bb.patch_grid.top_box(similarity, self.top_k, include_last=self.inclusive_box)
         return similarity, boxes
 
     def crop_pass(self, x: Tensor, embedded: Tensor | None, boxes: Tensor) -> Tensor:
@@ -308,7 +282,7 @@ class GLSim(FGVCModel):
             if embedded is None:
                 raise ValueError("crop_mode='tokens' needs the global pass's embedded tokens")
             sequence, mask = box_token_sequence(embedded, boxes, bb.num_prefix_tokens, bb.grid_size, bb.patch_size)
-            return bb.encode(sequence, attn_mask=mask)[:, 0]  # (B, P + M, D) -> CLS (B, D)
+            return bb.global_token(bb.encode(sequence, attn_mask=mask))  # (B, P + M, D) -> CLS (B, D)
         crops = crop_and_resize(x, boxes, self.crop_size)  # (B, 3, h, w), no gradient to the selection
         other_size = {} if self.crop_size == bb.img_size else {"img_size": self.crop_size}
         return bb.global_token(bb(crops, **other_size).tokens)

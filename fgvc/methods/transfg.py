@@ -174,8 +174,8 @@ class TransFG(FGVCModel):
             tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest())
             maps.append(probs)
         parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
-        picked = gather_tokens(tokens, parts + prefix)  # (B, H, D)
-        seq = torch.cat([tokens[:, :prefix], picked], dim=1)  # (B, prefix + H, D)
+        prefix_tokens, patches = bb.split_tokens(tokens)  # (B, prefix, D), (B, N, D)
+        seq = torch.cat([prefix_tokens, gather_tokens(patches, parts)], dim=1)  # (B, prefix + H, D)
         seq = self.part_block(seq)
         feature = bb.pool(bb.norm(seq))  # (B, D)
         return ModelOutput(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..layers.geometry import PatchGrid, crop_and_resize
 from ..methods.base import FGVCModel
 
 __all__ = [
@@ -65,20 +66,19 @@ def grid_extent(
     patch_stride: tuple[int, int] | None = None,
     shown_size: tuple[int, int] | None = None,
 ) -> tuple[float, float, float, float]:
-    """imshow ``extent`` (left, right, bottom, top) that puts a (rows, cols) patch map on an image.
+    """imshow ``extent`` (left, right, bottom, top) that puts a (rows, cols) patch map on an image
+    (``PatchGrid.extent``).
 
     Cell (r, c) covers the stride-sized square centred on its patch: centre ``c * stride + patch / 2``. For
-    non-overlapping patches (stride = patch, the default) the map covers the input exactly. ``shown_size``:
-    (height, width) of the image drawn, when it is not the model input (the map is scaled to it).
+    non-overlapping patches (stride = patch, the default) the map covers the input exactly; without
+    ``patch_size`` the grid tiles ``input_size``. ``shown_size``: (height, width) of the image drawn, when it
+    is not the model input (the map is scaled to it).
     """
-    rows, cols = grid_size
-    h, w = input_size
-    ph, pw = patch_size if patch_size is not None else (h / rows, w / cols)
-    sh, sw = patch_stride if patch_stride is not None else (ph, pw)
-    fy, fx = (1.0, 1.0) if shown_size is None else (shown_size[0] / h, shown_size[1] / w)
-    left, right = (pw - sw) / 2, (cols - 1) * sw + (pw + sw) / 2
-    top, bottom = (ph - sh) / 2, (rows - 1) * sh + (ph + sh) / 2
-    return (left * fx - 0.5, right * fx - 0.5, bottom * fy - 0.5, top * fy - 0.5)
+    if patch_size is None:
+        grid = PatchGrid.tiling(grid_size, input_size)
+    else:
+        grid = PatchGrid(*grid_size, patch_size, patch_stride, input_size)
+    return grid.extent(shown_size)
 
 
 def upsample_map(heat: Tensor, size: tuple[int, int], *, normalize: bool = True) -> Tensor:
@@ -254,7 +254,6 @@ def plot_selection(
     prediction, the truth and whether it is right. Works for any model whose output has ``similarity`` and
     ``boxes``.
     """
-    from ..methods.glsim import crop_and_resize
     from .figures import draw_footer, row_title, rows_figure
 
     was_training = model.training

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..layers.geometry import crop_and_resize
 from ..methods.base import FGVCModel
-from ..methods.glsim import crop_and_resize
 from .core import MODEL_COLOR, TRUE_COLOR, _new_figure, denormalize, draw_box, heat_colorbar, overlay_map
 from .maps import AttentionMaps, attention_maps, map_box
 

@@ -62,15 +62,12 @@ def grad_cam(
     if method not in ("gradcam", "finercam"):
         raise ValueError(f"method must be 'gradcam' or 'finercam', got {method!r}")
     bb = model.backbone
-    rows, cols = bb.grid_size
-    prefix = bb.num_prefix_tokens
+    grid = bb.patch_grid
     layer = model.grad_cam_layer()
 
     def reshape(tokens: Tensor) -> Tensor:  # (B, T, D) -> (B, D, rows, cols): the real grid, not 14 x 14
-        patches = tokens[:, prefix:]
-        if patches.shape[1] != rows * cols:
-            raise ValueError(f"expected {rows}x{cols} patch tokens, got {patches.shape[1]}")
-        return patches.reshape(tokens.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
+        _, patches = grid.split(tokens)  # (B, rows * cols, D)
+        return patches.reshape(tokens.shape[0], grid.rows, grid.cols, -1).permute(0, 3, 1, 2)
 
     was_training = model.training
     device = next(model.parameters()).device
@@ -100,4 +97,4 @@ def grad_cam(
         model.train(was_training)
     # pytorch-grad-cam resizes its grid map to the input; average it back over the patch cells
     maps_t = torch.as_tensor(maps, dtype=torch.float32)[:, None]  # (B, 1, H, W)
-    return nn.functional.adaptive_avg_pool2d(maps_t, (rows, cols))[:, 0]  # (B, rows, cols)
+    return nn.functional.adaptive_avg_pool2d(maps_t, grid.grid_size)[:, 0]  # (B, rows, cols)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
+from ..layers.geometry import PatchGrid
 from ..methods.base import FGVCModel, ModelOutput
 from ..methods.explain import COMMON_MAPS, GridMap, MapInfo
 
@@ -127,15 +127,8 @@ def map_box(
     patch_stride: tuple[int, int] | None = None,
 ) -> Tensor:
     """Box around the k highest cells of (B, rows, cols) maps, in input pixels: (B, 4) int64 (x0, y0, x1, y1),
-    exclusive ends, covering the selected patches whole (the last row and column included)."""
-    b, rows, cols = heat.shape
-    k = max(1, min(k, rows * cols))
-    ph, pw = patch_size
-    sh, sw = patch_stride if patch_stride is not None else patch_size
-    h, w = img_size
-    index = heat.reshape(b, -1).topk(k, dim=-1).indices  # (B, k)
-    r, c = index // cols, index % cols
-    x0, y0 = c.amin(-1) * sw, r.amin(-1) * sh
-    x1 = (c.amax(-1) * sw + pw).clamp(max=w)
-    y1 = (r.amax(-1) * sh + ph).clamp(max=h)
-    return torch.stack([x0, y0, x1, y1], dim=-1)
+    exclusive ends, covering the selected patches whole (the last row and column included). ``k`` is clipped
+    to the number of cells (``PatchGrid.top_box``)."""
+    _, rows, cols = heat.shape
+    grid = PatchGrid(rows, cols, patch_size, patch_stride, img_size)
+    return grid.top_box(heat, max(1, min(k, grid.num_patches)))

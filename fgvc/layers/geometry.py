@@ -1,0 +1,156 @@
+"""Where the patch tokens of a ViT lie on its input: the patch grid, boxes of cells, cell centres, crops.
+
+A ViT cuts its (H, W) input into ``rows x cols`` patches of ``patch_size`` pixels whose starts are ``stride``
+pixels apart (the patch size, or less for overlapping patches), and puts its prefix tokens (CLS, register)
+before the patch tokens in the sequence. ``PatchGrid`` holds these numbers once, so that every module that
+turns a map over the patches into pixels (GLSim's box, the boxes and overlays of ``fgvc.viz``, the pointing
+game of ``fgvc.evaluate``) computes it the same way. Pixel boxes are ``(x0, y0, x1, y1)`` with x the column
+and y the row, like torchvision, ends exclusive. ``ViTBackbone.patch_grid`` gives the grid of a backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["PatchGrid", "crop_and_resize"]
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """``rows x cols`` patches of ``patch_size`` (h, w) pixels, ``stride`` (h, w) apart, on an input of ``img_size``.
+
+    patch_size: default 1 x 1, boxes and centres in cells. stride: None means the patch size (non-overlapping
+    patches). img_size: the (H, W) input that boxes are
+    clipped to; None means the pixels the grid covers. num_prefix_tokens: tokens before the patch tokens in a
+    sequence (CLS, distillation, register), for ``split``. Sizes may be fractional (``tiling``).
+    """
+
+    rows: int
+    cols: int
+    patch_size: tuple[float, float] = (1, 1)
+    stride: tuple[float, float] | None = None
+    img_size: tuple[float, float] | None = None
+    num_prefix_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        patch = tuple(self.patch_size)
+        stride = patch if self.stride is None else tuple(self.stride)
+        covered = ((self.rows - 1) * stride[0] + patch[0], (self.cols - 1) * stride[1] + patch[1])
+        object.__setattr__(self, "patch_size", patch)
+        object.__setattr__(self, "stride", stride)
+        object.__setattr__(self, "img_size", covered if self.img_size is None else tuple(self.img_size))
+
+    @classmethod
+    def tiling(cls, grid_size: Sequence[int], img_size: Sequence[float]) -> PatchGrid:
+        """The grid that tiles ``img_size`` exactly (patch = input / grid), for a map whose patches are unknown."""
+        (rows, cols), (h, w) = grid_size, img_size
+        return cls(rows, cols, (h / rows, w / cols), img_size=(h, w))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def num_patches(self) -> int:
+        return self.rows * self.cols
+
+    # ---------------------------------------------------------------- tokens
+    def split(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (B, P + rows * cols, D) -> prefix tokens (B, P, D) and patch tokens (B, rows * cols, D)."""
+        p = self.num_prefix_tokens
+        prefix, patches = tokens[:, :p], tokens[:, p:]
+        if patches.shape[1] != self.num_patches:
+            raise ValueError(
+                f"expected {self.rows}x{self.cols}={self.num_patches} patch tokens after {p} prefix tokens, "
+                f"got {patches.shape[1]}"
+            )
+        return prefix, patches
+
+    # ---------------------------------------------------------------- cells -> pixels
+    def top_cells(self, heat: Tensor, k: int) -> Tensor:
+        """Flat indices (B, k) of the k highest cells of (B, rows, cols) maps (``row * cols + col``)."""
+        if not 1 <= k <= self.num_patches:
+            raise ValueError(
+                f"top_k={k} must be between 1 and the number of patches ({self.rows}x{self.cols}={self.num_patches})"
+            )
+        return heat.reshape(heat.shape[0], -1).topk(k, dim=-1).indices
+
+    def box(self, cells: Tensor, *, include_last: bool = True) -> Tensor:
+        """The pixel box around cells given as flat indices (B, k). Returns (B, 4) (x0, y0, x1, y1), ends exclusive.
+
+        The box starts at the first selected row / column and, with ``include_last``, ends where the last
+        selected patch ends (``row_max * stride + patch``). ``include_last=False`` ends where the last selected
+        row / column starts instead (``row_max * stride``: GLSim's official box, which leaves them out), at
+        least one patch wide. Ends are clipped to ``img_size``.
+        """
+        (ph, pw), (sh, sw), (h, w) = self.patch_size, self.stride, self.img_size
+        r, c = cells // self.cols, cells % self.cols  # (B, k) patch row, column
+        r0, r1 = r.amin(-1), r.amax(-1)
+        c0, c1 = c.amin(-1), c.amax(-1)
+        y0, x0 = r0 * sh, c0 * sw
+        y_end, x_end = (r1 * sh + ph, c1 * sw + pw) if include_last else (r1 * sh, c1 * sw)
+        y1 = torch.clamp(torch.maximum(y_end, y0 + ph), max=h)
+        x1 = torch.clamp(torch.maximum(x_end, x0 + pw), max=w)
+        return torch.stack([x0, y0, x1, y1], dim=-1)
+
+    def top_box(self, heat: Tensor, k: int, *, include_last: bool = True) -> Tensor:
+        """The pixel box (B, 4) around the k highest cells of (B, rows, cols) maps (see ``box``)."""
+        return self.box(self.top_cells(heat, k), include_last=include_last)
+
+    def centres(self, cells: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel centres (x, y), float, of cells given as flat indices: ``col * stride + patch / 2``."""
+        (ph, pw), (sh, sw) = self.patch_size, self.stride
+        y = (cells // self.cols).float() * sh + ph / 2
+        x = (cells % self.cols).float() * sw + pw / 2
+        return x, y
+
+    def peak_centres(self, heat: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel centres (x, y), each (B,), of the highest cell of (B, rows, cols) maps (the first one on ties)."""
+        return self.centres(heat.reshape(heat.shape[0], -1).float().argmax(dim=1))
+
+    # ---------------------------------------------------------------- pixels -> cells
+    def cells_inside(self, boxes: Tensor) -> Tensor:
+        """Which cells lie inside each pixel box: (B, 4) boxes on patch borders -> (B, rows, cols) bool.
+
+        For non-overlapping grids only (a cell of an overlapping grid is in several boxes' borders at once).
+        """
+        if self.stride != self.patch_size:
+            raise ValueError(f"cells_inside needs non-overlapping patches, got stride {self.stride} "
+                             f"for patches of {self.patch_size}")
+        b = boxes.shape[0]
+        ph, pw = self.patch_size
+        r = torch.arange(self.rows, device=boxes.device).view(1, self.rows, 1)
+        c = torch.arange(self.cols, device=boxes.device).view(1, 1, self.cols)
+        x0, y0, x1, y1 = (boxes[:, i].view(b, 1, 1) for i in range(4))
+        return (r >= y0 // ph) & (r < y1 // ph) & (c >= x0 // pw) & (c < x1 // pw)
+
+    def extent(self, shown_size: Sequence[float] | None = None) -> tuple[float, float, float, float]:
+        """imshow ``extent`` (left, right, bottom, top) that puts a (rows, cols) map on the input image exactly.
+
+        Cell (r, c) covers the stride-sized square centred on its patch (centre ``c * stride + patch / 2``), so
+        with non-overlapping patches the map covers the input exactly. ``shown_size``: (height, width) of the
+        image drawn when it is not the input (the map is scaled to it). Pixel centres are at integers.
+        """
+        (ph, pw), (sh, sw), (h, w) = self.patch_size, self.stride, self.img_size
+        fy, fx = (1.0, 1.0) if shown_size is None else (shown_size[0] / h, shown_size[1] / w)
+        left, right = (pw - sw) / 2, (self.cols - 1) * sw + (pw + sw) / 2
+        top, bottom = (ph - sh) / 2, (self.rows - 1) * sh + (ph + sh) / 2
+        return (left * fx - 0.5, right * fx - 0.5, bottom * fy - 0.5, top * fy - 0.5)
+
+
+def crop_and_resize(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """Cut each pixel box (B, 4) out of (B, C, H, W) images and resize it to ``size`` (h, w; default H, W).
+
+    Bilinear with ``align_corners=True``, as GLSim's official ``F.upsample_bilinear``.
+    """
+    size = tuple(images.shape[-2:]) if size is None else tuple(size)
+    crops = [
+        F.interpolate(img[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=True)
+        for img, (x0, y0, x1, y1) in zip(images, boxes.tolist(), strict=True)
+    ]
+    return torch.cat(crops, dim=0)
