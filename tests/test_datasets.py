@@ -24,6 +24,7 @@ from fgvc.data import (
     build_dataset,
     check_dataset,
     dataset_splits,
+    find_dataset,
     list_datasets,
     load_rgb,
     register_dataset,
@@ -31,6 +32,7 @@ from fgvc.data import (
     train_val_split,
 )
 from fgvc.data.cub import read_cub
+from fgvc.recipe import build_recipe_data
 
 REAL_CUB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CUB_200_2011_subset100"
 needs_real_cub = pytest.mark.skipif(not (REAL_CUB / "images.txt").is_file(), reason="real CUB subset not present")
@@ -427,13 +429,18 @@ def test_every_dataset_follows_the_contract(tmp_path):
 
 
 def test_a_new_dataset_is_one_definition(tmp_path):
-    """A registered DatasetDef is built by name, lists its splits and is checked by ``fgvc data check``."""
+    """A registered DatasetDef is built by name, lists its splits, is found and checked, and trains by recipe."""
     make_cub(tmp_path / "birds")
-    register_dataset(DatasetDef("my_birds", CUB200, reader=read_cub, splits=("train", "test")))
+    register_dataset(DatasetDef("my_birds", CUB200, reader=read_cub, splits=("train", "test"), markers=("images.txt",)))
     try:
         assert "my_birds" in list_datasets() and dataset_splits("my_birds") == ["train", "test"]
         assert len(build_dataset("my_birds", tmp_path / "birds", "test")) == 3
         assert check_dataset("my_birds", tmp_path / "birds").ok
+        assert find_dataset("my_birds", tmp_path, tmp_path / "birds") == tmp_path / "birds"
+        recipe = dict(data=dict(dataset="my_birds", root=str(tmp_path / "birds"), val_fraction=0))
+        model = fgvc.create_model("vit", **TINY, num_classes=3, img_size=32)
+        splits = build_recipe_data(recipe, model)
+        assert len(splits["train"]) == 6 and len(splits["test"]) == 3
     finally:
         unregister = fgvc.data.datasets
         for table in (unregister._DEFINITIONS, unregister.DATASETS, unregister.READERS):

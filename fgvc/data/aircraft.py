@@ -109,4 +109,7 @@ class FGVCAircraft(ImageDataset):
 
 
 # "trainval" (train + val) is accepted too, but is not a disjoint split
-DEFINITION = DatasetDef("aircraft", FGVCAircraft, reader=read_aircraft, splits=("train", "val", "test"))
+DEFINITION = DatasetDef(
+    "aircraft", FGVCAircraft, reader=read_aircraft, splits=("train", "val", "test"),
+    markers=("data/images_variant_trainval.txt", "fgvc-aircraft-2013b/data/images_variant_trainval.txt"),
+)

@@ -129,4 +129,6 @@ def cars_splits(root: str | os.PathLike) -> list[str]:
     return ["train", "test"]
 
 
-DEFINITION = DatasetDef("cars", StanfordCars, reader=read_cars, splits=cars_splits)
+DEFINITION = DatasetDef(
+    "cars", StanfordCars, reader=read_cars, splits=cars_splits, markers=("devkit", "stanford_cars/devkit")
+)

@@ -134,4 +134,4 @@ class CUB200(ReaderDataset):
     reader = staticmethod(read_cub)
 
 
-DEFINITION = DatasetDef("cub", CUB200, reader=read_cub)
+DEFINITION = DatasetDef("cub", CUB200, reader=read_cub, markers=("images.txt",))

@@ -37,6 +37,8 @@ class DatasetDef:
             without a transform. Recipes take its splits as they are instead of building and carving them.
         count_classes: ``count_classes(root, options) -> int`` without building the dataset (default: the
             length of the training split's ``classes``).
+        markers: paths whose presence says a folder holds the dataset in its official layout
+            (``fgvc.data.find_dataset``); empty where no layout is fixed.
     """
 
     name: str
@@ -45,6 +47,7 @@ class DatasetDef:
     splits: Sequence[str] | Callable[[Root], list[str]] = ("train", "test")
     draw_splits: Callable[..., dict[str, Dataset]] | None = None
     count_classes: Callable[[Root | None, Mapping[str, Any]], int] | None = None
+    markers: tuple[str, ...] = ()
 
     @property
     def needs_root(self) -> bool:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .datasets import dataset_definition, list_datasets
+
 __all__ = ["MARKERS", "cub_subset", "find_dataset"]
 
-#: The file or folder whose presence says that a folder holds the dataset (its official layout).
+#: The files or folders whose presence says that a folder holds the dataset (its official layout), from the
+#: datasets' definitions (``DatasetDef.markers``).
 MARKERS: dict[str, tuple[str, ...]] = {
-    "cub": ("images.txt",),
-    "cars": ("devkit", "stanford_cars/devkit"),
-    "aircraft": ("data/images_variant_trainval.txt", "fgvc-aircraft-2013b/data/images_variant_trainval.txt"),
-    "nabirds": ("images.txt",),
-    "flowers": ("imagelabels.mat", "flowers-102/imagelabels.mat"),
+    name: dataset_definition(name).markers for name in list_datasets() if dataset_definition(name).markers
 }
 
 SUBSET_NAME = "CUB_200_2011_subset100"
@@ -28,13 +27,15 @@ def find_dataset(dataset: str, *roots: str | os.PathLike | None) -> Path | None:
 
     None entries are skipped, so optional locations can be passed as they are.
     """
-    if dataset not in MARKERS:
-        raise ValueError(f"no marker known for {dataset!r}; known: {', '.join(MARKERS)}")
+    markers = dataset_definition(dataset).markers if dataset in list_datasets() else ()
+    if not markers:
+        known = [n for n in list_datasets() if dataset_definition(n).markers]
+        raise ValueError(f"no marker known for {dataset!r}; known: {', '.join(known)}")
     for root in roots:
         if root is None or str(root) == "":
             continue
         path = Path(root).expanduser()
-        if any((path / marker).exists() for marker in MARKERS[dataset]):
+        if any((path / marker).exists() for marker in markers):
             return path
     return None
 

@@ -63,4 +63,7 @@ class Flowers102(ReaderDataset):
     reader = staticmethod(read_flowers)
 
 
-DEFINITION = DatasetDef("flowers", Flowers102, reader=read_flowers, splits=FLOWERS_SPLITS)
+DEFINITION = DatasetDef(
+    "flowers", Flowers102, reader=read_flowers, splits=FLOWERS_SPLITS,
+    markers=("imagelabels.mat", "flowers-102/imagelabels.mat"),
+)

@@ -37,4 +37,4 @@ class NABirds(ReaderDataset):
     reader = staticmethod(read_nabirds)
 
 
-DEFINITION = DatasetDef("nabirds", NABirds, reader=read_nabirds)
+DEFINITION = DatasetDef("nabirds", NABirds, reader=read_nabirds, markers=("images.txt",))
