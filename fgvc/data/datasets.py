@@ -12,9 +12,15 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from . import aircraft, cars, cub, flowers, folder, nabirds, synthetic
+from .aircraft import DEFINITION as AIRCRAFT
+from .cars import DEFINITION as CARS
 from .common import Records
+from .cub import DEFINITION as CUB
 from .definition import DatasetDef
+from .flowers import DEFINITION as FLOWERS
+from .folder import DEFINITION as FOLDER
+from .nabirds import DEFINITION as NABIRDS
+from .synthetic import DEFINITION as SYNTHETIC
 
 __all__ = [
     "DATASETS",
@@ -42,8 +48,8 @@ def register_dataset(definition: DatasetDef) -> DatasetDef:
     return definition
 
 
-for _module in (cub, cars, aircraft, nabirds, flowers, folder, synthetic):
-    register_dataset(_module.DEFINITION)
+for _definition in (CUB, CARS, AIRCRAFT, NABIRDS, FLOWERS, FOLDER, SYNTHETIC):
+    register_dataset(_definition)
 
 
 def list_datasets() -> list[str]:
