@@ -159,6 +159,7 @@ def quick_stand_ins(
     from .data import (
         build_dataset,
         build_transforms,
+        classes_of,
         cub_subset,
         subset_classes,
         synthetic_splits,
@@ -187,7 +188,7 @@ def quick_stand_ins(
     for method in methods:
         model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
                              backbone_kwargs=dict(depth=2 if smoke else 6), **model_class(method).small_input_options)
-        if getattr(test, "classes", None):
+        if classes_of(test):
             model.class_names = list(test.classes)
         fit(model, train, val, epochs=epochs, batch_size=32, lr=1e-3, device=device, progress=not smoke)
         out.results[(label, method)] = evaluate(model, test, retrieval=True)
@@ -200,10 +201,12 @@ def examples(test: Any, n: int = 3, *, start: int = 0) -> dict[str, Any]:
     (n, 3, H, W), ``targets``, ``gt_boxes`` (n, 4) in input pixels or None, ``indices``."""
     import torch
 
+    from .data import input_boxes_of
+
     step = max(1, len(test) // max(n, 1))
     indices = [(start + k * step) % len(test) for k in range(min(n, len(test)))]
     images = torch.stack([torch.as_tensor(test[i][0]) for i in indices])
     h, w = images.shape[-2:]
-    boxes = getattr(test, "input_boxes", None)
+    boxes = input_boxes_of(test)
     gt = None if boxes is None else torch.as_tensor(boxes)[indices].float() * torch.tensor([w, h, w, h])
     return {"images": images, "targets": [int(test[i][1]) for i in indices], "gt_boxes": gt, "indices": indices}

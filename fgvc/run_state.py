@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .checkpoint import check_state_matches, load_train_state
+from .data.contract import classes_of
 from .methods.base import FGVCModel
 from .settings import TrainConfig
 
@@ -177,7 +178,7 @@ def _check_same_model(model: FGVCModel, saved: dict[str, Any], data: Dataset, pa
         if key in was and was[key] != now.get(key):
             what = {"num_classes": "class-count mismatch", "img_size": "image-size mismatch"}.get(key, "mismatch")
             raise ValueError(f"{what}: {path} was trained with {key}={was[key]!r}, the model has {now.get(key)!r}")
-    names = getattr(data, "classes", None)
+    names = classes_of(data)
     if names is not None and saved.get("class_names") is not None and list(names) != saved["class_names"]:
         raise ValueError(f"the classes of train_data differ from those of the run saved in {path}")
 

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries, save_model, save_train_state
+from .data.contract import classes_of
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -478,14 +479,14 @@ def _adopt_data(model: FGVCModel, train_data: Dataset, val_data: Dataset | None)
         _check_class_count(model, val_data, "val_data")
         _check_image_size(model, val_data, "val_data")
         _check_same_classes(train_data, val_data)
-    class_names = getattr(train_data, "classes", None) or model.class_names
+    class_names = classes_of(train_data) or model.class_names
     if class_names is not None:
         model.class_names = list(class_names)
 
 
 def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
     """Catch a dataset / head class-count mismatch before the first step."""
-    classes = getattr(data, "classes", None)
+    classes = classes_of(data)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(
             f"{name} has {len(classes)} classes but the model was built with num_classes={model.num_classes}"
@@ -494,7 +495,7 @@ def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:
 
 def _check_same_classes(train_data: Dataset, val_data: Dataset) -> None:
     """Label k must mean the same class in both datasets (same count is not enough: the order matters)."""
-    train, val = getattr(train_data, "classes", None), getattr(val_data, "classes", None)
+    train, val = classes_of(train_data), classes_of(val_data)
     if train is None or val is None or list(train) == list(val):
         return
     k = next((i for i, (a, b) in enumerate(zip(val, train, strict=False)) if a != b), len(val))

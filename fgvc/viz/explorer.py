@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.contract import classes_of, input_boxes_of, targets_of
 from ..methods.base import FGVCModel
 from .core import denormalize
 from .figures import (
@@ -80,9 +81,9 @@ class Explorer(w.VBox):
         self.models = models
         self.data = data
         first = next(iter(models.values()))
-        self.class_names = list(class_names or getattr(data, "classes", None) or first.class_names or [])
+        self.class_names = list(class_names or classes_of(data) or first.class_names or [])
         self.mean, self.std = resolve_stats(first, data, mean, std)
-        targets = getattr(data, "targets", None)
+        targets = targets_of(data)
         self.targets = np.asarray([data[i][1] for i in range(len(data))] if targets is None else targets)
         self.results: dict[str, Any] = dict(results or {})
         self.examples = examples
@@ -215,7 +216,7 @@ class Explorer(w.VBox):
         head = None if self.head.value == "mean" else int(self.head.value)
         h, wd = x.shape[-2:]
         gt = None
-        boxes = getattr(self.data, "input_boxes", None)
+        boxes = input_boxes_of(self.data)
         if label is not None and boxes is not None:
             gt = torch.as_tensor(boxes[int(self.index.value)], dtype=torch.float32) * torch.tensor([wd, h, wd, h])
         shown = denormalize(x[None].float(), self.mean, self.std)[0]

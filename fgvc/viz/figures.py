@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.contract import classes_of, targets_of
 from ..layers.geometry import crop_and_resize
 from ..methods.base import FGVCModel
 from .core import MODEL_COLOR, TRUE_COLOR, _new_figure, denormalize, draw_box, heat_colorbar, overlay_map
@@ -347,9 +348,9 @@ def plot_confused_pair(
     """
     true, pred = int(pair[0]), int(pair[1])
     predictions = np.asarray(predictions)
-    targets = getattr(data, "targets", None)
+    targets = targets_of(data)
     targets = np.asarray([data[i][1] for i in range(len(data))] if targets is None else targets)
-    names = class_names or getattr(data, "classes", None)
+    names = class_names or classes_of(data)
     mean, std = resolve_stats(model, data, mean, std)
     mistakes = np.nonzero((targets == true) & (predictions == pred))[0][:n]
     right = np.nonzero((targets == pred) & (predictions == pred))[0][:n]
