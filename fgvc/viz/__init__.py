@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import denormalize, draw_box, grid_extent, overlay_map, plot_selection, upsample_map
+from .core import denormalize, draw_box, grid_extent, overlay_map, upsample_map
 from .figures import (
     ConfusedPair,
     confused_pairs,
     plot_confused_pair,
     plot_layer_heads,
     plot_maps,
+    plot_selection,
     pretty_name,
 )
 from .gradcam import grad_cam

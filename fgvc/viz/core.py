@@ -1,4 +1,4 @@
-"""Basic drawing: de-normalized images, boxes, map overlays at any resolution, and GLSim's selection figure.
+"""Basic drawing: de-normalized images, boxes, and map overlays at any resolution.
 
 Every plotting function returns a matplotlib Figure (never only shows it); save it with ``fig.savefig``.
 Maps are (rows, cols) grids over the patch tokens; ``grid_extent`` places them on the image exactly, also
@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..layers.geometry import PatchGrid, crop_and_resize
-from ..methods.base import FGVCModel
+from ..layers.geometry import PatchGrid
 
 __all__ = [
     "HEAT_CMAP",
@@ -29,7 +28,6 @@ __all__ = [
     "normalize_map",
     "outline_mask",
     "overlay_map",
-    "plot_selection",
     "upsample_map",
 ]
 
@@ -234,66 +232,3 @@ def _new_figure(figsize: tuple[float, float], *, pyplot: bool = True) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize)
-
-
-@torch.no_grad()
-def plot_selection(
-    model: FGVCModel,
-    images: Tensor,
-    *,
-    targets: Sequence[int] | None = None,
-    gt_boxes: Tensor | None = None,
-    class_names: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Any:
-    """One row per image: the image with boxes, the selection map, the crop the model re-encodes.
-
-    images: (B, 3, H, W) normalized as the model expects. gt_boxes: (B, 4) in input pixels (the true box,
-    green, on the image and the map); the model's selected box is drawn in blue. Each row is titled with the
-    prediction, the truth and whether it is right. Works for any model whose output has ``similarity`` and
-    ``boxes``.
-    """
-    from .figures import draw_footer, row_title, rows_figure
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = model(images.to(device))
-    model.train(was_training)
-    if out.similarity is None or out.boxes is None:
-        raise ValueError(f"{model.method} outputs no selection map / boxes to plot")
-    cfg = model.data_config
-    mean = cfg["mean"] if mean is None else mean
-    std = cfg["std"] if std is None else std
-    shown = denormalize(images.cpu(), mean, std)
-    boxes = out.boxes.cpu()
-    crops = denormalize(crop_and_resize(images.cpu(), boxes), mean, std)
-    preds = out.logits.argmax(1).tolist()
-    names = class_names or model.class_names
-    h, w = images.shape[-2:]
-
-    b = len(images)
-    fig, subs, axes, footer = rows_figure(b, 3, h / w, panel=2.4)
-    for i in range(b):
-        ax_img, ax_map, ax_crop = axes[i]
-        gt = None if gt_boxes is None else gt_boxes[i]
-        ax_img.imshow(shown[i])
-        if gt is not None:
-            draw_box(ax_img, gt, TRUE_COLOR)
-        draw_box(ax_img, boxes[i], MODEL_COLOR)
-        overlay_map(shown[i], out.similarity[i].float().cpu(), ax=ax_map, input_size=(h, w), true_box=gt,
-                    model_box=boxes[i], colorbar=False)
-        ax_crop.imshow(crops[i])
-        if i == 0:
-            ax_img.set_title("image", fontsize=8)
-            ax_map.set_title("CLS-patch similarity", fontsize=8)
-            ax_crop.set_title("crop (re-encoded)", fontsize=8)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        text, color = row_title(model.method, None, preds[i], None if targets is None else int(targets[i]), names,
-                                fig.get_figwidth())
-        subs[i].suptitle(text, fontsize=9, color=color)
-    draw_footer(footer, true_box=gt_boxes is not None)
-    return fig

@@ -1,4 +1,5 @@
-"""Figures: every map kind for a batch, CLS attention per layer and head, and the most confused classes.
+"""Figures: every map kind for a batch, CLS attention per layer and head, the most confused classes, and the
+selection of a method that crops (image and box, selection map, the crop it re-encodes).
 
 Every function returns a matplotlib Figure (save it with ``fig.savefig(path)``); none only shows it.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "plot_confused_pair",
     "plot_layer_heads",
     "plot_maps",
+    "plot_selection",
     "pretty_name",
     "resolve_stats",
     "rows_figure",
@@ -385,4 +387,65 @@ def plot_confused_pair(
                 ax.axis("off")
         subs[row].suptitle(join_parts([label], max(30, int(width * 72 / (9 * 0.55)))), fontsize=9,
                            color="#b00000" if row == 0 else "black")
+    return fig
+
+
+@torch.no_grad()
+def plot_selection(
+    model: FGVCModel,
+    images: Tensor,
+    *,
+    targets: Sequence[int] | None = None,
+    gt_boxes: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Any:
+    """One row per image: the image with boxes, the selection map, the crop the model re-encodes.
+
+    images: (B, 3, H, W) normalized as the model expects. gt_boxes: (B, 4) in input pixels (the true box,
+    green, on the image and the map); the model's selected box is drawn in blue. Each row is titled with the
+    prediction, the truth and whether it is right. Works for any model whose output has ``similarity`` and
+    ``boxes``.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = model(images.to(device))
+    model.train(was_training)
+    if out.similarity is None or out.boxes is None:
+        raise ValueError(f"{model.method} outputs no selection map / boxes to plot")
+    cfg = model.data_config
+    mean = cfg["mean"] if mean is None else mean
+    std = cfg["std"] if std is None else std
+    shown = denormalize(images.cpu(), mean, std)
+    boxes = out.boxes.cpu()
+    crops = denormalize(crop_and_resize(images.cpu(), boxes), mean, std)
+    preds = out.logits.argmax(1).tolist()
+    names = class_names or model.class_names
+    h, w = images.shape[-2:]
+
+    b = len(images)
+    fig, subs, axes, footer = rows_figure(b, 3, h / w, panel=2.4)
+    for i in range(b):
+        ax_img, ax_map, ax_crop = axes[i]
+        gt = None if gt_boxes is None else gt_boxes[i]
+        ax_img.imshow(shown[i])
+        if gt is not None:
+            draw_box(ax_img, gt, TRUE_COLOR)
+        draw_box(ax_img, boxes[i], MODEL_COLOR)
+        overlay_map(shown[i], out.similarity[i].float().cpu(), ax=ax_map, input_size=(h, w), true_box=gt,
+                    model_box=boxes[i], colorbar=False)
+        ax_crop.imshow(crops[i])
+        if i == 0:
+            ax_img.set_title("image", fontsize=8)
+            ax_map.set_title("CLS-patch similarity", fontsize=8)
+            ax_crop.set_title("crop (re-encoded)", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        text, color = row_title(model.method, None, preds[i], None if targets is None else int(targets[i]), names,
+                                fig.get_figwidth())
+        subs[i].suptitle(text, fontsize=9, color=color)
+    draw_footer(footer, true_box=gt_boxes is not None)
     return fig
