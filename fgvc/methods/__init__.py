@@ -10,6 +10,7 @@ from .base import (
     model_class,
     model_options,
     register_model,
+    unregister_model,
 )
 from .dcal import DCAL
 from .explain import Explanation, GridMap, MapInfo, SelectionStep
@@ -23,5 +24,5 @@ SHIPPED_METHODS = ("vit", "glsim", "dcal", "transfg")
 __all__ = [
     "BASELINE", "DCAL", "Explanation", "FGVCModel", "GLSim", "GridMap", "MapInfo", "ModelOutput", "SHIPPED_METHODS",
     "SelectionStep", "TransFG", "ViT", "create_model", "list_models", "model_class", "model_options",
-    "register_model",
+    "register_model", "unregister_model",
 ]

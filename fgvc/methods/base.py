@@ -34,7 +34,7 @@ from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base
 
 __all__ = [
     "BASELINE", "FGVCModel", "ModelOutput", "create_model", "list_models", "model_class", "model_options",
-    "register_model",
+    "register_model", "unregister_model",
 ]
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
@@ -240,6 +240,13 @@ def register_model(name: str) -> Callable[[type[FGVCModel]], type[FGVCModel]]:
         return cls
 
     return wrap
+
+
+def unregister_model(name: str) -> None:
+    """Remove a method from the registry (a test's or a notebook's own method, before it is defined again)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model {name!r} is not registered")
+    del _REGISTRY[name]
 
 
 def list_models() -> list[str]:
