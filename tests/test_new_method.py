@@ -44,7 +44,7 @@ class MeanPool(FGVCModel):
 
     def forward(self, x):
         bb = self.backbone
-        patches = bb(x).tokens[:, bb.num_prefix_tokens :]  # (B, N, D)
+        patches = bb(x).patches  # (B, N, D) after the final norm
         feature = patches.mean(1) if self.pooling == "mean" else patches.amax(1)  # (B, D)
         similarity = F.cosine_similarity(feature[:, None], patches, dim=-1).reshape(-1, *bb.grid_size)
         return ModelOutput(logits=self.head(feature), embedding=feature, similarity=similarity)
@@ -55,7 +55,7 @@ class MeanPool(FGVCModel):
         return explanation
 
     def selection_steps(self, tokens, attentions):
-        patches = tokens[:, self.backbone.num_prefix_tokens :]
+        _, patches = self.backbone.split_tokens(tokens)  # (B, N, D)
         return [SelectionStep("similarity to the pool", lambda: F.cosine_similarity(patches.mean(1, True), patches, -1))]
 
 

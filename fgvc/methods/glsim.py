@@ -309,8 +309,6 @@ class GLSim(FGVCModel):
         return explanation
 
     def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
-        """The CLS-patch similarity of the final-norm tokens, its top-k and their box."""
-        bb = self.backbone
-        prefix, grid, k = bb.num_prefix_tokens, bb.grid_size, self.top_k
-        return [SelectionStep(f"similarity + top-{k} + box", lambda: select_box(
-            cls_patch_similarity(tokens, prefix, grid), k, bb.patch_size, bb.img_size))]
+        """``select`` as the forward runs it: the CLS-patch similarity of the final-norm tokens, its top-k and
+        their box."""
+        return [SelectionStep(f"similarity + top-{self.top_k} + box", lambda: self.select(tokens))]
