@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data.contract import classes_of, input_boxes_of
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
-from .layers.geometry import PatchGrid
+from .layers.geometry import PatchGrid, box_iou_pairs
 from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
@@ -151,17 +151,6 @@ class EvalResult:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         return path
-
-
-def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of matching rows of two (N, 4) box tensors (x0, y0, x1, y1), exclusive ends. Returns (N,)."""
-    a, b = a.float(), b.float()
-    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a + area_b - inter).clamp(min=1e-12)
 
 
 def pointing_game(

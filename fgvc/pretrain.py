@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from .backbone import ViTBackbone
 from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
 from .io import cpu_tensors, write_safetensors
+from .layers.geometry import PatchGrid, box_iou_pairs
 from .train import reproducible
 from .weights import SHIPPED_BACKBONES
 
@@ -101,12 +102,7 @@ class PretrainSettings:
 
 def detail_coverage(boxes: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
     """Share of each patch covered by each box: boxes (B, 4) pixels (x0, y0, x1, y1) -> (B, rows, cols)."""
-    rows, cols = grid
-    start_y = torch.arange(rows, dtype=boxes.dtype) * patch  # (rows,)
-    start_x = torch.arange(cols, dtype=boxes.dtype) * patch
-    oy = (torch.minimum(boxes[:, 3:4], start_y + patch) - torch.maximum(boxes[:, 1:2], start_y)).clamp(min=0)
-    ox = (torch.minimum(boxes[:, 2:3], start_x + patch) - torch.maximum(boxes[:, 0:1], start_x)).clamp(min=0)
-    return oy[:, :, None] * ox[:, None, :] / patch**2  # (B, rows, cols)
+    return PatchGrid(*grid, (patch, patch)).coverage(boxes)
 
 
 def grow_boxes(boxes: Tensor, min_side: float, img_size: tuple[int, int]) -> Tensor:
@@ -226,7 +222,6 @@ class _Pretrainer(nn.Module):
 @torch.no_grad()
 def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[str, float]:
     """Per detail size: CLS top-1, and the pointing game of GLSim's similarity (peak inside the box)."""
-    from .evaluate import box_iou_pairs
 
     model.eval()
     out: dict[str, float] = {}

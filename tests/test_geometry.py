@@ -47,6 +47,8 @@ def test_cells_inside_a_box_are_the_cells_the_box_was_made_of():
     box = grid.top_box(one_hot(4, 6, [(1, 1), (2, 3)]), 2)
     inside = grid.cells_inside(box)[0]
     assert inside.nonzero().tolist() == [[r, c] for r in (1, 2) for c in (1, 2, 3)]
+    assert torch.equal(grid.coverage(box)[0] == 1, inside)  # wholly covered; the others not at all
+    assert grid.coverage(torch.tensor([[4, 0, 8, 8]]))[0, 0, 0] == 0.5  # half of the first patch
     with pytest.raises(ValueError, match="non-overlapping"):
         PatchGrid(3, 5, (16, 16), stride=(8, 8)).cells_inside(box)
 

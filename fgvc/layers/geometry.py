@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PatchGrid", "crop_and_resize"]
+__all__ = ["PatchGrid", "box_iou_pairs", "crop_and_resize"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,15 @@ class PatchGrid:
         x0, y0, x1, y1 = (boxes[:, i].view(b, 1, 1) for i in range(4))
         return (r >= y0 // ph) & (r < y1 // ph) & (c >= x0 // pw) & (c < x1 // pw)
 
+    def coverage(self, boxes: Tensor) -> Tensor:
+        """Share of each patch that each pixel box covers: (B, 4) boxes -> (B, rows, cols) in [0, 1]."""
+        (ph, pw), (sh, sw) = self.patch_size, self.stride
+        start_y = torch.arange(self.rows, dtype=boxes.dtype) * sh  # (rows,)
+        start_x = torch.arange(self.cols, dtype=boxes.dtype) * sw
+        oy = (torch.minimum(boxes[:, 3:4], start_y + ph) - torch.maximum(boxes[:, 1:2], start_y)).clamp(min=0)
+        ox = (torch.minimum(boxes[:, 2:3], start_x + pw) - torch.maximum(boxes[:, 0:1], start_x)).clamp(min=0)
+        return oy[:, :, None] * ox[:, None, :] / (ph * pw)  # (B, rows, cols)
+
     def extent(self, shown_size: Sequence[float] | None = None) -> tuple[float, float, float, float]:
         """imshow ``extent`` (left, right, bottom, top) that puts a (rows, cols) map on the input image exactly.
 
@@ -141,6 +150,17 @@ class PatchGrid:
         left, right = (pw - sw) / 2, (self.cols - 1) * sw + (pw + sw) / 2
         top, bottom = (ph - sh) / 2, (self.rows - 1) * sh + (ph + sh) / 2
         return (left * fx - 0.5, right * fx - 0.5, bottom * fy - 0.5, top * fy - 0.5)
+
+
+def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matching rows of two (N, 4) pixel box tensors (x0, y0, x1, y1), exclusive ends. Returns (N,)."""
+    a, b = a.float(), b.float()
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
 
 
 def crop_and_resize(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
