@@ -161,6 +161,7 @@ class RunLog:
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
+        """One record (``kind``: step or epoch, ``step``, scalars) as a line, stamped with the time."""
         if self.file is None:
             return
         self.file.write(json.dumps(dict(record, time=time.time())) + "\n")

@@ -59,6 +59,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Batches of ``epoch`` from now on, leaving out its first ``skip`` (done before a resume)."""
         self.epoch, self.skip = epoch, skip
         self.sampler.set_epoch(epoch)
 
