@@ -16,7 +16,7 @@ Files in ``out_dir`` (written by rank 0 only):
 
 Determinism: the order of the training images is a function of (seed, epoch) (``DistributedSampler``), and
 each image's augmentation randomness a function of (seed, epoch, index), whatever ``num_workers``. The
-training RNG (dropout, drop-path, DCAL's pairing) is seeded with ``seed + rank`` and saved with every
+training RNG (dropout, drop-path, a method's own sampling) is seeded with ``seed + rank`` and saved with every
 checkpoint, so a resumed run continues exactly where the saved one was: on the CPU the weights after resume
 equal those of an uninterrupted run bit for bit (tested). On GPUs bitwise equality additionally needs
 deterministic kernels (``torch.use_deterministic_algorithms``), which fit does not switch on.
