@@ -29,7 +29,7 @@ from torch import nn
 
 from .checkpoint import load_model, read_metadata, save_model
 from .io import cpu_tensors
-from .methods.base import FGVCModel
+from .methods.base import BASELINE, FGVCModel
 from .version import __version__
 
 __all__ = ["WEIGHTS_NAME", "checkpoint_card_info", "export_timm", "from_pretrained", "model_card", "push_to_hub", "save_pretrained"]
@@ -216,7 +216,7 @@ def export_timm(model: FGVCModel, path: str | os.PathLike) -> tuple[Path, str]:
     state = cpu_tensors(net.state_dict())
     head = getattr(model, "head", None)
     classifier = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"  # "fc" for ResNets
-    with_head = model.method == "vit" and isinstance(head, nn.Linear)
+    with_head = model.method == BASELINE and isinstance(head, nn.Linear)  # the baseline's head is timm's classifier
     if with_head:
         state[f"{classifier}.weight"] = head.weight.detach().contiguous().cpu().clone()
         state[f"{classifier}.bias"] = head.bias.detach().contiguous().cpu().clone()
