@@ -134,6 +134,9 @@ def backbone_attention(
     (``ViTBackbone.global_token``). Returns (per block a ``GridMap`` with heads, the rollout ``GridMap``).
     """
     bb = backbone
+    if not hasattr(bb, "record_attention"):
+        raise ValueError(f"attention maps need a ViT backbone (patch tokens and attention); this model's is a "
+                         f"{type(bb).__name__}")
     blocks = list(bb.blocks) if blocks is None else list(blocks)
     prefix, grid = bb.num_prefix_tokens, bb.grid_size
     attention, head_means = [], []
