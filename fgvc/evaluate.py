@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,73 +211,101 @@ def evaluate(
     start, stop = _shard(len(data), batch_size) if sharded else (0, len(data))
     shard = Subset(data, range(start, stop)) if sharded else data
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    gt_boxes = input_boxes_of(data)
-    h, w = model.img_size
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    logits_all, targets_all, ious, embeddings = [], [], [], []
-    hits: list[Tensor] = []  # pointing game, per batch (B,) bool
-    batch_losses: list[float] = []  # per batch: mean loss x batch size
-    seen = start  # index in ``data`` of the next image
-    for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        images, targets = images.to(device), targets.to(device)
-        out = tta_forward(model, images, tta)
-        check_labels(targets, out.logits.shape[1])
-        batch_losses.append(model.loss(out, targets).item() * len(targets))
-        logits_all.append(out.logits.float().cpu())
-        targets_all.append(targets.cpu())
-        if retrieval:
-            if out.embedding is None:
-                raise ValueError(f"{type(model).__name__} outputs no embedding: retrieval metrics need one")
-            embeddings.append(out.embedding.float().cpu())
-        if gt_boxes is not None and out.boxes is not None:
-            gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
-            ious.append(box_iou_pairs(out.boxes.cpu(), gt))
-        if gt_boxes is not None and out.similarity is not None:
-            gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
-            bb = model.backbone
-            hits.append(pointing_game(out.similarity.cpu(), gt, bb.patch_size, bb.patch_stride))
-        seen += len(targets)
-    model.train(was_training)
-    if sharded:  # gather the shards, in rank order = data order
-        parts = all_gather_objects((logits_all, targets_all, ious, embeddings, hits, batch_losses))
-        logits_all, targets_all, ious, embeddings, hits, batch_losses = (
-            [x for part in parts for x in part[i]] for i in range(6)
-        )
-    seen = sum(len(t) for t in targets_all)
-    loss_sum = sum(batch_losses)  # summed in batch order, as a single process does
-    if seen == 0:
-        raise ValueError("evaluate() got an empty dataset")
+    batches = tqdm(loader, desc="evaluate", leave=False, disable=not progress)
+    try:
+        seen = _Collected.run(model, batches, input_boxes_of(data), start, device, tta, retrieval)
+    finally:
+        model.train(was_training)
+    if sharded:
+        seen = seen.gathered()
+    return seen.result(retrieval=retrieval, tta=tta, class_names=lambda n: _class_names(model, data, n))
 
-    logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+
+@dataclass
+class _Collected:
+    """What ``evaluate`` keeps per batch, in data order (lists of per-batch tensors)."""
+
+    logits: list[Tensor] = field(default_factory=list)  # (B, C) float
+    targets: list[Tensor] = field(default_factory=list)  # (B,)
+    ious: list[Tensor] = field(default_factory=list)  # (B,) crop box vs true box
+    embeddings: list[Tensor] = field(default_factory=list)  # (B, D)
+    hits: list[Tensor] = field(default_factory=list)  # (B,) bool: the map's peak inside the true box
+    losses: list[float] = field(default_factory=list)  # mean loss x batch size
+
+    @classmethod
+    def run(cls, model: FGVCModel, batches: Any, gt_boxes: Any, start: int, device: torch.device,
+            tta: str | None, retrieval: bool) -> _Collected:
+        """Forward every batch (images ``start``.. of the data) and keep what the metrics need."""
+        out_all = cls()
+        h, w = model.img_size
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)  # input-frame fractions -> pixels
+        seen = start  # index in the data of the batch's first image
+        for images, targets in batches:
+            images, targets = images.to(device), targets.to(device)
+            out = tta_forward(model, images, tta)
+            check_labels(targets, out.logits.shape[1])
+            out_all.losses.append(model.loss(out, targets).item() * len(targets))
+            out_all.logits.append(out.logits.float().cpu())
+            out_all.targets.append(targets.cpu())
+            if retrieval:
+                if out.embedding is None:
+                    raise ValueError(f"{type(model).__name__} outputs no embedding: retrieval metrics need one")
+                out_all.embeddings.append(out.embedding.float().cpu())
+            if gt_boxes is not None:
+                gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
+                if out.boxes is not None:
+                    out_all.ious.append(box_iou_pairs(out.boxes.cpu(), gt))
+                if out.similarity is not None:
+                    bb = model.backbone
+                    out_all.hits.append(pointing_game(out.similarity.cpu(), gt, bb.patch_size, bb.patch_stride))
+            seen += len(targets)
+        return out_all
+
+    def gathered(self) -> _Collected:
+        """Every rank's batches, in rank order (= data order)."""
+        parts = all_gather_objects(tuple(getattr(self, f.name) for f in fields(self)))
+        return _Collected(*([x for part in parts for x in part[i]] for i in range(len(fields(self)))))
+
+    def result(self, *, retrieval: bool, tta: str | None, class_names: Any) -> EvalResult:
+        """The metrics over every collected image."""
+        seen = sum(len(t) for t in self.targets)
+        if seen == 0:
+            raise ValueError("evaluate() got an empty dataset")
+        logits, targets = torch.cat(self.logits), torch.cat(self.targets)
+        _check_finite_logits(logits)
+        num_classes = logits.shape[1]
+        preds = logits.argmax(1)
+        top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)
+        cm = sk_confusion_matrix(targets.numpy(), preds.numpy(), labels=np.arange(num_classes))
+        support = cm.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
+        return EvalResult(
+            top1=100.0 * preds.eq(targets).float().mean().item(),
+            top5=100.0 * top5.float().mean().item(),
+            loss=sum(self.losses) / seen,  # summed in batch order, as a single process does
+            num_samples=seen,
+            per_class_accuracy=per_class,
+            confusion_matrix=cm,
+            predictions=preds.numpy(),
+            targets=targets.numpy(),
+            mean_iou=torch.cat(self.ious).mean().item() if self.ious else None,
+            pointing_game=100.0 * torch.cat(self.hits).float().mean().item() if self.hits else None,
+            retrieval=retrieval_metrics(torch.cat(self.embeddings), targets) if retrieval else None,
+            tta=tta,
+            class_names=class_names(num_classes),
+        )
+
+
+def _check_finite_logits(logits: Tensor) -> None:
+    """argmax of NaN is class 0: the accuracy would be silently meaningless, so stop and say where."""
     finite = torch.isfinite(logits).all(1)
-    if not bool(finite.all()):  # argmax of NaN is class 0: the accuracy would be silently meaningless
+    if not bool(finite.all()):
         first = int((~finite).nonzero()[0])
         raise FloatingPointError(
             f"the model's output is not finite (NaN or inf) for {int((~finite).sum())} of {len(finite)} images, "
             f"the first at index {first} of the data: NaN in the images, or weights that are corrupt or diverged"
         )
-    num_classes = logits.shape[1]
-    preds = logits.argmax(1)
-    top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)
-    cm = sk_confusion_matrix(targets.numpy(), preds.numpy(), labels=np.arange(num_classes))
-    support = cm.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
-    return EvalResult(
-        top1=100.0 * preds.eq(targets).float().mean().item(),
-        top5=100.0 * top5.float().mean().item(),
-        loss=loss_sum / seen,
-        num_samples=seen,
-        per_class_accuracy=per_class,
-        confusion_matrix=cm,
-        predictions=preds.numpy(),
-        targets=targets.numpy(),
-        mean_iou=torch.cat(ious).mean().item() if ious else None,
-        pointing_game=100.0 * torch.cat(hits).float().mean().item() if hits else None,
-        retrieval=retrieval_metrics(torch.cat(embeddings), targets) if retrieval else None,
-        tta=tta,
-        class_names=_class_names(model, data, num_classes),
-    )
 
 
 def _class_names(model: FGVCModel, data: Any, num_classes: int) -> list[str] | None:
