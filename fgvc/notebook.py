@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "Evaluated",
     "LAPTOP",
+    "StandIns",
     "evaluate_checkpoints",
     "examples",
     "laptop_overrides",
@@ -150,50 +151,78 @@ def evaluate_checkpoints(
     return out
 
 
-def quick_stand_ins(
-    methods: Sequence[str], *, smoke: bool = False, epochs: int | None = None, device: str | None = None
-) -> Evaluated:
-    """Small from-scratch models, one per method, trained briefly on the real CUB subset (a class subset) or,
-    without it, on synthetic data, and evaluated on its test split: they show the tools, not the methods."""
-    from . import create_model, evaluate, fit
-    from .data import (
-        build_dataset,
-        build_transforms,
-        classes_of,
-        cub_subset,
-        subset_classes,
-        synthetic_splits,
-        train_val_split,
-    )
-    from .methods.base import BASELINE, model_class
+class StandIns:
+    """Small from-scratch models trained one method at a time (one notebook cell each, so that no cell runs
+    long) on the real CUB subset (a class subset) or, without it, on synthetic data, and evaluated on its test
+    split: they show the tools, not the methods. ``runs`` collects them as ``evaluate_checkpoints`` does.
 
-    size, classes = (64, 5) if smoke else (112, 20)
-    epochs = epochs if epochs is not None else (1 if smoke else 15)
-    subset = cub_subset()
-    if subset is not None:
-        label = f"cub-subset ({classes} classes, from scratch)"
+        stand_ins = StandIns()      # picks the data and prints which
+        stand_ins.train("vit")      # trains, evaluates, adds to stand_ins.runs
+    """
+
+    def __init__(self, *, smoke: bool = False, epochs: int | None = None, device: str | None = None) -> None:
+        from .data import synthetic_splits
+
+        self.size, self.num_classes = (64, 5) if smoke else (112, 20)
+        self.epochs = epochs if epochs is not None else (1 if smoke else 8)
+        self.depth = 2 if smoke else 6
+        self.smoke, self.device = smoke, device
+        split = self._cub_subset_split()
+        if split is None:
+            label = f"synthetic ({self.num_classes} classes, from scratch)"
+            splits = synthetic_splits(num_classes=self.num_classes, image_size=self.size,
+                                      train=200 if smoke else 3000, val=50 if smoke else 500,
+                                      test=100 if smoke else 1000)
+            split = label, splits["train"], splits["val"], splits["test"]
+        self.label, self.train_data, self.val_data, test = split
+        self.runs = Evaluated(tests={self.label: test})
+        print(f"Stand-ins on {self.label}: {self.epochs} epoch(s) each, a {self.depth}-block ViT-Tiny at "
+              f"{self.size} px, trained from scratch.")
+
+    def _cub_subset_split(self) -> tuple[str, Any, Any, Any] | None:
+        from . import create_model
+        from .data import build_dataset, build_transforms, cub_subset, subset_classes, train_val_split
+        from .methods.base import BASELINE
+
+        subset = cub_subset()
+        if subset is None:
+            return None
+        size, classes = self.size, self.num_classes
         probe = create_model(BASELINE, num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
         train_tf = build_transforms(probe, train=True, img_size=size, resize=round(size * 1.15))
         test_tf = build_transforms(probe, train=False, img_size=size, resize=round(size * 1.15))
         train = subset_classes(build_dataset("cub", subset, "train"), classes)
         train, val = train_val_split(train, 0.1, train_transform=train_tf, val_transform=test_tf)
         test = subset_classes(build_dataset("cub", subset, "test", test_tf), classes)
-    else:
-        label = f"synthetic ({classes} classes, from scratch)"
-        splits = synthetic_splits(num_classes=classes, image_size=size, train=200 if smoke else 3000,
-                                  val=50 if smoke else 500, test=100 if smoke else 1000)
-        train, val, test = splits["train"], splits["val"], splits["test"]
-    print(f"Quick stand-ins on {label}: {', '.join(methods)}, {epochs} epoch(s) each.")
-    out = Evaluated(tests={label: test})
-    for method in methods:
-        model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
-                             backbone_kwargs=dict(depth=2 if smoke else 6), **model_class(method).small_input_options)
+        return f"cub-subset ({classes} classes, from scratch)", train, val, test
+
+    def train(self, method: str) -> Any:
+        """Train and evaluate the stand-in for ``method``; returns its ``EvalResult`` (also kept in ``runs``)."""
+        from . import create_model, evaluate, fit
+        from .data import classes_of
+        from .methods.base import model_class
+
+        test = self.runs.tests[self.label]
+        model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=self.num_classes,
+                             img_size=self.size, backbone_kwargs=dict(depth=self.depth),
+                             **model_class(method).small_input_options)
         if classes_of(test):
             model.class_names = list(test.classes)
-        fit(model, train, val, epochs=epochs, batch_size=32, lr=1e-3, device=device, progress=not smoke)
-        out.results[(label, method)] = evaluate(model, test, retrieval=True)
-        out.models[(label, method)] = model
-    return out
+        fit(model, self.train_data, self.val_data, epochs=self.epochs, batch_size=32, lr=1e-3, device=self.device,
+            progress=not self.smoke)
+        result = self.runs.results[(self.label, method)] = evaluate(model, test, retrieval=True)
+        self.runs.models[(self.label, method)] = model
+        return result
+
+
+def quick_stand_ins(
+    methods: Sequence[str], *, smoke: bool = False, epochs: int | None = None, device: str | None = None
+) -> Evaluated:
+    """``StandIns`` for every method of ``methods``, trained in turn (in one call)."""
+    stand_ins = StandIns(smoke=smoke, epochs=epochs, device=device)
+    for method in methods:
+        stand_ins.train(method)
+    return stand_ins.runs
 
 
 def examples(test: Any, n: int = 3, *, start: int = 0) -> dict[str, Any]:
