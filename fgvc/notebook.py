@@ -77,8 +77,8 @@ def recipe_for_here(
         note = f"Data: {what} at {root}: a from-scratch sanity run on a class subset, not a reproduction."
     else:
         overrides = dict(quick, **{"data.dataset": "synthetic", "data.resize": None,
-                                   "data.options": {"num_classes": 5, "train": 200 if smoke else 3000,
-                                                    "val": 50 if smoke else 500, "test": 100 if smoke else 1000}})
+                                   "data.options": {"num_classes": 5, "train": 200 if smoke else 600,
+                                                    "val": 50 if smoke else 100, "test": 100 if smoke else 500}})
         note = "Data: no CUB folder found, so the built-in synthetic fine-grained dataset (see data/README.md)."
     lines = [note] + [f"  {key} = {value}" for key, value in overrides.items()]
     return load_recipe(name, overrides), "\n".join(lines)
@@ -171,8 +171,8 @@ class StandIns:
         if split is None:
             label = f"synthetic ({self.num_classes} classes, from scratch)"
             splits = synthetic_splits(num_classes=self.num_classes, image_size=self.size,
-                                      train=200 if smoke else 3000, val=50 if smoke else 500,
-                                      test=100 if smoke else 1000)
+                                      train=200 if smoke else 600, val=50 if smoke else 100,
+                                      test=100 if smoke else 500)  # about the CUB subset's size
             split = label, splits["train"], splits["val"], splits["test"]
         self.label, self.train_data, self.val_data, test = split
         self.runs = Evaluated(tests={self.label: test})
