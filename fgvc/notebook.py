@@ -10,6 +10,7 @@ evaluation on the matching test split, and quick stand-in models when there is n
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,29 @@ def recipe_for_here(
         what = "the official CUB-200-2011" if official is not None else "the real 100-species CUB subset"
         note = f"Data: {what} at {root}: a from-scratch sanity run on a class subset, not a reproduction."
     else:
-        overrides = dict(quick, **{"data.dataset": "synthetic", "data.resize": None,
-                                   "data.options": {"num_classes": 5, "train": 200 if smoke else 600,
-                                                    "val": 50 if smoke else 100, "test": 100 if smoke else 500}})
-        note = "Data: no CUB folder found, so the built-in synthetic fine-grained dataset (see data/README.md)."
+        overrides = _synthetic_overrides(smoke)
+        note = ("Data: no CUB folder found, so the built-in synthetic fine-grained dataset (see data/README.md), "
+                "fine-tuned from the shipped backbone with fgvc demo's settings.")
     lines = [note] + [f"  {key} = {value}" for key, value in overrides.items()]
     return load_recipe(name, overrides), "\n".join(lines)
+
+
+def _synthetic_overrides(smoke: bool) -> dict[str, Any]:
+    """Recipe overrides that fine-tune from the shipped synthetic backbone on synthetic data, with
+    ``fgvc.demo.FULL``'s model, schedule and data (``smoke``: a few images, one epoch)."""
+    from .demo import FULL as run
+
+    return {
+        "model.backbone": run.backbone, "model.pretrained": run.pretrained, "model.img_size": run.img_size,
+        "model.drop_path_rate": 0.0, "model.backbone_kwargs": {},  # the shipped weights' own mean and std
+        "train.epochs": 1 if smoke else run.epochs, "train.batch_size": run.batch_size,
+        "train.optimizer": "adamw", "train.lr": run.lr, "train.weight_decay": run.weight_decay,
+        "train.warmup_steps": None, "train.lr_base_batch_size": None, "train.steps": None,
+        "data.dataset": "synthetic", "data.resize": None,
+        "data.options": {"num_classes": run.num_classes, "train": 64 if smoke else run.train,
+                         "val": 32 if smoke else run.val, "test": 32 if smoke else run.test,
+                         "detail_fraction": run.detail_fraction, "num_distractors": run.num_distractors},
+    }
 
 
 def parse_checkpoints(spec: str | Mapping[str, Any] | None) -> dict[tuple[str, str], Path]:
@@ -152,34 +170,27 @@ def evaluate_checkpoints(
 
 
 class StandIns:
-    """Small from-scratch models trained one method at a time (one notebook cell each, so that no cell runs
-    long) on the real CUB subset (a class subset) or, without it, on synthetic data, and evaluated on its test
-    split: they show the tools, not the methods. ``runs`` collects them as ``evaluate_checkpoints`` does.
+    """Small models trained one method at a time (one notebook cell each, so that no cell runs long) when there
+    is no checkpoint to evaluate, and evaluated on their test split; ``runs`` collects them as
+    ``evaluate_checkpoints`` does.
+
+    On the real CUB subset (a class subset): from scratch, a few epochs, so they show the tools, not the
+    methods. Without it, on synthetic data: fine-tuned from the shipped backbone with ``fgvc demo``'s settings,
+    so their maps show learned behaviour.
 
         stand_ins = StandIns()      # picks the data and prints which
         stand_ins.train("vit")      # trains, evaluates, adds to stand_ins.runs
     """
 
     def __init__(self, *, smoke: bool = False, epochs: int | None = None, device: str | None = None) -> None:
-        from .data import synthetic_splits
-
-        self.size, self.num_classes = (64, 5) if smoke else (112, 20)
-        self.epochs = epochs if epochs is not None else (1 if smoke else 8)
-        self.depth = 2 if smoke else 6
         self.smoke, self.device = smoke, device
-        split = self._cub_subset_split()
-        if split is None:
-            label = f"synthetic ({self.num_classes} classes, from scratch)"
-            splits = synthetic_splits(num_classes=self.num_classes, image_size=self.size,
-                                      train=200 if smoke else 600, val=50 if smoke else 100,
-                                      test=100 if smoke else 500)  # about the CUB subset's size
-            split = label, splits["train"], splits["val"], splits["test"]
+        split = self._cub_subset(epochs) or self._synthetic(epochs)
         self.label, self.train_data, self.val_data, test = split
         self.runs = Evaluated(tests={self.label: test})
-        print(f"Stand-ins on {self.label}: {self.epochs} epoch(s) each, a {self.depth}-block ViT-Tiny at "
-              f"{self.size} px, trained from scratch.")
+        print(f"Stand-ins on {self.label}: {self.fit_options['epochs']} epoch(s) each, "
+              f"{self.model_options['img_size']} px.")
 
-    def _cub_subset_split(self) -> tuple[str, Any, Any, Any] | None:
+    def _cub_subset(self, epochs: int | None) -> tuple[str, Any, Any, Any] | None:
         from . import create_model
         from .data import build_dataset, build_transforms, cub_subset, subset_classes, train_val_split
         from .methods.base import BASELINE
@@ -187,8 +198,11 @@ class StandIns:
         subset = cub_subset()
         if subset is None:
             return None
-        size, classes = self.size, self.num_classes
-        probe = create_model(BASELINE, num_classes=classes, img_size=size, backbone="vit_tiny_patch16_224")
+        size, classes = (64, 5) if self.smoke else (112, 20)
+        self.model_options = dict(backbone="vit_tiny_patch16_224", num_classes=classes, img_size=size,
+                                  backbone_kwargs=dict(depth=2 if self.smoke else 6))
+        self.fit_options = dict(epochs=epochs or (1 if self.smoke else 8), batch_size=32, lr=1e-3)
+        probe = create_model(BASELINE, **self.model_options)
         train_tf = build_transforms(probe, train=True, img_size=size, resize=round(size * 1.15))
         test_tf = build_transforms(probe, train=False, img_size=size, resize=round(size * 1.15))
         train = subset_classes(build_dataset("cub", subset, "train"), classes)
@@ -196,20 +210,42 @@ class StandIns:
         test = subset_classes(build_dataset("cub", subset, "test", test_tf), classes)
         return f"cub-subset ({classes} classes, from scratch)", train, val, test
 
+    def _synthetic(self, epochs: int | None) -> tuple[str, Any, Any, Any]:
+        from dataclasses import replace
+
+        from .data import synthetic_splits
+        from .demo import FULL
+
+        run = replace(FULL, train=64, val=32, test=32, epochs=1) if self.smoke else FULL
+        self.model_options = dict(backbone=run.backbone, pretrained=run.pretrained, num_classes=run.num_classes,
+                                  img_size=run.img_size)
+        self.fit_options = dict(epochs=epochs or run.epochs, batch_size=run.batch_size, lr=run.lr,
+                                weight_decay=run.weight_decay, seed=run.seed)
+        data = synthetic_splits(num_classes=run.num_classes, image_size=run.img_size, train=run.train,
+                                val=run.val, test=run.test, seed=run.seed, num_distractors=run.num_distractors,
+                                detail_fraction=run.detail_fraction)
+        label = f"synthetic ({run.num_classes} classes, fine-tuned from {run.backbone})"
+        return label, data["train"], data["val"], data["test"]
+
     def train(self, method: str) -> Any:
         """Train and evaluate the stand-in for ``method``; returns its ``EvalResult`` (also kept in ``runs``)."""
-        from . import create_model, evaluate, fit
+        from . import create_model, evaluate, fit, load_model
         from .data import classes_of
         from .methods.base import model_class
+        from .train import seed_everything
 
         test = self.runs.tests[self.label]
-        model = create_model(method, backbone="vit_tiny_patch16_224", num_classes=self.num_classes,
-                             img_size=self.size, backbone_kwargs=dict(depth=self.depth),
-                             **model_class(method).small_input_options)
+        seed_everything(self.fit_options.get("seed", 0))  # the same initialisation of the head on every run
+        options = dict(self.model_options)
+        if not options.get("pretrained"):
+            options.update(model_class(method).small_input_options)
+        model = create_model(method, **options)
+        with tempfile.TemporaryDirectory() as run_dir:  # the checkpoint chosen on validation, as fgvc demo does
+            fit(model, self.train_data, self.val_data, device=self.device, progress=not self.smoke,
+                out_dir=run_dir, **self.fit_options)
+            model = load_model(Path(run_dir) / "best.safetensors", device=self.device or "cpu")
         if classes_of(test):
             model.class_names = list(test.classes)
-        fit(model, self.train_data, self.val_data, epochs=self.epochs, batch_size=32, lr=1e-3, device=self.device,
-            progress=not self.smoke)
         result = self.runs.results[(self.label, method)] = evaluate(model, test, retrieval=True)
         self.runs.models[(self.label, method)] = model
         return result

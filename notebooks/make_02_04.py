@@ -29,7 +29,8 @@ Data, in order of preference (the notebook says which one it uses):
 
 1. the official CUB-200-2011 download in `CUB_ROOT` (see `data/README.md`): the recipe as published;
 2. the real 100-species CUB subset in `../shared/data` (cropped 227 px birds): a short from-scratch sanity run;
-3. the built-in synthetic fine-grained dataset: runs anywhere, no download.
+3. the built-in synthetic fine-grained dataset: runs anywhere, no download; fine-tuned from fgvc's shipped
+   backbone with `fgvc demo`'s settings.
 """),
     ("params", """
 # Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
@@ -64,11 +65,12 @@ print(yaml.safe_dump(fgvc.load_recipe(RECIPE), sort_keys=False))
 ## 2. The data, and what this run can claim
 
 With the official data the recipe runs as written (pretrained ImageNet-21k weights, the paper's resolution
-and schedule): that is a reproduction, meant for a GPU. Otherwise the notebook overrides a few values (a
-small class subset, a small ViT trained from scratch, a few epochs) so that it finishes on a laptop CPU;
+and schedule): that is a reproduction, meant for a GPU. On the CUB subset the notebook overrides a few values
+(a small class subset, a small ViT trained from scratch, a few epochs) so that it finishes on a laptop CPU;
 those numbers check the pipeline on real bird photos and are not comparable with the paper's. The small
 settings are `fgvc.notebook.LAPTOP`; the data is looked for by `fgvc.data.find_dataset` and
-`fgvc.data.cub_subset`.
+`fgvc.data.cub_subset`. On synthetic data the recipe's method is fine-tuned from the shipped backbone with
+`fgvc demo`'s settings (`fgvc.demo.FULL`), so its numbers and maps show learned behaviour.
 """),
     ("code", """
 recipe, note = recipe_for_here(RECIPE, CUB_ROOT, smoke=SMOKE)  # fgvc.notebook.LAPTOP holds the small settings
@@ -190,9 +192,9 @@ for name, root in roots.items():
 `fgvc.notebook.evaluate_checkpoints` does for each checkpoint what `fgvc eval` does: it rebuilds the model,
 reads the run's `config.yaml` for the test resize and the class subset, checks the dataset's classes against
 the checkpoint's, and evaluates. The test split it builds (the checkpoint's transform and classes) is kept for
-the figures below. When no checkpoint can be evaluated, small from-scratch stand-ins are trained briefly on the
-real CUB subset in `../shared/data` (or on synthetic data), clearly labelled: their numbers show the tools,
-not the methods.
+the figures below. When no checkpoint can be evaluated, small stand-ins are trained instead, clearly labelled:
+on the real CUB subset in `../shared/data`, from scratch (their numbers show the tools, not the methods), or
+without it on synthetic data, fine-tuned from the shipped backbone with `fgvc demo`'s settings.
 """),
     ("code", """
 runs = notebook.evaluate_checkpoints(CHECKPOINTS, roots, device=DEVICE)
@@ -203,7 +205,7 @@ if not runs.results:
     runs = stand_ins.runs
 """),
     ("md", """
-Without checkpoints, the next cells train one stand-in each (about two minutes each in full mode on a laptop
+Without checkpoints, the next cells train one stand-in each (under a minute each in full mode on a 2-core
 CPU); with checkpoints they do nothing.
 """),
     ("code", """
