@@ -34,7 +34,7 @@ from .checkpoint import load_model
 from .data import synthetic_splits
 from .evaluate import evaluate
 from .methods import SHIPPED_METHODS
-from .methods.base import create_model, list_models
+from .methods.base import create_model, list_models, method_variants, resolve_method
 from .train import fit, reproducible, seed_everything
 
 __all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "format_table", "run_demo", "summarize_seeds"]
@@ -69,7 +69,9 @@ class DemoSettings:
 
 FULL = DemoSettings()
 QUICK = replace(FULL, train=600, val=100, test=300, epochs=1)
-HARD = replace(FULL, detail_px=7)
+#: A 7 px detail: GLSim also with its compact-box variant (top-2 patches), since the default top-8 box of a
+#: detail one or two patches wide is mostly background and the crop is hardly magnified.
+HARD = replace(FULL, detail_px=7, methods=(*SHIPPED_METHODS[:2], "glsim_top2", *SHIPPED_METHODS[2:]))
 
 
 def run_demo(
@@ -85,16 +87,19 @@ def run_demo(
 ) -> list[dict[str, Any]]:
     """Fine-tune and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and a figure.
 
-    ``methods`` overrides the settings' methods (any of ``fgvc.list_models()``); ``seeds`` runs every method
+    ``methods`` overrides the settings' methods (any of ``fgvc.list_models()``, or a variant such as
+    ``glsim_top2``: ``fgvc.methods.base.method_variants()``); ``seeds`` runs every method
     once per seed (data and training both follow the seed) and adds a mean +- std table.
     """
     s = settings or (HARD if hard else FULL)
     if quick:
         s = replace(s, train=QUICK.train, val=QUICK.val, test=QUICK.test, epochs=QUICK.epochs)
     if methods is not None:
-        unknown = [m for m in methods if m not in list_models()]
+        variants = method_variants()  # named option sets of a method, e.g. ``glsim_top2``
+        unknown = [m for m in methods if m not in list_models() and m not in variants]
         if unknown or not methods:
-            raise ValueError(f"unknown demo methods {unknown}; available: {', '.join(list_models())}")
+            raise ValueError(f"unknown demo methods {unknown}; available: {', '.join(list_models())}; "
+                             f"variants: {', '.join(variants)}")
         s = replace(s, methods=tuple(methods))
     seeds = [s.seed] if seeds is None else [int(x) for x in seeds]
     out = Path(out_dir)
@@ -149,8 +154,10 @@ def _train_one(
     method: str, s: DemoSettings, data: dict[str, Any], out: Path, device: str | None, progress: bool
 ) -> tuple[dict[str, Any], Any]:
     seed_everything(s.seed)  # the new layers' initialisation does not depend on what ran before
+    registered, options = resolve_method(method)  # a variant is a method with named options
     model = create_model(
-        method, backbone=s.backbone, pretrained=s.pretrained, num_classes=s.num_classes, img_size=s.img_size
+        registered, backbone=s.backbone, pretrained=s.pretrained, num_classes=s.num_classes, img_size=s.img_size,
+        **options,
     )
     start = time.perf_counter()
     fit(

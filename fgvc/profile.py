@@ -59,7 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .backbone import ViTBackbone, to_2tuple
 from .memory import peak_memory_mib
 from .methods import SHIPPED_METHODS
-from .methods.base import BASELINE, FGVCModel, create_model, list_models, model_class
+from .methods.base import BASELINE, FGVCModel, create_model, list_models, method_variants
 from .precision import autocast_dtype
 
 __all__ = [
@@ -77,13 +77,6 @@ __all__ = [
 
 DEFAULT_METHODS = SHIPPED_METHODS
 TIMM = "timm"  # the label of timm's own model (reference for the plain ViT)
-
-
-def method_variants() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every registered method's named option sets (``FGVCModel.variants``): ``"<method>_<name>"`` ->
-    (method, options), e.g. an ablation or a cheaper mode measured beside the method itself."""
-    return {f"{method}_{name}": (method, dict(options))
-            for method in list_models() for name, options in model_class(method).variants.items()}
 
 
 #: The variants of the methods registered when fgvc is imported (``method_variants()``: also later ones).

@@ -70,3 +70,16 @@ def test_several_seeds_add_a_mean_and_std_table(tmp_path):
 def test_python_dash_m_fgvc_help():
     out = subprocess.run([sys.executable, "-m", "fgvc", "demo", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--quick" in out.stdout
+
+
+
+def test_the_hard_setting_adds_glsims_compact_box_variant(tmp_path):
+    from fgvc import load_model
+    from fgvc.methods.base import resolve_method
+
+    assert HARD.methods == ("vit", "glsim", "glsim_top2", "dcal", "transfg") and HARD.detail_px == 7
+    assert resolve_method("glsim_top2") == ("glsim", {"top_k": 2, "inclusive_box": True})
+    rows = run_demo(out_dir=tmp_path, settings=TINY, methods=["glsim_top2"], progress=False)
+    assert [r["method"] for r in rows] == ["glsim_top2"] and 0 <= rows[0]["crop_iou"] <= 1
+    model = load_model(tmp_path / "glsim_top2" / "best.safetensors")
+    assert (model.top_k, model.inclusive_box) == (2, True)

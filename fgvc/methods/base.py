@@ -254,6 +254,23 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def method_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every registered method's named option sets (``FGVCModel.variants``): ``"<method>_<name>"`` ->
+    (method, options), e.g. an ablation or a cheaper mode measured beside the method itself."""
+    return {f"{method}_{name}": (method, dict(options))
+            for method in list_models() for name, options in _REGISTRY[method].variants.items()}
+
+
+def resolve_method(name: str) -> tuple[str, dict[str, Any]]:
+    """A method or variant name -> (registered method, its options); unknown names raise with the choices."""
+    if name in _REGISTRY:
+        return name, {}
+    variants = method_variants()
+    if name in variants:
+        return variants[name]
+    raise ValueError(f"unknown method {name!r}; available: {', '.join(list_models())}, variants: {', '.join(variants)}")
+
+
 def model_class(method: str) -> type[FGVCModel]:
     """The class registered as ``method`` (its ``own_maps``, ``variants``, ... without building a model)."""
     return _check_method(method)

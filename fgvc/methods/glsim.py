@@ -190,6 +190,9 @@ class GLSim(FGVCModel):
         "nocrop": dict(crop_at_inference=False),  # no crop pass at inference
         "half": dict(crop_size=0.5),  # the crop re-encoded at half the size: a quarter of the tokens
         "tokens": dict(crop_mode="tokens"),  # the crop pass on the box's own tokens
+        # a compact box around the similarity peak, last row and column included (one or two cells would make
+        # an empty or one-patch-thin box with the official exclusive end): for details only a few patches wide
+        "top2": dict(top_k=2, inclusive_box=True),
     }
     small_input_options = {"top_k": 4}  # 4 of a small grid's cells
 
