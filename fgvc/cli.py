@@ -434,12 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--hard",
         action="store_true",
-        help="the fine-grained regime: a 7 px detail on 128 px images (default: 31 px)",
+        help="the fine-grained regime: a 7 px detail on 128 px images (default: 31 px); adds glsim_top2",
     )
     demo.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated methods to compare (default: {','.join(SHIPPED_METHODS)})",
+        help=f"comma-separated methods or variants such as glsim_top2 (default: {','.join(SHIPPED_METHODS)})",
     )
     demo.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)")
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")

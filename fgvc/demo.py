@@ -258,7 +258,7 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
         model.eval()
         maps = attention_maps(model, images)
         if maps.output.boxes is not None:
-            croppers.append(model.title)
+            croppers.append(method)  # the row's label: variants of one method stay apart
         selects = maps.output.similarity is not None  # GLSim's similarity, DCAL's rollout
         heat = maps.output.similarity if selects else maps.get("rollout")
         label = "CLS-patch similarity" if "similarity" in maps.kinds else "attention rollout"
@@ -278,7 +278,7 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
                 fontsize=7.5, color="green" if ok else "red",
             )
         axes[row, 0].set_ylabel(f"{method}\n{label}", fontsize=8)
-    boxes = f"; blue: {' / '.join(croppers)}'s crop box" if croppers else ""
+    boxes = f"; blue: the crop box of {', '.join(croppers)}" if croppers else ""
     fig.suptitle(f"Where each method looks (green: true detail{boxes})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     heat_colorbar(fig, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
