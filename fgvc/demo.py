@@ -66,6 +66,16 @@ class DemoSettings:
         """The generator's ``detail_fraction`` that gives a ``detail_px`` detail at ``img_size``."""
         return (self.detail_px**2 + 0.5) / self.img_size**2
 
+    def data_options(self) -> dict[str, Any]:
+        """``synthetic_splits``' arguments for these settings (also a recipe's ``data.options``)."""
+        return dict(num_classes=self.num_classes, image_size=self.img_size, train=self.train, val=self.val,
+                    test=self.test, seed=self.seed, num_distractors=self.num_distractors,
+                    detail_fraction=self.detail_fraction)
+
+    def splits(self) -> dict[str, Any]:
+        """The train / val / test datasets these settings describe."""
+        return synthetic_splits(**self.data_options())
+
 
 FULL = DemoSettings()
 QUICK = replace(FULL, train=600, val=100, test=300, epochs=1)
@@ -115,16 +125,7 @@ def run_demo(
     with reproducible(s.threads):
         for seed in seeds:
             run = replace(s, seed=seed)
-            data = synthetic_splits(
-                num_classes=run.num_classes,
-                image_size=run.img_size,
-                train=run.train,
-                val=run.val,
-                test=run.test,
-                seed=run.seed,
-                num_distractors=run.num_distractors,
-                detail_fraction=run.detail_fraction,
-            )
+            data = run.splits()
             models = {}
             run_dir = out if len(seeds) == 1 else out / f"seed{seed}"
             for method in run.methods:

@@ -87,18 +87,19 @@ def recipe_for_here(
 def _synthetic_overrides(smoke: bool) -> dict[str, Any]:
     """Recipe overrides that fine-tune from the shipped synthetic backbone on synthetic data, with
     ``fgvc.demo.FULL``'s model, schedule and data (``smoke``: a few images, one epoch)."""
-    from .demo import FULL as run
+    from dataclasses import replace
 
+    from .demo import FULL
+
+    run = replace(FULL, train=64, val=32, test=32, epochs=1) if smoke else FULL
     return {
         "model.backbone": run.backbone, "model.pretrained": run.pretrained, "model.img_size": run.img_size,
         "model.drop_path_rate": 0.0, "model.backbone_kwargs": {},  # the shipped weights' own mean and std
-        "train.epochs": 1 if smoke else run.epochs, "train.batch_size": run.batch_size,
+        "train.epochs": run.epochs, "train.batch_size": run.batch_size,
         "train.optimizer": "adamw", "train.lr": run.lr, "train.weight_decay": run.weight_decay,
         "train.warmup_steps": None, "train.lr_base_batch_size": None, "train.steps": None,
         "data.dataset": "synthetic", "data.resize": None,
-        "data.options": {"num_classes": run.num_classes, "train": 64 if smoke else run.train,
-                         "val": 32 if smoke else run.val, "test": 32 if smoke else run.test,
-                         "detail_fraction": run.detail_fraction, "num_distractors": run.num_distractors},
+        "data.options": {k: v for k, v in run.data_options().items() if k != "image_size"},  # drawn at img_size
     }
 
 
@@ -213,7 +214,6 @@ class StandIns:
     def _synthetic(self, epochs: int | None) -> tuple[str, Any, Any, Any]:
         from dataclasses import replace
 
-        from .data import synthetic_splits
         from .demo import FULL
 
         run = replace(FULL, train=64, val=32, test=32, epochs=1) if self.smoke else FULL
@@ -221,9 +221,7 @@ class StandIns:
                                   img_size=run.img_size)
         self.fit_options = dict(epochs=epochs or run.epochs, batch_size=run.batch_size, lr=run.lr,
                                 weight_decay=run.weight_decay, seed=run.seed)
-        data = synthetic_splits(num_classes=run.num_classes, image_size=run.img_size, train=run.train,
-                                val=run.val, test=run.test, seed=run.seed, num_distractors=run.num_distractors,
-                                detail_fraction=run.detail_fraction)
+        data = run.splits()
         label = f"synthetic ({run.num_classes} classes, fine-tuned from {run.backbone})"
         return label, data["train"], data["val"], data["test"]
 
