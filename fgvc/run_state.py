@@ -42,7 +42,9 @@ __all__ = [
 STATE_FILE = "train_state.safetensors"
 
 #: The options the saved optimizer state and learning-rate schedule belong to: a resume must keep them.
-RESUME_SETTINGS = ("lr", "weight_decay", "momentum", "min_lr", "warmup_steps", "label_smoothing", "grad_clip")
+RESUME_SETTINGS = (
+    "lr", "weight_decay", "momentum", "min_lr", "warmup_steps", "label_smoothing", "grad_clip", "backbone_lr_scale",
+)
 
 
 @dataclass

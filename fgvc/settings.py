@@ -122,6 +122,9 @@ class TrainConfig:
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum), built by timm (no weight decay on norms and biases).
         lr, min_lr, warmup_steps: linear warmup (default: one epoch, at most 500 steps) then cosine decay to
             ``min_lr``, updated every optimizer step.
+        backbone_lr_scale: the backbone's parameters train at ``lr * backbone_lr_scale``, the layers the method
+            adds (heads, aggregator, cross-attention) at ``lr``: fine-tuning a pretrained backbone gently while
+            the new layers, which start from scratch, learn fast. 1.0: one rate for all.
         label_smoothing: passed to the model's loss.
         grad_clip: clip the global gradient norm (None: off).
         amp: ``"auto"`` (bf16 on capable GPUs, fp32 on the CPU), ``"bf16"``, ``"fp16"`` (with a grad scaler
@@ -161,6 +164,7 @@ class TrainConfig:
     momentum: float = _option(0.9, _fraction(closed=False))
     warmup_steps: int | None = _option(None, _int_at_least(0, optional=True))
     min_lr: float = _option(1e-6, _non_negative)
+    backbone_lr_scale: float = _option(1.0, _positive())
     label_smoothing: float = _option(0.0, _fraction(closed=False))
     grad_clip: float | None = _option(1.0, _positive(optional=True))
     amp: str | bool | None = _option("auto", _amp)

@@ -218,6 +218,8 @@ def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg:
     warmup = min(steps_per_epoch, 500) if cfg.warmup_steps is None else cfg.warmup_steps
     opt = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                               momentum=cfg.momentum)
+    if cfg.backbone_lr_scale != 1.0:
+        opt = _scale_backbone_lr(opt, model, cfg.backbone_lr_scale)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr, warmup_t=warmup,
                               warmup_lr_init=min(cfg.min_lr, cfg.lr), t_in_epochs=False)
     dtype = autocast_dtype(cfg.amp, device)
@@ -226,6 +228,26 @@ def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg:
     return _Run(cfg=cfg, net=model, train_data=train_data, val_data=val_data, device=device, loader=loader,
                 batches=batches, opt=opt, sched=sched, scaler=scaler, dtype=dtype,
                 history=History(checkpoint_dir=out_dir), out_dir=out_dir, rank=rank, world=get_world_size())
+
+
+def _base_lr(opt: torch.optim.Optimizer) -> float:
+    """The schedule's current rate (``lr``; groups with an ``lr_scale`` run at a multiple of it)."""
+    group = opt.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def _scale_backbone_lr(opt: torch.optim.Optimizer, model: FGVCModel, scale: float) -> torch.optim.Optimizer:
+    """The same optimizer with each parameter group split in two: the backbone's parameters (``lr_scale``
+    ``scale``, which timm's scheduler multiplies into every rate it sets) and the method's own (1.0)."""
+    backbone = {id(p) for p in model.backbone.parameters()}
+    groups, opt.param_groups = opt.param_groups, []  # no state yet: the groups can be rebuilt
+    for group in groups:
+        options = {k: v for k, v in group.items() if k != "params"}
+        for in_backbone, lr_scale in ((True, scale), (False, 1.0)):
+            params = [p for p in group["params"] if (id(p) in backbone) == in_backbone]
+            if params:
+                opt.add_param_group(dict(options, params=params, lr=group["lr"] * lr_scale, lr_scale=lr_scale))
+    return opt
 
 
 def _restore(run: _Run, saved: dict[str, Any], tensors: dict[str, Tensor]) -> None:
@@ -293,7 +315,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
         if last_micro:
             _after_update(run, epoch, window, done=i + 1)
     run.micro_done = 0
-    _check_finite(run, epoch, run.opt.param_groups[0]["lr"])  # before validation, last / best and the state
+    _check_finite(run, epoch, _base_lr(run.opt))  # before validation, last / best and the state
 
 
 def _train_step(run: _Run, epoch: int, images: Tensor, targets: Tensor, group_size: int,
@@ -332,7 +354,7 @@ def _after_update(run: _Run, epoch: int, window: _Window, done: int) -> None:
     """Count the optimizer step and move the schedule; a log line every ``log_every_steps`` steps, a checkpoint
     every ``save_every_steps`` inside the epoch (``done``: its batches trained so far)."""
     cfg = run.cfg
-    lr_used = run.opt.param_groups[0]["lr"]
+    lr_used = _base_lr(run.opt)
     run.step += 1
     run.sched.step_update(num_updates=run.step)
     if run.step % cfg.log_every_steps == 0:
@@ -368,7 +390,7 @@ def _end_epoch(run: _Run, epoch: int) -> None:
 def _epoch_record(run: _Run, epoch: int) -> dict[str, Any]:
     """The epoch's training metrics over all ranks, its last learning rate, the validation metrics, seconds."""
     total = EpochSums(*all_reduce_sum(run.sums.as_list(), run.device))
-    record: dict[str, Any] = dict(epoch=epoch, **total.metrics(), lr=run.opt.param_groups[0]["lr"])
+    record: dict[str, Any] = dict(epoch=epoch, **total.metrics(), lr=_base_lr(run.opt))
     if run.val_data is not None:
         result = evaluate(run.net, run.val_data, batch_size=run.cfg.batch_size, device=run.device,
                           num_workers=run.cfg.num_workers)
@@ -414,7 +436,7 @@ def _state_record(run: _Run, epoch_next: int, done: int, rng: list[dict[str, Any
 def _check_loss(run: _Run, loss: float, epoch: int) -> None:
     """Stop at a non-finite loss on any rank, before its backward."""
     if any_rank(not math.isfinite(loss), run.device):
-        lr_now = run.opt.param_groups[0]["lr"]
+        lr_now = _base_lr(run.opt)
         what = loss if not math.isfinite(loss) else "not finite on another rank"
         raise FloatingPointError(
             f"loss is {what} at optimizer step {run.step + 1} (epoch {epoch}, lr {lr_now:.3g}); {_advice(run)}"

@@ -293,3 +293,30 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     monkeypatch.undo()
     history = fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=8, out_dir=tmp_path, resume=True, progress=False)
     assert [e["epoch"] for e in history.epochs] == [1, 2]
+
+
+def test_backbone_lr_scale_trains_the_backbone_slower_than_the_new_layers(tmp_path):
+    """``backbone_lr_scale``: the pretrained backbone at lr x scale, the method's new layers at lr."""
+    from test_train_evaluate import Blobs
+
+    def moved(scale: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        history = fgvc.fit(model, Blobs(n=32), epochs=1, batch_size=8, lr=1e-2, warmup_steps=0, min_lr=1e-2,
+                           backbone_lr_scale=scale, out_dir=tmp_path / str(scale), progress=False)
+        assert history.epochs[-1]["lr"] == pytest.approx(1e-2)  # the log keeps the schedule's rate
+        after = model.state_dict()
+        change = {k: (after[k] - before[k]).abs().max().item() for k in before}
+        return change["backbone.vit.blocks.0.attn.qkv.weight"], change["head.weight"]
+
+    backbone_full, head_full = moved(1.0)
+    backbone_slow, head_slow = moved(1e-3)
+    assert backbone_slow < backbone_full / 100  # AdamW steps scale with the rate
+    assert head_slow > head_full / 10  # the head still learns at the full rate
+    with pytest.raises(ValueError, match="backbone_lr_scale=0.5 \\(saved: 0.001\\)"):
+        model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+        fgvc.fit(model, Blobs(n=32), epochs=2, batch_size=8, lr=1e-2, warmup_steps=0, min_lr=1e-2,
+                 backbone_lr_scale=0.5, out_dir=tmp_path / "0.001", resume=True, progress=False)
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        fgvc.TrainConfig(backbone_lr_scale=0)
