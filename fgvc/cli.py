@@ -473,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--loc-weight", type=float, default=None, help=f"weight of the localization loss (default: {defaults.loc_weight})"
     )
+    pre.add_argument(
+        "--rollout-weight", type=float, default=None,
+        help=f"weight of the attention-rollout localization term (default: {defaults.rollout_weight})",
+    )
+    pre.add_argument(
+        "--init", default=None,
+        help="start from these backbone weights (a .safetensors written by fgvc pretrain) instead of at random",
+    )
     pre.add_argument("--threads", type=int, default=None, help=f"CPU threads (default: {defaults.threads})")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.set_defaults(func=_pretrain)

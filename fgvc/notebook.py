@@ -97,7 +97,8 @@ def _synthetic_overrides(smoke: bool) -> dict[str, Any]:
         "model.drop_path_rate": 0.0, "model.backbone_kwargs": {},  # the shipped weights' own mean and std
         "train.epochs": run.epochs, "train.batch_size": run.batch_size,
         "train.optimizer": "adamw", "train.lr": run.lr, "train.weight_decay": run.weight_decay,
-        "train.warmup_steps": None, "train.lr_base_batch_size": None, "train.steps": None,
+        "train.backbone_lr_scale": run.backbone_lr_scale, "train.warmup_steps": None,
+        "train.lr_base_batch_size": None, "train.steps": None,
         "data.dataset": "synthetic", "data.resize": None,
         "data.options": {k: v for k, v in run.data_options().items() if k != "image_size"},  # drawn at img_size
     }
@@ -220,7 +221,8 @@ class StandIns:
         self.model_options = dict(backbone=run.backbone, pretrained=run.pretrained, num_classes=run.num_classes,
                                   img_size=run.img_size)
         self.fit_options = dict(epochs=epochs or run.epochs, batch_size=run.batch_size, lr=run.lr,
-                                weight_decay=run.weight_decay, seed=run.seed)
+                                backbone_lr_scale=run.backbone_lr_scale, weight_decay=run.weight_decay,
+                                seed=run.seed)
         data = run.splits()
         label = f"synthetic ({run.num_classes} classes, fine-tuned from {run.backbone})"
         return label, data["train"], data["val"], data["test"]

@@ -237,9 +237,10 @@ def _base_lr(opt: torch.optim.Optimizer) -> float:
 
 
 def _scale_backbone_lr(opt: torch.optim.Optimizer, model: FGVCModel, scale: float) -> torch.optim.Optimizer:
-    """The same optimizer with each parameter group split in two: the backbone's parameters (``lr_scale``
-    ``scale``, which timm's scheduler multiplies into every rate it sets) and the method's own (1.0)."""
-    backbone = {id(p) for p in model.backbone.parameters()}
+    """The same optimizer with each parameter group split in two: the pretrained parameters
+    (``model.pretrained_parameters()``; ``lr_scale`` ``scale``, which timm's scheduler multiplies into every
+    rate it sets) and the layers that start from scratch (1.0)."""
+    backbone = {id(p) for p in model.pretrained_parameters()}
     groups, opt.param_groups = opt.param_groups, []  # no state yet: the groups can be rebuilt
     for group in groups:
         options = {k: v for k, v in group.items() if k != "params"}

@@ -16,7 +16,7 @@ TINY = replace(QUICK, train=40, val=20, test=20, epochs=1, batch_size=20)
 
 def test_demo_fine_tunes_every_method_from_the_shipped_backbone(tmp_path, capsys):
     rows = run_demo(out_dir=tmp_path, settings=TINY, progress=False)
-    assert [r["method"] for r in rows] == ["vit", "glsim", "dcal", "transfg"]
+    assert [r["method"] for r in rows] == ["vit", "glsim", "glsim_inclusive", "dcal", "transfg"]
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["params_m"] > 0 and r["train_minutes"] > 0
         assert (tmp_path / r["method"] / "best.safetensors").exists()
@@ -38,6 +38,12 @@ def test_the_same_demo_twice_gives_identical_metrics(tmp_path):
     second = run_demo(out_dir=tmp_path / "b", settings=settings, progress=False)
     keys = ("top1", "top5", "crop_iou", "pointing_game")
     assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]
+
+
+def test_the_demo_fine_tunes_the_backbone_gently_and_the_new_layers_fast():
+    """The pretrained backbone at 1e-5 (faster erased its localization), the layers each method adds at 1e-3."""
+    assert FULL.lr * FULL.backbone_lr_scale == pytest.approx(1e-5) and FULL.lr == 1e-3
+    assert HARD.lr == FULL.lr and HARD.backbone_lr_scale == FULL.backbone_lr_scale
 
 
 def test_quick_and_hard_are_variants_of_the_full_demo():

@@ -111,13 +111,56 @@ def test_pretraining_writes_loadable_weights_a_card_and_is_deterministic(tmp_pat
     pretrain(tmp_path / "b", tiny, progress=False)
     a, b = (load_file(str(tmp_path / d / f"{NAME}.safetensors")) for d in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert set(first) == {f"{m}_{s}px" for m in ("top1", "pointing", "glsim_box_iou") for s in (7, 31)}
+    assert set(first) == {f"{m}_{s}px" for m in ("top1", "pointing", "glsim_box_iou", "rollout_pointing") for s in (7, 31)}
     card = (tmp_path / "a" / f"{NAME}.md").read_text()
     assert "fgvc pretrain --out runs/pretrain" in card and "--steps 3" in card and "--detail-sides 7,31" in card
     model = fgvc.create_model(
         "glsim", backbone=NAME, checkpoint_path=tmp_path / "a" / f"{NAME}.safetensors", num_classes=4, img_size=128
     )
     assert torch.equal(model.backbone.vit.norm.weight, a["norm.weight"])
+
+
+def test_the_rollout_term_pulls_the_attention_rollout_onto_the_detail():
+    """DCAL's and TransFG's selection read the attention rollout: pretraining trains it to land on the detail."""
+    from fgvc.pretrain import _Pretrainer
+
+    torch.manual_seed(0)
+    s = replace(PretrainSettings(), img_size=32, threads=1)
+    model = _Pretrainer(s, num_classes=3)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [16.0, 16.0, 32.0, 32.0]])
+    _, _, _, roll = model(x, rollout=True)
+    assert roll.shape == (2, 16) and torch.all(roll > 0)
+
+    def loc(weight: float) -> torch.Tensor:
+        model.s = replace(s, rollout_weight=weight)
+        return model.losses(x, y, boxes)[1]
+
+    without, with_rollout = loc(0.0), loc(1.0)
+    assert with_rollout > without  # the rollout term adds a cross-entropy, which is positive
+    with_rollout.backward()
+    qkv = model.backbone.vit.blocks[0].attn.qkv.weight.grad
+    assert qkv is not None and qkv.abs().sum() > 0  # it trains the attention of the first block too
+    model.zero_grad()
+    loc(0.0).backward()
+    first_block = model.backbone.vit.blocks[0].attn.qkv.weight.grad
+    assert not torch.allclose(first_block, qkv)
+
+
+def test_a_second_stage_continues_from_earlier_weights_and_its_card_gives_both_commands(tmp_path):
+    tiny = replace(PretrainSettings(), detail_sides=(31,), images_per_side=8, val_per_side=4, steps=2,
+                   batch_size=8, warmup_steps=1, threads=1)
+    pretrain(tmp_path / "stage1", tiny, progress=False)
+    first = tmp_path / "stage1" / f"{NAME}.safetensors"
+    pretrain(tmp_path / "stage2", replace(tiny, init=str(first), lr=1e-12, min_lr=1e-12), progress=False)
+    a, b = load_file(str(first)), load_file(str(tmp_path / "stage2" / f"{NAME}.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # a rate of 1e-12 leaves the start as it was
+    card = (tmp_path / "stage2" / f"{NAME}.md").read_text()
+    stage1, stage2 = [line for line in card.splitlines() if line.startswith("fgvc pretrain")]
+    assert stage1.startswith("fgvc pretrain --out runs/pretrain_stage1 --detail-sides 31") and "--init" not in stage1
+    assert stage2.startswith(f"fgvc pretrain --out runs/pretrain --init runs/pretrain_stage1/{NAME}.safetensors")
+    assert "--lr 1e-12" in stage2 and "--lr" not in stage1
+    assert "second stage" in card
 
 
 def test_pretraining_images_come_from_the_pretraining_vocabulary():
@@ -136,7 +179,9 @@ def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(fgvc.pretrain, "pretrain", lambda out, s, progress: seen.update(out=out, s=s) or {})
     args = build_parser().parse_args(
-        ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--no-progress"]
+        ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--rollout-weight", "0.5",
+         "--no-progress"]
     )
     assert args.func(args) == 0
-    assert seen["s"] == replace(PretrainSettings(), steps=7, detail_sides=(7, 31)) and seen["out"] == str(tmp_path)
+    want = replace(PretrainSettings(), steps=7, detail_sides=(7, 31), rollout_weight=0.5)
+    assert seen["s"] == want and seen["out"] == str(tmp_path)

@@ -320,3 +320,15 @@ def test_backbone_lr_scale_trains_the_backbone_slower_than_the_new_layers(tmp_pa
                  backbone_lr_scale=0.5, out_dir=tmp_path / "0.001", resume=True, progress=False)
     with pytest.raises(ValueError, match="backbone_lr_scale"):
         fgvc.TrainConfig(backbone_lr_scale=0)
+
+
+def test_layers_a_method_reinitialises_train_at_the_full_rate():
+    """TransFG's part block starts at random (official): it is not a pretrained parameter."""
+    official = fgvc.create_model("transfg", num_classes=4, img_size=32, **TINY)
+    part = {id(p) for p in official.part_block.parameters()}
+    pretrained = {id(p) for p in official.pretrained_parameters()}
+    assert part and not part & pretrained and pretrained < {id(p) for p in official.backbone.parameters()}
+    kept = fgvc.create_model("transfg", num_classes=4, img_size=32, part_block_init="pretrained", **TINY)
+    assert {id(p) for p in kept.pretrained_parameters()} == {id(p) for p in kept.backbone.parameters()}
+    glsim = fgvc.create_model("glsim", num_classes=4, img_size=32, top_k=2, **TINY)
+    assert {id(p) for p in glsim.pretrained_parameters()} == {id(p) for p in glsim.backbone.parameters()}

@@ -179,6 +179,12 @@ class FGVCModel(nn.Module):
 
         return push_to_hub(self, repo_id, **kwargs)
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters that start from the pretrained backbone: what ``fit(backbone_lr_scale=...)`` trains
+        gently. Default: the backbone's; a method that re-initialises part of it (TransFG's part block) or adds
+        layers of its own (heads, aggregator) leaves those out, and they train at the full rate."""
+        return list(self.backbone.parameters())
+
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -193,6 +193,9 @@ class GLSim(FGVCModel):
         # a compact box around the similarity peak, last row and column included (one or two cells would make
         # an empty or one-patch-thin box with the official exclusive end): for details only a few patches wide
         "top2": dict(top_k=2, inclusive_box=True),
+        # the official top-8 with the box's last row and column kept: the official exclusive end trims one
+        # patch off each side, so even a perfect top-8 of a compact detail gives a box about half its side
+        "inclusive": dict(inclusive_box=True),
         "top2_half": dict(top_k=2, inclusive_box=True, crop_size=0.5),  # the same, crop re-encoded at half size
     }
     small_input_options = {"top_k": 4}  # 4 of a small grid's cells

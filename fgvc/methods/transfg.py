@@ -136,6 +136,9 @@ class TransFG(FGVCModel):
     own_maps = {"parts": MapInfo("TransFG parts", "TransFG: selected parts (heads per patch)", mask=True,
                                  per_head=True)}
     selection_reads_attention = True
+    # the part block starts from the backbone's last block instead of at random (official): for small
+    # pretrained backbones, where a random block is a large share of the network
+    variants = {"pretrained_part": dict(part_block_init="pretrained")}
 
     def __init__(
         self,
@@ -159,6 +162,13 @@ class TransFG(FGVCModel):
             reset_block_official(self.part_block)
         set_official_dropout(bb, dropout)
         self.head = nn.Linear(bb.embed_dim, self.num_classes)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The backbone's, less the part block when it starts at random (the official init)."""
+        if self.config["options"]["part_block_init"] == "pretrained":
+            return super().pretrained_parameters()
+        fresh = {id(p) for p in self.part_block.parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in fresh]
 
     @property
     def part_block(self) -> nn.Module:

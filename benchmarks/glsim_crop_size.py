@@ -1,0 +1,61 @@
+"""How small can GLSim's crop pass be before accuracy drops? (issue 17: the crop pass's size against top-1)
+
+GLSim's compact-box variant (``glsim_top2``: top-2 patches, inclusive box) with its crop re-encoded at a fraction of
+the input size (``crop_size``), fine-tuned as ``fgvc demo --hard`` does (same data, schedule, seeds, shipped
+backbone). A smaller crop pass is cheaper (its tokens scale with the square of ``crop_size``) but magnifies the
+detail less. Also prints each size's share of the encoder's tokens at 224 and 448 px with 16 px patches (the
+``fgvc benchmark`` sizes), which sets its throughput against the plain ViT's.
+
+    python benchmarks/glsim_crop_size.py --sizes 0.5,0.5625,0.625,0.75 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from dataclasses import replace
+
+from fgvc.demo import FULL, HARD, run_demo, summarize_seeds
+from fgvc.methods.base import list_models, register_model
+from fgvc.methods.glsim import GLSim, resolve_crop_size
+
+
+def register_crop(size: float) -> str:
+    """Register ``glsim_top2_crop{size}``: ``glsim_top2`` whose crop pass runs at ``size`` of the input."""
+    name = f"glsim_top2_crop{size:g}"
+    if name not in list_models():
+
+        class Cropped(GLSim):
+            __init__ = functools.partialmethod(GLSim.__init__, top_k=2, inclusive_box=True, crop_size=size)
+
+        Cropped.__name__ = f"GLSimTop2Crop{size:g}".replace(".", "_")
+        register_model(name)(Cropped)
+    return name
+
+
+def token_share(size: float, img: int, patch: int = 16) -> float:
+    """The crop pass's tokens over the input's, at ``img`` px with ``patch`` px patches (fgvc's rounding)."""
+    h, w = resolve_crop_size(size, (img, img), (patch, patch))
+    return (h // patch) * (w // patch) / (img // patch) ** 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="0.5,0.5625,0.625,0.75", help="crop_size fractions, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--default-setting", action="store_true", help="the demo's 31 px detail instead of --hard's")
+    parser.add_argument("--out", default="runs/glsim_crop_size")
+    args = parser.parse_args(argv)
+    sizes = [float(s) for s in args.sizes.split(",") if s]
+    for size in sizes:
+        print(f"crop_size {size:g}: crop pass tokens / encoder tokens {token_share(size, 224):.2f} at 224 px, "
+              f"{token_share(size, 448):.2f} at 448 px; at {HARD.img_size} px with 8 px patches "
+              f"{token_share(size, HARD.img_size, 8):.2f}")
+    settings = replace(FULL if args.default_setting else HARD, methods=tuple(register_crop(s) for s in sizes))
+    rows = run_demo(settings=settings, seeds=[int(s) for s in args.seeds.split(",")], out_dir=args.out,
+                    progress=False)
+    print(summarize_seeds(rows))
+
+
+if __name__ == "__main__":
+    main()
