@@ -16,7 +16,7 @@ TINY = replace(QUICK, train=40, val=20, test=20, epochs=1, batch_size=20)
 
 def test_demo_fine_tunes_every_method_from_the_shipped_backbone(tmp_path, capsys):
     rows = run_demo(out_dir=tmp_path, settings=TINY, progress=False)
-    assert [r["method"] for r in rows] == ["vit", "glsim", "glsim_inclusive", "dcal", "transfg"]
+    assert [r["method"] for r in rows] == ["vit", "glsim", "glsim_inclusive", "dcal", "transfg_nodropout"]
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["params_m"] > 0 and r["train_minutes"] > 0
         assert (tmp_path / r["method"] / "best.safetensors").exists()

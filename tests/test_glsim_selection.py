@@ -94,3 +94,22 @@ def test_similarity_is_cosine_between_cls_and_each_patch():
     s2 = cls_patch_similarity(tokens2, num_prefix_tokens=2, grid_size=(2, 3))
     ref2 = torch.nn.functional.cosine_similarity(tokens2[:, :1], tokens2[:, 2:], dim=-1).view(2, 2, 3)
     assert torch.allclose(s2, ref2)
+
+
+def test_the_official_box_of_a_perfect_top8_cannot_reach_half_the_demo_detail(capsys, monkeypatch):
+    """``benchmarks/glsim_box_arithmetic.py``: the official box drops the selection's last row and column, so
+    even a perfect similarity's top-8 gives a crop IoU far below 0.5 on the demo's 31 px detail; keeping them
+    (``glsim_inclusive``) gives about 0.6. The README's crop-IoU discussion quotes these figures."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "glsim_box_arithmetic.py"
+    spec = importlib.util.spec_from_file_location("glsim_box_arithmetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["glsim_box_arithmetic.py"])
+    module.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| top-8")]
+    official, inclusive = (float(v) for v in rows[0].strip("|").split("|")[1:3])
+    assert official == 0.27 and inclusive == 0.60

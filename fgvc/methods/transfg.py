@@ -138,7 +138,11 @@ class TransFG(FGVCModel):
     selection_reads_attention = True
     # the part block starts from the backbone's last block instead of at random (official): for small
     # pretrained backbones, where a random block is a large share of the network
-    variants = {"pretrained_part": dict(part_block_init="pretrained")}
+    variants = {
+        "pretrained_part": dict(part_block_init="pretrained"),
+        # no dropout: for backbones pretrained without it (the official 0.1 matches Google's ViT pretraining)
+        "nodropout": dict(dropout=0.0),
+    }
 
     def __init__(
         self,
