@@ -45,7 +45,8 @@ EPOCHS = 1 if SMOKE else 2                          # fine-tuning epochs per mod
 TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic images per split
 IMG_SIZE = (96, 128)                                # (height, width): non-square on purpose
 DETAIL_PX = 24                                      # side of the detail (pixels)
-LR = 5e-4                                           # AdamW learning rate
+LR = 1e-3                                           # AdamW learning rate of the layers each method adds
+BACKBONE_LR_SCALE = 0.01                            # the pretrained backbone at LR x this (as fgvc demo)
 CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
 DEVICE = None                                       # None: CUDA when available, else CPU
 """),
@@ -95,7 +96,8 @@ def train(method):
     model = fgvc.create_model(method, backbone="fgvc_synth_vit_tiny", pretrained=True, num_classes=10,
                               img_size=IMG_SIZE)
     histories[method] = fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32,
-                                 lr=LR, out_dir=None if SMOKE else checkpoint.parent, device=DEVICE,
+                                 lr=LR, backbone_lr_scale=BACKBONE_LR_SCALE, out_dir=None if SMOKE else checkpoint.parent,
+                                 device=DEVICE,
                                  progress=not SMOKE)
     return fgvc.load_model(checkpoint) if not SMOKE else model.eval()
 
