@@ -12,6 +12,7 @@ the data without padding so metrics are exact (``fgvc.evaluate``).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from typing import Any
@@ -80,7 +81,16 @@ def init_distributed(device: str | torch.device | None = None, timeout_minutes: 
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        atexit.register(_leave_process_group)
     return device
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group fgvc joined before the interpreter exits: left to the C++ destructors at
+    shutdown, gloo's threads can abort a finished process ("terminate called without an active exception"),
+    which torchrun reports as a failed run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
