@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from .backbone import ViTBackbone
 from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
+from .evaluate import pointing_game
 from .io import cpu_tensors, write_safetensors
 from .layers.geometry import PatchGrid, box_iou_pairs
 from .layers.rollout import rollout_map
@@ -250,11 +251,10 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
             x, y, boxes = views.batch(idx[lo : lo + batch_size], None, 0.0)
             logits, sim, _, roll = model(x, rollout=True)
             correct += (logits.argmax(-1) == y).sum().item()
-            cover = detail_coverage(boxes, bb.grid_size, bb.patch_size[0]).flatten(1)
-            peak = sim.argmax(-1)
-            hit += (cover.gather(1, peak[:, None]) > 0).sum().item()
-            roll_hit += (cover.gather(1, roll.argmax(-1)[:, None]) > 0).sum().item()
-            sel = bb.patch_grid.top_box(sim.reshape(-1, *bb.grid_size), 8, include_last=False)  # GLSim's box
+            sim, roll = sim.reshape(-1, *bb.grid_size), roll.reshape(-1, *bb.grid_size)  # (B, rows, cols)
+            hit += pointing_game(sim, boxes, bb.patch_size).sum().item()  # as fgvc.evaluate and the demo count it
+            roll_hit += pointing_game(roll, boxes, bb.patch_size).sum().item()
+            sel = bb.patch_grid.top_box(sim, 8, include_last=False)  # GLSim's box
             iou_sum += box_iou_pairs(sel, boxes).sum().item()
         n = len(idx)
         out[f"top1_{part.side}px"] = 100.0 * correct / n
@@ -402,6 +402,8 @@ Time: {seconds / 60:.1f} min on {platform.machine()} CPU ({os.cpu_count()} cores
 timm {timm.__version__}, fgvc {__version__}.{earlier}
 
 ## Validation (pretraining vocabulary, {s.val_per_side} images per detail size, no zoom)
+Pointing game: the peak patch's centre inside the detail's box, as `fgvc.evaluate` and `fgvc demo` count it.
+
 | detail | CLS top-1 (%) | pointing game, similarity (%) | pointing game, rollout (%) | GLSim box IoU (top-8) |
 |---|---|---|---|---|
 {rows}

@@ -122,9 +122,10 @@ class TrainConfig:
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum), built by timm (no weight decay on norms and biases).
         lr, min_lr, warmup_steps: linear warmup (default: one epoch, at most 500 steps) then cosine decay to
             ``min_lr``, updated every optimizer step.
-        backbone_lr_scale: the backbone's parameters train at ``lr * backbone_lr_scale``, the layers the method
-            adds (heads, aggregator, cross-attention) at ``lr``: fine-tuning a pretrained backbone gently while
-            the new layers, which start from scratch, learn fast. 1.0: one rate for all.
+        backbone_lr_scale: the pretrained parameters (``model.pretrained_parameters()``: the backbone's, less
+            any part the method re-initialises, such as TransFG's part block) train at ``lr * backbone_lr_scale``,
+            the layers that start from scratch (heads, aggregator, cross-attention) at ``lr``: fine-tuning a
+            pretrained backbone gently while the new layers learn fast. 1.0: one rate for all.
         label_smoothing: passed to the model's loss.
         grad_clip: clip the global gradient norm (None: off).
         amp: ``"auto"`` (bf16 on capable GPUs, fp32 on the CPU), ``"bf16"``, ``"fp16"`` (with a grad scaler
