@@ -319,13 +319,23 @@ class ViTBackbone(nn.Module):
             cache[key] = pos
         return pos
 
-    def embed(self, x: Tensor, *, img_size: int | Sequence[int] | None = None) -> Tensor:
+    def embed(
+        self, x: Tensor, *, img_size: int | Sequence[int] | None = None, pos_embed: Tensor | None = None
+    ) -> Tensor:
         """Images (B, 3, H, W) -> tokens (B, T, D): patch embedding, prefix tokens, position embedding.
 
         ``img_size``: the size ``x`` has when it is not the model's (e.g. GLSim's crop re-encoded smaller); the
         position embeddings are resampled to its grid (``pos_embed_at``). Without it, ``x`` must be at the
-        model's ``img_size``.
+        model's ``img_size``. ``pos_embed``: a position embedding of ``x``'s grid to use instead (the shape of
+        ``pos_embed_at``'s), for a pass that learns its own (GLSim's ``crop_pos_embed="learned"``).
         """
+        if pos_embed is not None:
+            size, x = tuple(x.shape[-2:]), self._patch_tokens(x)  # (B, rows * cols, D)
+            prefix = 0 if self.vit.no_embed_class else self.num_prefix_tokens
+            if pos_embed.shape[1] != x.shape[1] + prefix:
+                raise ValueError(f"pos_embed has {pos_embed.shape[1]} positions; {size[0]}x{size[1]} inputs need "
+                                 f"{x.shape[1] + prefix}")
+            return self.vit.norm_pre(self.vit.patch_drop(self._add_pos_embed(x, pos_embed)))
         size = self.img_size if img_size is None else to_2tuple(img_size)
         if x.shape[-2:] != size:
             got = f"got {x.shape[-2]}x{x.shape[-1]}"

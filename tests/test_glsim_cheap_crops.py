@@ -12,6 +12,7 @@ from torch import nn
 
 import fgvc
 from fgvc.backbone import ViTBackbone
+from fgvc.methods.base import resolve_method
 from fgvc.methods.glsim import box_token_sequence, crop_and_resize, resolve_crop_size, select_box
 
 
@@ -113,6 +114,30 @@ def test_default_crop_pass_is_the_official_one():
         assert torch.allclose(out.logits, model.head(z[:, 0]), atol=1e-5)
 
 
+def test_learned_crop_position_embedding_starts_as_the_resampled_one_and_trains_at_the_new_layers_rate():
+    """crop_pos_embed="learned": the smaller pass gets its own position embedding, a new parameter that starts as
+    the resampled one (same outputs at the start) and is left out of the pretrained parameters (full rate)."""
+    resampled = glsim(crop_size=0.5).eval()
+    learned = glsim(crop_size=0.5, crop_pos_embed="learned").eval()
+    learned.load_state_dict(resampled.state_dict(), strict=False)
+    with torch.no_grad():
+        learned.crop_pos_embed.copy_(resampled.backbone.pos_embed_at((32, 48)))
+    assert learned.crop_pos_embed.shape == (1, 1 + 2 * 3, resampled.backbone.embed_dim)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(learned(x).logits, resampled(x).logits, atol=1e-6)
+    assert all(p is not learned.crop_pos_embed for p in learned.pretrained_parameters())
+    learned.train()
+    learned.loss(learned(x), torch.tensor([0, 1])).backward()
+    assert learned.crop_pos_embed.grad.abs().sum() > 0
+    method, options = resolve_method("glsim_top2_half_pe")  # the compact box, half size, its own embedding
+    assert method == "glsim" and options["crop_pos_embed"] == "learned" and options["crop_size"] == 0.5
+    with pytest.raises(ValueError, match="for a crop pass at another size"):
+        glsim(crop_pos_embed="learned")  # the official full-size pass has the backbone's own
+    with pytest.raises(ValueError, match="crop_pos_embed must be one of"):
+        glsim(crop_size=0.5, crop_pos_embed="fixed")
+
+
 # ------------------------------------------------------------------------------ crop_mode="tokens"
 def test_box_token_sequence_by_hand():
     """Tokens numbered by position: each sequence is CLS then the box's patches in raster order, padded."""
@@ -171,7 +196,10 @@ def test_token_crop_trains_and_refuses_a_crop_size():
         glsim(crop_mode="roi")
 
 
-@pytest.mark.parametrize("options", [dict(crop_size=0.5), dict(crop_mode="tokens"), dict(crop_size=(32, 48))])
+@pytest.mark.parametrize(
+    "options",
+    [dict(crop_size=0.5), dict(crop_mode="tokens"), dict(crop_size=(32, 48)), dict(crop_size=0.5, crop_pos_embed="learned")],
+)
 def test_options_survive_a_checkpoint(options, tmp_path):
     model = glsim(**options).eval()
     path = fgvc.save_model(model, tmp_path / "m.safetensors")
