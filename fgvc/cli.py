@@ -478,11 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"weight of the attention-rollout localization term (default: {defaults.rollout_weight})",
     )
     pre.add_argument(
-        "--small-p", type=float, default=None,
-        help="share of batches resized to half size, CLS loss only: GLSim's crop_size=0.5 pass "
-        f"(default: {defaults.small_p})",
-    )
-    pre.add_argument(
         "--init", default=None,
         help="start from these backbone weights (a .safetensors written by fgvc pretrain) instead of at random",
     )

@@ -35,11 +35,6 @@ the detail or as a distractor, as ImageNet pretraining does not see a user's pri
 several sizes (``detail_sides``), and with probability ``zoom_p`` a zoomed view: a random crop that holds
 the detail, resized to full size as GLSim's crop pass resizes its box (bilinear, ``align_corners=True``).
 Pretraining uses its own seeds, disjoint from the demo's.
-
-**Small views.** With probability ``small_p`` a whole batch is resized to ``small_size`` of the input side
-(bilinear, ``align_corners=True``) and trained on the CLS classification loss alone: what GLSim's cheaper crop
-pass (``crop_size=0.5``) sees and uses, its box resized to half the input with position embeddings resampled.
-Only the CLS token of that pass enters GLSim's aggregator, so no localization term is asked of it.
 """
 
 from __future__ import annotations
@@ -111,8 +106,6 @@ class PretrainSettings:
     val_per_side: int = 400
     threads: int = 2
     init: str | None = None  # start from these backbone weights (a timm state dict) instead of at random
-    small_p: float = 0.0  # share of batches resized to small_size (GLSim's crop_size=0.5 pass), CLS loss only
-    small_size: float = 0.5  # of img_size
 
 
 def detail_coverage(boxes: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
@@ -243,39 +236,21 @@ class _Pretrainer(nn.Module):
         return loss_cls, loss_loc, logits, sim
 
 
-    def small_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """CLS cross-entropy (and the logits) for images (B, 3, h, w) at another size than the backbone's."""
-        enc = self.backbone(x, img_size=x.shape[-2:])  # position embeddings resampled to (h / p, w / p)
-        logits = self.head(enc.cls)  # (B, C)
-        return F.cross_entropy(logits, y, label_smoothing=self.s.label_smoothing), logits
-
-
-def small_views(x: Tensor, fraction: float, patch: int) -> Tensor:
-    """Images (B, 3, S, S) resized to ``fraction`` of their side, rounded to whole patches (bilinear,
-    ``align_corners=True``, as GLSim's crop pass resizes): (B, 3, s, s)."""
-    side = max(patch, round(x.shape[-1] * fraction / patch) * patch)
-    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)
-
-
 @torch.no_grad()
 def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[str, float]:
     """Per detail size: CLS top-1, the pointing game (peak inside the box) of GLSim's similarity and of the
-    attention rollout, and the IoU of GLSim's top-8 box; with ``small_p``, also the CLS top-1 of the images
-    resized to ``small_size``."""
+    attention rollout, and the IoU of GLSim's top-8 box."""
 
     model.eval()
     out: dict[str, float] = {}
     bb = model.backbone
     for k, part in enumerate(views.parts):
         idx = np.arange(k * views.n_per_side, (k + 1) * views.n_per_side)
-        correct = small_correct = hit = roll_hit = iou_sum = 0.0
+        correct = hit = roll_hit = iou_sum = 0.0
         for lo in range(0, len(idx), batch_size):
             x, y, boxes = views.batch(idx[lo : lo + batch_size], None, 0.0)
             logits, sim, _, roll = model(x, rollout=True)
             correct += (logits.argmax(-1) == y).sum().item()
-            if model.s.small_p:
-                _, small = model.small_loss(small_views(x, model.s.small_size, bb.patch_size[0]), y)
-                small_correct += (small.argmax(-1) == y).sum().item()
             sim, roll = sim.reshape(-1, *bb.grid_size), roll.reshape(-1, *bb.grid_size)  # (B, rows, cols)
             hit += pointing_game(sim, boxes, bb.patch_size).sum().item()  # as fgvc.evaluate and the demo count it
             roll_hit += pointing_game(roll, boxes, bb.patch_size).sum().item()
@@ -286,8 +261,6 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
         out[f"pointing_{part.side}px"] = 100.0 * hit / n
         out[f"glsim_box_iou_{part.side}px"] = iou_sum / n
         out[f"rollout_pointing_{part.side}px"] = 100.0 * roll_hit / n
-        if model.s.small_p:
-            out[f"small_top1_{part.side}px"] = 100.0 * small_correct / n
     model.train()
     return out
 
@@ -340,11 +313,7 @@ def _pretrain(out_dir: str | os.PathLike, s: PretrainSettings, progress: bool, e
         x, y, boxes = train.batch(index, rng, s.zoom_p)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        if s.small_p and rng.random() < s.small_p:  # no draw without small_p: the earlier weights re-create
-            loss_cls, logits = model.small_loss(small_views(x, s.small_size, model.backbone.patch_size[0]), y)
-            loss_loc = torch.zeros(())
-        else:
-            loss_cls, loss_loc, logits, _ = model.losses(x, y, boxes)
+        loss_cls, loss_loc, logits, _ = model.losses(x, y, boxes)
         loss = loss_cls + s.loc_weight * loss_loc
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
@@ -383,18 +352,10 @@ def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seco
     from .version import __version__
 
     shipped = SHIPPED_BACKBONES[s.backbone]
-    small = f" {s.small_size:g} size" if s.small_p else ""
     rows = "\n".join(
         f"| {side} px | {metrics[f'top1_{side}px']:.1f} | {metrics[f'pointing_{side}px']:.1f} | "
         f"{metrics.get(f'rollout_pointing_{side}px', float('nan')):.1f} | {metrics[f'glsim_box_iou_{side}px']:.2f} |"
-        + (f" {metrics[f'small_top1_{side}px']:.1f} |" if small else "")
         for side in s.detail_sides
-    )
-    small_data = (
-        f" A share {s.small_p:g} of the batches is resized to {s.small_size:g} of the side and trained on the CLS"
-        " loss alone: what GLSim's cheaper crop pass (`crop_size=0.5`) sees, position embeddings resampled."
-        if s.small_p
-        else ""
     )
     defaults = asdict(PretrainSettings())
     changed = " ".join(
@@ -417,7 +378,7 @@ position embeddings are resampled to other sizes. Input normalisation: mean 0.5,
 distractor: fine-tuning on `SyntheticFGVC(num_classes=k)`, k <= 16, meets unseen classes. Detail sides
 {", ".join(map(str, s.detail_sides))} px, {s.images_per_side} images each (seeds {s.seed}..{s.seed + len(s.detail_sides) - 1},
 disjoint from the demo's 0-2), each seen again under fresh draws of a zoomed view (probability {s.zoom_p}: a
-random crop holding the detail, resized to full size as GLSim's crop pass does) and a horizontal flip.{small_data}
+random crop holding the detail, resized to full size as GLSim's crop pass does) and a horizontal flip.
 
 ## Objective
 Cross-entropy of a linear head on the CLS token (label smoothing {s.label_smoothing}), plus
@@ -443,8 +404,8 @@ timm {timm.__version__}, fgvc {__version__}.{earlier}
 ## Validation (pretraining vocabulary, {s.val_per_side} images per detail size, no zoom)
 Pointing game: the peak patch's centre inside the detail's box, as `fgvc.evaluate` and `fgvc demo` count it.
 
-| detail | CLS top-1 (%) | pointing game, similarity (%) | pointing game, rollout (%) | GLSim box IoU (top-8) |{f" CLS top-1 at{small} (%) |" if small else ""}
-|---|---|---|---|---|{"---|" if small else ""}
+| detail | CLS top-1 (%) | pointing game, similarity (%) | pointing game, rollout (%) | GLSim box IoU (top-8) |
+|---|---|---|---|---|
 {rows}
 
 ## Re-create

@@ -163,34 +163,6 @@ def test_a_second_stage_continues_from_earlier_weights_and_its_card_gives_both_c
     assert "second stage" in card
 
 
-def test_small_views_train_the_cls_token_at_half_size_as_glsims_cheaper_crop_pass_runs(tmp_path):
-    """``small_p``: a share of the batches at half the side (position embeddings resampled), CLS loss only."""
-    from fgvc.pretrain import _Pretrainer, small_views
-
-    x = torch.rand(2, 3, 128, 128)
-    assert small_views(x, 0.5, 8).shape == (2, 3, 64, 64)
-    assert small_views(x, 0.3, 8).shape == (2, 3, 40, 40)  # whole patches
-    torch.manual_seed(0)
-    model = _Pretrainer(replace(PretrainSettings(), threads=1), num_classes=3)
-    loss, logits = model.small_loss(small_views(x, 0.5, 8), torch.tensor([0, 2]))
-    assert logits.shape == (2, 3) and loss.ndim == 0
-    loss.backward()
-    assert model.backbone.vit.pos_embed.grad.abs().sum() > 0  # through the resampled position embeddings
-
-    tiny = replace(PretrainSettings(), detail_sides=(31,), images_per_side=8, val_per_side=4, steps=2,
-                   batch_size=8, warmup_steps=1, threads=1)
-    metrics = pretrain(tmp_path / "small", replace(tiny, small_p=1.0), progress=False)
-    assert "small_top1_31px" in metrics  # validation also reads the CLS token at half size
-    log = (tmp_path / "small" / "log.jsonl").read_text().splitlines()
-    assert '"loss_loc": 0.0' in log[0]  # a small batch has no localization term
-    card = (tmp_path / "small" / f"{NAME}.md").read_text()
-    assert "--small-p 1.0" in card and "CLS top-1 at 0.5 size" in card
-    pretrain(tmp_path / "plain", tiny, progress=False)  # the same run without small views ends elsewhere
-    a = load_file(str(tmp_path / "plain" / f"{NAME}.safetensors"))
-    b = load_file(str(tmp_path / "small" / f"{NAME}.safetensors"))
-    assert not all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_pretraining_images_come_from_the_pretraining_vocabulary():
     from fgvc.pretrain import _Views
 
@@ -208,8 +180,8 @@ def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(fgvc.pretrain, "pretrain", lambda out, s, progress: seen.update(out=out, s=s) or {})
     args = build_parser().parse_args(
         ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--rollout-weight", "0.5",
-         "--small-p", "0.25", "--no-progress"]
+         "--no-progress"]
     )
     assert args.func(args) == 0
-    want = replace(PretrainSettings(), steps=7, detail_sides=(7, 31), rollout_weight=0.5, small_p=0.25)
+    want = replace(PretrainSettings(), steps=7, detail_sides=(7, 31), rollout_weight=0.5)
     assert seen["s"] == want and seen["out"] == str(tmp_path)
