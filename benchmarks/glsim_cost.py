@@ -5,6 +5,7 @@ runs, each ratio the median of the rounds' own ratios, the machine's load averag
 
 * ``vit``; ``glsim`` (official: the crop resized to the input size and re-encoded); ``glsim_nocrop`` (one pass);
 * ``glsim_half`` / ``glsim_quarter``: ``crop_size=0.5`` / ``0.25`` (a quarter / a sixteenth of the tokens);
+  ``glsim_half_pe``: ``crop_size=0.5`` with its own learned position embedding (``crop_pos_embed="learned"``);
 * ``glsim_tokens``: ``crop_mode="tokens"`` with the boxes random weights select (nearly the whole image: its
   worst case); ``glsim_tokens_box50``: the same pass on a centred box of half of each side (a quarter of the
   patches; ``_fixed_box.py``, a cost instrument), the cost a trained model's box of that size gives.
@@ -33,6 +34,7 @@ from fgvc.profile import timed_rounds
 OPTIONS = [
     "glsim",
     ("glsim_half", "glsim", dict(crop_size=0.5)),
+    "glsim_half_pe",
     ("glsim_quarter", "glsim", dict(crop_size=0.25)),
     "glsim_tokens",
     ("glsim_tokens_box50", FIXED_BOX, dict(crop_mode="tokens", box_side=0.5)),

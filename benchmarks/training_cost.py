@@ -24,6 +24,7 @@ from fgvc.profile import ProfileResult
 ROWS = {
     "glsim": "glsim",
     "glsim_half": "glsim_half",
+    "glsim_half_pe": "glsim_half_pe",
     "glsim_tokens": "glsim_tokens",
     "glsim_tokens_box50": ("glsim_tokens_box50", FIXED_BOX, dict(crop_mode="tokens", box_side=0.5)),
     "dcal": "dcal",

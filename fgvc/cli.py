@@ -22,6 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
         seeds=seeds,
         device=args.device,
         progress=not args.no_progress,
+        backbone_lr_scale=args.backbone_lr_scale,
     )
     return 0
 
@@ -414,7 +415,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import SHIPPED_METHODS
+    from .demo import FULL, HARD
     from .version import __version__
 
     parser = _Parser(
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
-        help="fine-tune vit, glsim, dcal and transfg from fgvc's shipped backbone on synthetic data (CPU, ~5 min)",
+        help="fine-tune every method from fgvc's shipped backbone on synthetic data (CPU, ~5 min)",
         description="Fine-tunes every method from fgvc's shipped pretrained backbone (fgvc_synth_vit_tiny) on "
         "the built-in synthetic fine-grained dataset, prints a results table (top-1, crop IoU, pointing game, "
         "params, time) and writes checkpoints and a figure of where each method looks.",
@@ -434,12 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--hard",
         action="store_true",
-        help="the fine-grained regime: a 7 px detail on 128 px images (default: 31 px); adds glsim_top2",
+        help=f"the fine-grained regime: a 7 px detail on 128 px images (default: 31 px); methods "
+        f"{','.join(HARD.methods)}",
     )
     demo.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated methods or variants such as glsim_top2 (default: {','.join(SHIPPED_METHODS)})",
+        help=f"comma-separated methods or variants such as glsim_top2 (default: {','.join(FULL.methods)})",
+    )
+    demo.add_argument(
+        "--backbone-lr-scale", type=float, default=None,
+        help=f"the pretrained backbone's learning rate over the new layers' (default: {FULL.backbone_lr_scale:g})",
     )
     demo.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)")
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")

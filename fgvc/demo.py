@@ -101,14 +101,18 @@ def run_demo(
     seeds: Sequence[int] | None = None,
     device: str | None = None,
     progress: bool = True,
+    backbone_lr_scale: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and a figure.
 
     ``methods`` overrides the settings' methods (any of ``fgvc.list_models()``, or a variant such as
     ``glsim_top2``: ``fgvc.methods.base.method_variants()``); ``seeds`` runs every method
     once per seed (data and training both follow the seed) and adds a mean +- std table.
+    ``backbone_lr_scale`` overrides the settings' (the pretrained backbone's rate over the new layers').
     """
     s = settings or (HARD if hard else FULL)
+    if backbone_lr_scale is not None:
+        s = replace(s, backbone_lr_scale=float(backbone_lr_scale))
     if quick:
         s = replace(s, train=QUICK.train, val=QUICK.val, test=QUICK.test, epochs=QUICK.epochs)
     if methods is not None:
@@ -125,7 +129,8 @@ def run_demo(
     print(
         f"fgvc demo: synthetic fine-grained data, {s.num_classes} classes (chance {100 / s.num_classes:.0f}%), "
         f"{s.detail_px} px detail on {s.img_size} px images, {s.train}/{s.val}/{s.test} train/val/test; "
-        f"{s.epochs} epochs from {start_from}, seed{'s' if len(seeds) > 1 else ''} "
+        f"{s.epochs} epochs from {start_from} (lr {s.lr:g}, backbone x {s.backbone_lr_scale:g}), "
+        f"seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(map(str, seeds))}; writing to {out}/"
     )
     rows: list[dict[str, Any]] = []

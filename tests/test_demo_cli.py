@@ -56,10 +56,19 @@ def test_quick_and_hard_are_variants_of_the_full_demo():
 
 def test_cli_parses_demo_options():
     args = build_parser().parse_args(
-        ["demo", "--quick", "--hard", "--out", "somewhere", "--methods", "vit,dcal", "--seeds", "0,1,2"]
+        ["demo", "--quick", "--hard", "--out", "somewhere", "--methods", "vit,dcal", "--seeds", "0,1,2",
+         "--backbone-lr-scale", "0.1"]
     )
     assert args.quick and args.hard and args.out == "somewhere" and args.methods == "vit,dcal"
-    assert args.seeds == "0,1,2" and args.func.__name__ == "_demo"
+    assert args.seeds == "0,1,2" and args.backbone_lr_scale == 0.1 and args.func.__name__ == "_demo"
+    assert build_parser().parse_args(["demo"]).backbone_lr_scale is None  # the settings' own
+
+
+def test_the_backbone_rate_can_be_changed_and_is_printed_and_saved(tmp_path, capsys):
+    settings = replace(TINY, methods=("vit",), train=20, val=10, test=10)
+    run_demo(out_dir=tmp_path, settings=settings, backbone_lr_scale=0.1, progress=False)
+    assert "(lr 0.001, backbone x 0.1)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["backbone_lr_scale"] == 0.1
 
 
 def test_several_seeds_add_a_mean_and_std_table(tmp_path):
