@@ -7,6 +7,7 @@ detail less. Also prints each size's share of the encoder's tokens at 224 and 44
 ``fgvc benchmark`` sizes), which sets its throughput against the plain ViT's.
 
     python benchmarks/glsim_crop_size.py --sizes 0.5,0.5625,0.625,0.75 --seeds 0,1,2
+    python benchmarks/glsim_crop_size.py --sizes 0.25,0.375 --learned-pe --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from fgvc.methods.base import list_models, register_model
 from fgvc.methods.glsim import GLSim, resolve_crop_size
 
 
-def register_crop(size: float) -> str:
-    """Register ``glsim_top2_crop{size}``: ``glsim_top2`` whose crop pass runs at ``size`` of the input."""
-    name = f"glsim_top2_crop{size:g}"
+def register_crop(size: float, learned_pe: bool = False) -> str:
+    """Register ``glsim_top2_crop{size}``: ``glsim_top2`` whose crop pass runs at ``size`` of the input; with
+    ``learned_pe`` (``..._pe``), with its own position embedding (``crop_pos_embed="learned"``)."""
+    name = f"glsim_top2_crop{size:g}{'_pe' if learned_pe else ''}"
     if name not in list_models():
+        pe = "learned" if learned_pe else "resampled"
 
         class Cropped(GLSim):
-            __init__ = functools.partialmethod(GLSim.__init__, top_k=2, inclusive_box=True, crop_size=size)
+            __init__ = functools.partialmethod(
+                GLSim.__init__, top_k=2, inclusive_box=True, crop_size=size, crop_pos_embed=pe
+            )
 
-        Cropped.__name__ = f"GLSimTop2Crop{size:g}".replace(".", "_")
+        Cropped.__name__ = f"GLSimTop2Crop{size:g}{'PE' if learned_pe else ''}".replace(".", "_")
         register_model(name)(Cropped)
     return name
 
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--detail-only", default="", help="diagnostic: full-size passes fed crops resized to these "
                         "sizes and back (see register_detail_only), comma-separated")
+    parser.add_argument("--learned-pe", action="store_true", help="the crop passes with their own position "
+                        "embedding (crop_pos_embed='learned')")
     parser.add_argument("--default-setting", action="store_true", help="the demo's 31 px detail instead of --hard's")
     parser.add_argument("--out", default="runs/glsim_crop_size")
     args = parser.parse_args(argv)
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"crop_size {size:g}: crop pass tokens / encoder tokens {token_share(size, 224):.2f} at 224 px, "
               f"{token_share(size, 448):.2f} at 448 px; at {HARD.img_size} px with 8 px patches "
               f"{token_share(size, HARD.img_size, 8):.2f}")
-    methods = [register_crop(s) for s in sizes]
+    methods = [register_crop(s, args.learned_pe) for s in sizes]
     methods += [register_detail_only(float(s)) for s in args.detail_only.split(",") if s]
     settings = replace(FULL if args.default_setting else HARD, methods=tuple(methods))
     rows = run_demo(settings=settings, seeds=[int(s) for s in args.seeds.split(",")], out_dir=args.out,
