@@ -6,7 +6,7 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
     bash benchmarks/gpu_check.sh --dry-run    # anywhere: a tiny model on the CPU, the same code paths, seconds
 
 1. ``fgvc benchmark`` (the CLI's own code, called in this process) for vit, glsim, its cheaper crop passes
-   (glsim_half, glsim_tokens), dcal (PWCA in all blocks, and dcal_T6), transfg and timm's model, on ViT-B/16 (random
+   (glsim_half, glsim_half_pe, glsim_tokens), dcal (PWCA in all blocks, and dcal_T6), transfg and timm's model, on ViT-B/16 (random
    weights) at 224 and 448 px, under bf16 autocast and in fp32 (TF32 off: PyTorch's default for matmuls), at
    batch 32 and 64: inference images/s, training-step time, peak memory, all as ratios to the ViT of the same
    run. One configuration (dtype, batch, size) after the other, bf16 first; one that fails (out of memory) is
@@ -43,8 +43,8 @@ from torch.utils.data import Dataset
 import fgvc
 from fgvc.cli import main as fgvc_main
 
-METHODS = ("vit", "glsim", "glsim_half", "glsim_tokens", "dcal", "dcal_T6", "transfg")
-TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_tokens", "dcal", "transfg")
+METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "dcal_T6", "transfg")
+TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg")
 MIN_START_S = 30  # a benchmark configuration starts only with this much of the time budget left
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"vit", "timm", "glsim", "glsim_half", "glsim_tokens", "dcal", "dcal_T6", "transfg"}
+METHODS = {"vit", "timm", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "dcal_T6", "transfg"}
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_dry_run_benchmarks_every_method_dtype_and_batch_and_resumes_each_method
                 assert (tmp_path / f"{amp}_b{b}_{size}" / "benchmark.md").is_file()
     with open(tmp_path / "train_resume.csv") as f:
         resumed = list(csv.DictReader(f))
-    assert {r["method"] for r in resumed} == {"vit", "glsim", "glsim_half", "glsim_tokens", "dcal", "transfg"}
+    assert {r["method"] for r in resumed} == {"vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg"}
     assert {r["status"] for r in resumed} == {"ok"}
 
 
