@@ -238,8 +238,11 @@ def _base_lr(opt: torch.optim.Optimizer) -> float:
 
 def _scale_backbone_lr(opt: torch.optim.Optimizer, model: FGVCModel, scale: float) -> torch.optim.Optimizer:
     """The same optimizer with each parameter group split in two: the pretrained parameters
-    (``model.pretrained_parameters()``; ``lr_scale`` ``scale``, which timm's scheduler multiplies into every
-    rate it sets) and the layers that start from scratch (1.0)."""
+    (``model.pretrained_parameters()``; ``lr_scale`` ``scale``) and the layers that start from scratch (1.0).
+
+    Every group keeps the schedule's base rate as its ``lr``: timm's scheduler reads it as the group's base and
+    multiplies ``lr_scale`` into every rate it sets (from its first update on, at construction). A group
+    created at ``lr * scale`` would be scaled twice: ``scale ** 2`` (fgvc before this was fixed)."""
     backbone = {id(p) for p in model.pretrained_parameters()}
     groups, opt.param_groups = opt.param_groups, []  # no state yet: the groups can be rebuilt
     for group in groups:
@@ -247,7 +250,7 @@ def _scale_backbone_lr(opt: torch.optim.Optimizer, model: FGVCModel, scale: floa
         for in_backbone, lr_scale in ((True, scale), (False, 1.0)):
             params = [p for p in group["params"] if (id(p) in backbone) == in_backbone]
             if params:
-                opt.add_param_group(dict(options, params=params, lr=group["lr"] * lr_scale, lr_scale=lr_scale))
+                opt.add_param_group(dict(options, params=params, lr=group["lr"], lr_scale=lr_scale))
     return opt
 
 

@@ -322,6 +322,24 @@ def test_backbone_lr_scale_trains_the_backbone_slower_than_the_new_layers(tmp_pa
         fgvc.TrainConfig(backbone_lr_scale=0)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.1, 1e-3])
+def test_backbone_lr_scale_sets_the_backbones_rate_to_lr_times_scale_exactly_once(scale):
+    """AdamW's first step moves every weight with a gradient by its rate (m / sqrt(v) = +-1 after bias
+    correction, no weight decay): one step shows the rate each group really ran at. The backbone runs at
+    lr x scale, not lr x scale^2 (timm's scheduler multiplies ``lr_scale`` into the base rate it reads)."""
+    from test_train_evaluate import Blobs
+
+    torch.manual_seed(0)
+    model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
+    torch.nn.init.normal_(model.head.weight)  # the head starts at zero: no gradient would reach the backbone
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    fgvc.fit(model, Blobs(n=8), epochs=1, batch_size=8, lr=1e-2, min_lr=1e-2, warmup_steps=0, weight_decay=0.0,
+             backbone_lr_scale=scale, progress=False)
+    step = {k: (v.detach() - before[k]).abs().max().item() for k, v in model.named_parameters()}
+    assert step["backbone.vit.blocks.0.attn.qkv.weight"] == pytest.approx(1e-2 * scale, rel=1e-3)
+    assert step["head.weight"] == pytest.approx(1e-2, rel=1e-3)
+
+
 def test_layers_a_method_reinitialises_train_at_the_full_rate():
     """TransFG's part block starts at random (official): it is not a pretrained parameter."""
     official = fgvc.create_model("transfg", num_classes=4, img_size=32, **TINY)
