@@ -63,7 +63,10 @@ class DemoSettings:
     batch_size: int = 32
     lr: float = 1e-3  # the layers each method adds (heads, aggregator, GLCA, TransFG's part block)
     weight_decay: float = 0.05
-    backbone_lr_scale: float = 0.01  # the pretrained backbone at 1e-5: faster erased its localization
+    # The pretrained backbone at 1e-7, nearly frozen: the new layers learn on the selection pretraining taught.
+    # (fgvc trained it at lr x scale^2 until a fix: 0.01 ran as 1e-4 does now, and every figure was measured so.
+    # At 1e-5, 0.01, the demo's top-1 rises a little and GLSim's pointing game drops a little: see the README.)
+    backbone_lr_scale: float = 1e-4
     seed: int = 0
     threads: int = 2
 

@@ -46,7 +46,7 @@ TRAIN, VAL, TEST = (64, 32, 32) if SMOKE else (2000, 300, 300)  # synthetic imag
 IMG_SIZE = (96, 128)                                # (height, width): non-square on purpose
 DETAIL_PX = 24                                      # side of the detail (pixels)
 LR = 1e-3                                           # AdamW learning rate of the layers each method adds
-BACKBONE_LR_SCALE = 0.01                            # the pretrained backbone at LR x this (as fgvc demo)
+BACKBONE_LR_SCALE = 1e-4                            # the pretrained backbone at LR x this (as fgvc demo)
 CHECKPOINTS = "runs/attention"                      # <dir>/<method>/best.safetensors is loaded when present
 DEVICE = None                                       # None: CUDA when available, else CPU
 """),
