@@ -415,3 +415,5 @@ def test_histories_overlay_methods_with_markers_and_plain_axes():
     fig.canvas.draw()
     assert loss_ax.yaxis.get_major_formatter().get_offset() == ""  # no "1e-6+2.30258"
     assert any(line.get_label().startswith("chance") for line in acc_ax.lines)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]  # one legend beside the panels, off the curves
+    assert labels == ["vit", "glsim", "train", "validation", "chance (10.0%)"] and not acc_ax.get_legend()

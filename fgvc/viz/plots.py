@@ -54,8 +54,17 @@ def plot_histories(histories: Mapping[str, Any], *, chance: float | None = None,
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    # One legend beside both panels, off the curves: a colour per method, then what the line styles mean.
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[k % len(colors)], lw=2, label=str(m))
+               for k, m in enumerate(histories)]
+    handles += [Line2D([], [], color="black", ls="-", label="train"),
+                Line2D([], [], color="black", ls="--", label="validation")]
+    if chance is not None:
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label=f"chance ({chance:.1f}%)"))
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.83, 0.5), fontsize=8, frameon=False)
     return fig
 
 
