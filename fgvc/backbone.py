@@ -329,14 +329,9 @@ class ViTBackbone(nn.Module):
         model's ``img_size``. ``pos_embed``: a position embedding of ``x``'s grid to use instead (the shape of
         ``pos_embed_at``'s), for a pass that learns its own (GLSim's ``crop_pos_embed="learned"``).
         """
-        if pos_embed is not None:
-            size, x = tuple(x.shape[-2:]), self._patch_tokens(x)  # (B, rows * cols, D)
-            prefix = 0 if self.vit.no_embed_class else self.num_prefix_tokens
-            if pos_embed.shape[1] != x.shape[1] + prefix:
-                raise ValueError(f"pos_embed has {pos_embed.shape[1]} positions; {size[0]}x{size[1]} inputs need "
-                                 f"{x.shape[1] + prefix}")
-            return self.vit.norm_pre(self.vit.patch_drop(self._add_pos_embed(x, pos_embed)))
         size = self.img_size if img_size is None else to_2tuple(img_size)
+        if pos_embed is not None:  # its own grid's embedding: x may be at any size
+            size = tuple(x.shape[-2:])
         if x.shape[-2:] != size:
             got = f"got {x.shape[-2]}x{x.shape[-1]}"
             if img_size is None:
@@ -344,7 +339,7 @@ class ViTBackbone(nn.Module):
                                  f"with img_size={tuple(x.shape[-2:])}")
             raise ValueError(f"{self.name} was asked for {size[0]}x{size[1]} inputs (img_size), {got}")
         v = self.vit
-        if size == self.img_size:
+        if size == self.img_size and pos_embed is None:
             x = v.patch_embed(x)
             x = v._pos_embed(x)
             if isinstance(x, tuple):  # EVA: (tokens, rotary embedding); patch dropout already applied inside
@@ -353,7 +348,13 @@ class ViTBackbone(nn.Module):
             if getattr(v, "rope", None) is not None:
                 raise ValueError(f"{self.name}: rotary position embeddings are built for one grid; inputs at "
                                  "another size than img_size are not supported")
-            x = self._add_pos_embed(self._patch_tokens(x), self.pos_embed_at(size))
+            x = self._patch_tokens(x)  # (B, rows * cols, D)
+            if pos_embed is None:
+                pos_embed = self.pos_embed_at(size)
+            elif pos_embed.shape[1] != x.shape[1] + (0 if v.no_embed_class else self.num_prefix_tokens):
+                raise ValueError(f"pos_embed has {pos_embed.shape[1]} positions, too many or too few for "
+                                 f"{size[0]}x{size[1]} inputs")
+            x = self._add_pos_embed(x, pos_embed)
         x = v.patch_drop(x)
         return v.norm_pre(x)
 

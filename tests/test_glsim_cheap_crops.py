@@ -136,6 +136,8 @@ def test_learned_crop_position_embedding_starts_as_the_resampled_one_and_trains_
         glsim(crop_pos_embed="learned")  # the official full-size pass has the backbone's own
     with pytest.raises(ValueError, match="crop_pos_embed must be one of"):
         glsim(crop_size=0.5, crop_pos_embed="fixed")
+    with pytest.raises(ValueError, match="pos_embed has 7 positions, too many or too few for 64x96 inputs"):
+        learned.backbone.embed(x, pos_embed=learned.crop_pos_embed)  # the crop's grid, not the input's
 
 
 # ------------------------------------------------------------------------------ crop_mode="tokens"
