@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["PatchGrid", "box_iou_pairs", "crop_and_resize"]
@@ -162,59 +163,14 @@ def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a + area_b - inter).clamp(min=1e-12)
 
 
-def _crop_axis(start: Tensor, end: Tensor, n: int, extent: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """Source pixels and weights of ``n`` samples over [start, end) on an axis of ``extent`` pixels.
-
-    start, end: (B,) long, clipped to the axis (at least one pixel). Returns the lower and upper pixels (B, n)
-    long and their weights (B, n) in ``dtype``: ``F.interpolate(mode="bilinear", align_corners=True)``'s own
-    arithmetic on the slice, in the slice's coordinates (sample j at ``j * (w - 1) / (n - 1)``, pixel 0 for
-    ``n == 1``), so that each sample lies where that kernel's float arithmetic puts it.
-    """
-    start = start.clamp(0, extent - 1)
-    last = (end.clamp(max=extent) - start).clamp(min=1) - 1  # (B,) the slice's last pixel, w - 1
-    if n > 1:  # divide by a tensor, as the kernel does: a Python divisor may become a product by its reciprocal
-        scale = last.to(dtype) / torch.full_like(last, n - 1, dtype=dtype)  # (B,)
-    else:
-        scale = torch.zeros_like(last, dtype=dtype)
-    src = scale[:, None] * torch.arange(n, dtype=dtype, device=start.device)  # (B, n) in the slice
-    low = torch.minimum(src.floor().long(), last[:, None])  # (B, n)
-    upper_weight = (src - low.to(dtype)).clamp(0, 1)
-    high = low + (low < last[:, None]).long()
-    return start[:, None] + low, start[:, None] + high, 1 - upper_weight, upper_weight
-
-
 def crop_and_resize(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """Cut each pixel box (B, 4) out of (B, C, H, W) images and resize it to ``size`` (h, w; default H, W).
 
-    Bilinear with ``align_corners=True``, as GLSim's official ``F.upsample_bilinear`` of ``img[:, y0:y1, x0:x1]``
-    (the same float32 bits on CPU, otherwise within a rounding), batched: the boxes' rows, then their columns,
-    for every box at once, with no loop over the images and no host sync, so that it traces and exports (ONNX)
-    with the batch size free. Boxes: integral values (long or float), ends exclusive, clipped to the image; the
-    image gets a gradient, the boxes none.
+    Bilinear with ``align_corners=True``, as GLSim's official ``F.upsample_bilinear``.
     """
-    _, c, h, w = images.shape
-    out_h, out_w = (h, w) if size is None else (int(size[0]), int(size[1]))
-    dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
-    x0, y0, x1, y1 = boxes.detach().to(images.device).long().unbind(-1)  # each (B,)
-    ys0, ys1, wy0, wy1 = _crop_axis(y0, y1, out_h, h, dtype)  # rows (B, out_h)
-    xs0, xs1, wx0, wx1 = _crop_axis(x0, x1, out_w, w, dtype)  # columns (B, out_w)
-    # the rows of every box (index_select copies whole rows: much cheaper than a gather per pixel), then the
-    # four pixels around each sample, blended as F.interpolate's CPU kernel does: the products of the row and
-    # column weights, accumulated by fused multiply-adds from the top-right pixel, so that float32 crops there
-    # are bit for bit the loop's (elsewhere within a rounding)
-    image_index = torch.ones_like(y0).cumsum(0) - 1  # (B,) 0..B-1 without a Python batch size
-    planes = (image_index[:, None] * c + torch.arange(c, device=images.device)) * h  # (B, C) first row of each
-    rows = images.reshape(-1, w)  # (B * C * H, W)
-
-    def pixels(ys: Tensor) -> tuple[Tensor, Tensor]:  # rows (B, out_h) -> left, right pixels (B, C, out_h, out_w)
-        picked = rows.index_select(0, (planes[:, :, None] + ys[:, None, :]).reshape(-1))  # (B * C * out_h, W)
-        picked = picked.reshape(-1, c, out_h, w).to(dtype)
-        return tuple(picked.gather(3, xs[:, None, None, :].expand(-1, c, out_h, -1)) for xs in (xs0, xs1))
-
-    wy0, wy1 = wy0[:, None, :, None], wy1[:, None, :, None]  # (B, 1, out_h, 1)
-    wx0, wx1 = wx0[:, None, None, :], wx1[:, None, None, :]  # (B, 1, 1, out_w)
-    top_left, top_right = pixels(ys0)
-    out = top_right.mul_(wy0 * wx1).addcmul_(top_left, wy0 * wx0)  # (B, C, out_h, out_w)
-    bottom_left, bottom_right = pixels(ys1)
-    out = out.addcmul_(bottom_left, wy1 * wx0).addcmul_(bottom_right, wy1 * wx1)
-    return out.to(images.dtype) if images.is_floating_point() else out.round().to(images.dtype)
+    size = tuple(images.shape[-2:]) if size is None else tuple(size)
+    crops = [
+        F.interpolate(img[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=True)
+        for img, (x0, y0, x1, y1) in zip(images, boxes.tolist(), strict=True)
+    ]
+    return torch.cat(crops, dim=0)
