@@ -1,8 +1,8 @@
 """What crop IoU can GLSim's box reach at all? The arithmetic behind the demo's crop IoU column.
 
 GLSim's box spans the top-k patches of its CLS-patch similarity; the official code slices the last row and column
-off (``include_last=False``), so a selection spanning ``r x c`` patches gives a box of ``(r - 1) x (c - 1)``
-patches. This script takes the demo's test boxes (no model, no training) and reports the mean IoU with the true
+off (``include_last=False``) but keeps at least one patch, so a selection spanning ``r x c`` patches gives a box
+of ``max(r - 1, 1) x max(c - 1, 1)`` patches (for top-1 both rules give the same box). This script takes the demo's test boxes (no model, no training) and reports the mean IoU with the true
 detail box of:
 
 - a *perfect* similarity (each patch's share of the detail), its top-k, with the official box and with the

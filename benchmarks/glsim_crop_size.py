@@ -1,6 +1,6 @@
 """How small can GLSim's crop pass be before accuracy drops? (issue 17: the crop pass's size against top-1)
 
-GLSim's compact-box variant (``glsim_top2``: top-2 patches, inclusive box) with its crop re-encoded at a fraction of
+fgvc's compact-box variant of GLSim (``glsim_top2``: top-2 patches, inclusive box) with its crop re-encoded at a fraction of
 the input size (``crop_size``), fine-tuned as ``fgvc demo --hard`` does (same data, schedule, seeds, shipped
 backbone). A smaller crop pass is cheaper (its tokens scale with the square of ``crop_size``) but magnifies the
 detail less. Also prints each size's share of the encoder's tokens at 224 and 448 px with 16 px patches (the

@@ -60,7 +60,8 @@ class OracleGLSim(GLSim):
 
 def register_top_k(k: int) -> str:
     """Register ``glsim_top{k}``: GLSim whose selection keeps the ``k`` most similar patches, with the box's
-    last row and column included (``inclusive_box``; the official exclusive end makes one cell an empty box)."""
+    last row and column included (``inclusive_box``: the official exclusive end drops them, at least one patch
+    kept, so two neighbouring patches give a one-patch box; for k = 1 the two rules give the same box)."""
     name = f"glsim_top{k}"
     if name not in list_models():
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
 
@@ -29,7 +32,15 @@ from .io import backbone_state_dict, load_timm_state
 from .layers.geometry import PatchGrid
 from .weights import shipped_backbone
 
-__all__ = ["EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "shape_repr", "to_2tuple"]
+__all__ = [
+    "POS_EMBED_INTERPOLATIONS", "EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "resample_pos_embed", "shape_repr",
+    "to_2tuple",
+]
+
+#: How position embeddings are resampled to another grid (``pos_embed_interpolation``): timm's antialiased
+#: bicubic or bilinear (half-pixel centres), or ``"scipy_zoom"``, what the official GLSim and TransFG code
+#: computes with ``scipy.ndimage.zoom(order=1)``: linear, the corner cells of both grids aligned.
+POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear", "scipy_zoom")
 
 
 def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
@@ -52,6 +63,76 @@ def shape_repr(x: Any) -> str:
     if isinstance(x, (list, tuple)) and x and all(hasattr(v, "shape") for v in x):
         return f"[{len(x)} x {tuple(x[0].shape)}]" if len({tuple(v.shape) for v in x}) == 1 else f"[{len(x)} tensors]"
     return repr(x)
+
+
+def _check_pos_embed_interpolation(value: str | None) -> None:
+    """``pos_embed_interpolation`` must be None (timm's loader's own rule) or one of ``POS_EMBED_INTERPOLATIONS``."""
+    if value is not None and value not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"pos_embed_interpolation must be one of {', '.join(POS_EMBED_INTERPOLATIONS)} (or None: "
+                         f"timm's rule), got {value!r}")
+
+
+def resample_pos_embed(
+    pos_embed: Tensor,
+    new_size: Sequence[int],
+    old_size: Sequence[int],
+    num_prefix_tokens: int,
+    interpolation: str | None = None,
+) -> Tensor:
+    """Position embeddings (1, [prefix +] rows * cols, D) on an ``old_size`` grid -> the same on ``new_size``.
+
+    ``interpolation`` (``POS_EMBED_INTERPOLATIONS``; None is "bicubic"): "bicubic" and "bilinear" are timm's
+    ``resample_abs_pos_embed`` (antialiased when shrinking); "scipy_zoom" is bilinear with ``align_corners=True``
+    and no antialiasing, which is what ``scipy.ndimage.zoom(grid, (new / old, new / old, 1), order=1)``
+    computes (its output cell i reads input coordinate ``i * (old - 1) / (new - 1)``). The prefix tokens'
+    embeddings are kept as they are.
+    """
+    _check_pos_embed_interpolation(interpolation)
+    new_size, old_size = list(to_2tuple(tuple(new_size))), list(to_2tuple(tuple(old_size)))
+    if interpolation in (None, "bicubic", "bilinear"):
+        return resample_abs_pos_embed(pos_embed, new_size=new_size, old_size=old_size,
+                                      num_prefix_tokens=num_prefix_tokens, interpolation=interpolation or "bicubic")
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    work = torch.promote_types(grid.dtype, torch.float32)  # half precision is resampled in float32
+    grid = grid.to(work).reshape(1, *old_size, dim).permute(0, 3, 1, 2)  # (1, D, rows, cols)
+    grid = F.interpolate(grid, size=new_size, mode="bilinear", align_corners=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def _pos_embed_filter(filter_fn: Any, interpolation: str | None, origin: str) -> Any:
+    """timm's checkpoint filter of a model family, with the position embedding resampled by ``interpolation``.
+
+    timm's filter converts the file's layout (and resamples with its own bicubic rule); the embedding is then
+    resampled again from the file's own ``pos_embed`` (a square grid) with ``resample_pos_embed``.
+    """
+
+    def filtered(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        out = filter_fn(state, model) if filter_fn is not None else dict(state)
+        target = getattr(model, "pos_embed", None)
+        if interpolation is None or target is None or "pos_embed" not in out:
+            return out
+        for key in ("model", "state_dict"):  # the nestings timm's filters unwrap
+            state = state[key] if isinstance(state.get(key), dict) else state
+        raw = state.get("pos_embed")
+        if raw is None:
+            raise ValueError(f"pos_embed_interpolation={interpolation!r}: {origin} keeps its position embedding "
+                             f"under another name than timm's 'pos_embed'; leave pos_embed_interpolation unset "
+                             f"(timm's own resampling) for this file")
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        cells = raw.shape[1] - prefix
+        side = math.isqrt(max(cells, 0))
+        grid = tuple(model.patch_embed.grid_size)
+        if raw.shape[1] == target.shape[1] and (side * side != cells or (side, side) == grid):
+            return out  # already the model's grid
+        if side * side != cells:
+            raise ValueError(f"{origin}: its position embedding has {cells} grid cells, not a square grid; "
+                             f"pos_embed_interpolation needs one")
+        out["pos_embed"] = resample_pos_embed(raw, grid, (side, side), prefix, interpolation)
+        return out
+
+    return filtered
 
 
 class OverlapPatchEmbed(PatchEmbed):
@@ -138,11 +219,11 @@ class ViTBackbone(nn.Module):
         name: timm model name, with or without a pretrained tag (``vit_base_patch16_224.augreg_in21k``), or
             the name of a backbone that ships with fgvc (``fgvc_synth_vit_tiny``, see ``fgvc.weights``).
         img_size: input resolution, int or (height, width); each side a multiple of the patch size.
-            Position embeddings of pretrained weights are resampled to it (timm's ``resample_abs_pos_embed``).
+            Position embeddings of pretrained weights are resampled to it (``pos_embed_interpolation``).
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).
         checkpoint_path: load backbone weights from a local ``.pth`` / ``.safetensors`` file instead: a timm
             state dict (its classifier is dropped, position embeddings are resampled by timm's own filter of
-            the model family), or fgvc's own ``best`` / ``last`` checkpoints and ``train_state`` (their backbone
+            the model family, or by ``pos_embed_interpolation``), or fgvc's own ``best`` / ``last`` checkpoints and ``train_state`` (their backbone
             is taken, the method's layers left aside). Loading is strict: a file that does not give every
             backbone tensor, in its shape, or that holds tensors the backbone does not have, is refused with
             what matched, what is missing and what is unexpected. ``load_report`` says what was loaded. Also
@@ -156,6 +237,11 @@ class ViTBackbone(nn.Module):
             Set when the model is built, before pretrained weights load, so pretrained position embeddings
             are resampled once, from their own grid to the overlapping one. Timm's ``VisionTransformer``
             family only (it must accept ``embed_layer``).
+        pos_embed_interpolation: how position embeddings are resampled to another grid
+            (``POS_EMBED_INTERPOLATIONS``, see ``resample_pos_embed``): pretrained weights (timm's, a state-dict
+            file or Google's ``.npz``) resampled to ``img_size``, and ``pos_embed_at``. None: timm's own rule
+            (antialiased bicubic; bilinear for Google's ``.npz``, as timm's reader of it).
+            ``"scipy_zoom"`` is the official GLSim and TransFG code's ``scipy.ndimage.zoom(order=1)``.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=6, patch_size=8`` for a tiny model).
     """
 
@@ -168,11 +254,15 @@ class ViTBackbone(nn.Module):
         checkpoint_path: str | os.PathLike | None = None,
         drop_path_rate: float = 0.0,
         patch_stride: int | None = None,
+        pos_embed_interpolation: str | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
+        _check_pos_embed_interpolation(pos_embed_interpolation)
         self.name = name
         self.img_size = to_2tuple(img_size)
+        #: how position embeddings are resampled (None: timm's rule); see the class doc
+        self.pos_embed_interpolation = pos_embed_interpolation
         timm_name = name
         shipped = shipped_backbone(name)
         if shipped is not None:  # fgvc's own pretrained backbone: a timm architecture + a packaged file
@@ -204,11 +294,23 @@ class ViTBackbone(nn.Module):
                 state, aside = backbone_state_dict(checkpoint_path)
             pretrained = False
         self._check_divisible(kwargs.get("patch_size") or _patch_size_from_name(timm_name))
-        self.vit = timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+        # timm's own loading resamples with its rule; another rule loads the weights here through timm's loader
+        # with the resampling filter (``_pos_embed_filter``)
+        own_rule = pos_embed_interpolation is not None and pretrained
+        self.vit = timm.create_model(timm_name, pretrained=pretrained and not own_rule, **kwargs)
+        if own_rule:
+            from timm.models import load_pretrained
+
+            load_pretrained(self.vit, pretrained_cfg=self.vit.pretrained_cfg, num_classes=self.vit.num_classes,
+                            in_chans=kwargs.get("in_chans", 3),
+                            filter_fn=_pos_embed_filter(_family_filter(self.vit), pos_embed_interpolation,
+                                                        f"the pretrained weights of {name}"))
         if npz is not None:
             if not hasattr(self.vit, "load_pretrained"):
                 raise ValueError(f"{name} cannot read Google's .npz weights (timm's VisionTransformer family can)")
             self.vit.load_pretrained(npz)  # numpy without pickles; position embeddings resampled to the grid
+            if pos_embed_interpolation is not None:
+                self._resample_npz_pos_embed(npz)
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "patch_embed"):
             raise ValueError(f"{name} is not a ViT-family model (it has no patch_embed and blocks)")
         self._check_divisible(self.vit.patch_embed.patch_size)
@@ -217,9 +319,27 @@ class ViTBackbone(nn.Module):
         if npz is not None:
             self.load_report = dict(file=npz, loaded=len(self.vit.state_dict()), left_aside=[])
         if state is not None:
-            self.load_report = load_timm_state(self.vit, state, checkpoint_path, name)
+            filter_fn = None
+            if pos_embed_interpolation is not None:
+                filter_fn = _pos_embed_filter(_family_filter(self.vit), pos_embed_interpolation, checkpoint_path)
+            self.load_report = load_timm_state(self.vit, state, checkpoint_path, name, filter_fn=filter_fn)
             self.load_report["left_aside"] += aside
         self._pos_embed_cache: dict[Any, Tensor] = {}  # pos_embed_at without gradients: one resampled size
+
+    @torch.no_grad()
+    def _resample_npz_pos_embed(self, npz: str) -> None:
+        """Resample the position embedding of Google's ``.npz`` again, from the file, by ``pos_embed_interpolation``
+        (timm's reader of it resamples bilinearly)."""
+        import numpy as np
+
+        with np.load(npz, allow_pickle=False) as w:
+            keys = [k for k in w.files if k.endswith("pos_embedding")]
+            if len(keys) != 1:
+                raise ValueError(f"{npz}: expected one position embedding (Transformer/posembed_input/pos_embedding), "
+                                 f"found {keys or 'none'}")
+            raw = torch.from_numpy(w[keys[0]].copy())
+        filtered = _pos_embed_filter(None, self.pos_embed_interpolation, npz)({"pos_embed": raw}, self.vit)
+        self.vit.pos_embed.copy_(filtered["pos_embed"].reshape(self.vit.pos_embed.shape))
 
     def _check_divisible(self, patch: int | Sequence[int] | None) -> None:
         """Fail early, naming the numbers, when the resolution does not tile into patches."""
@@ -296,9 +416,10 @@ class ViTBackbone(nn.Module):
     def pos_embed_at(self, img_size: int | Sequence[int]) -> Tensor | None:
         """The position embedding (1, [prefix +] rows * cols, D) resampled to the grid of ``img_size``.
 
-        timm's ``resample_abs_pos_embed`` (bicubic, as for pretrained weights), computed from the model's own
-        ``pos_embed`` on every call while gradients are recorded, so training reaches the original parameter;
-        without gradients the result is cached per size (and dropped when the parameter changes).
+        ``resample_pos_embed`` with ``pos_embed_interpolation`` (as for pretrained weights; None: timm's
+        bicubic), computed from the model's own ``pos_embed`` on every call while gradients are recorded, so
+        training reaches the original parameter; without gradients the result is cached per size (and dropped
+        when the parameter changes).
         """
         v = self.vit
         size = to_2tuple(img_size)
@@ -310,10 +431,8 @@ class ViTBackbone(nn.Module):
         cache = self._pos_embed_cache
         if not record and key in cache:
             return cache[key]
-        pos = resample_abs_pos_embed(
-            v.pos_embed, new_size=list(grid), old_size=list(self.grid_size),
-            num_prefix_tokens=0 if v.no_embed_class else v.num_prefix_tokens,
-        )
+        pos = resample_pos_embed(v.pos_embed, grid, self.grid_size, 0 if v.no_embed_class else v.num_prefix_tokens,
+                                 self.pos_embed_interpolation)
         if not record:
             cache.clear()  # one entry: a new size or a changed parameter replaces it
             cache[key] = pos
@@ -488,6 +607,11 @@ class ViTBackbone(nn.Module):
                 h.remove()
             for attn, fused in saved:
                 attn.fused_attn = fused
+
+
+def _family_filter(vit: nn.Module) -> Any:
+    """timm's ``checkpoint_filter_fn`` of the module that defines ``vit``'s class, or None."""
+    return getattr(sys.modules.get(type(vit).__module__), "checkpoint_filter_fn", None)
 
 
 def global_token(tokens: Tensor, num_prefix_tokens: int, has_class_token: bool) -> Tensor:

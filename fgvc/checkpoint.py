@@ -3,7 +3,15 @@
 One file per checkpoint (``.safetensors``); its metadata entry ``"fgvc"`` is a JSON object with the method,
 backbone, options, input size, class names and anything the caller adds (metrics, epoch). It can be read
 without loading the weights (``read_metadata``). Files are written and read through ``fgvc.io``: atomic
-writes, a CRC-32 of the tensors checked on every read, ``.pth`` files read without running pickled code.
+writes, a CRC-32 of the tensors and a SHA-256 of the metadata checked on every read, ``.pth`` files read
+without running pickled code.
+
+Loading a checkpoint never reaches outside the file: ``load_model`` checks the metadata's types and ranges,
+allows only timm model names (no ``hf-hub:`` / ``local-dir:`` sources, no paths) and fgvc's shipped backbone
+names, no ``checkpoint_path`` / ``pretrained`` / ``pretrained_cfg`` among the options or timm arguments,
+builds the model on the ``meta`` device first to check that its tensors are exactly the file's (so the
+metadata cannot ask for a larger model than the file holds), and only then builds it with
+``pretrained=False`` and fills it from the file. Every error names the file.
 
 Training state for ``fit(resume=...)`` (``save_train_state``) is one more safetensors file holding the model
 weights, the optimizer tensors and the RNG state as tensors, and everything else (scheduler, grad scaler,
@@ -14,7 +22,9 @@ steps, and nothing of fgvc's own is ever unpickled. Foreign ``.pth`` files are r
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,16 +32,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .backbone import POS_EMBED_INTERPOLATIONS
 from .io import (
     cpu_tensors,
     load_state_dict_file,
     read_header_json,
     read_safetensors,
+    read_tensor_shapes,
     remove_stale_temporaries,
     tensor_checksum,
     write_safetensors,
 )
-from .methods.base import FGVCModel, create_model
+from .methods.base import FGVCModel, create_model, list_models, model_options
 from .version import __version__
 
 __all__ = [
@@ -52,6 +64,8 @@ TRAIN_STATE_VERSION = 1
 TRAIN_STATE_KEYS = {"step", "epoch", "batches_done", "epochs", "world_size", "batch_size", "accumulate_steps", "seed",
                     "num_train", "sums", "history", "best_epoch", "best_top1", "rng", "optimizer"}
 REQUIRED_METADATA = {"method": str, "backbone": str, "num_classes": int, "img_size": list}
+#: Arguments that load files or reach the network: never taken from a checkpoint's metadata.
+OUTSIDE_ARGUMENTS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_strict", "cache_dir"})
 
 
 def save_model(
@@ -61,11 +75,21 @@ def save_model(
     class_names: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model``'s weights and rebuild information to ``path`` (atomically). Returns the path."""
+    """Write ``model``'s weights and rebuild information to ``path`` (atomically). Returns the path.
+
+    ``class_names`` default to the model's own (``model.class_names``), so a checkpoint keeps what the model
+    knows; ``extra`` (metrics, epoch, ...) may not replace any of the rebuild information.
+    """
     path = Path(path)
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names given for a model with {model.num_classes} classes")
-    meta = dict(model.config, class_names=class_names, fgvc_version=__version__, format=FORMAT_VERSION)
+    meta = dict(model.config, class_names=None if class_names is None else list(class_names),
+                fgvc_version=__version__, format=FORMAT_VERSION)
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ValueError(f"save_model: extra may not replace the checkpoint's own {', '.join(map(repr, clash))}")
     meta.update(extra or {})
     return write_safetensors(cpu_tensors(model.state_dict()), path, {"fgvc": json.dumps(meta)})
 
@@ -83,6 +107,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if names is not None and (not isinstance(names, list) or len(names) != meta["num_classes"]):
         count = len(names) if isinstance(names, list) else "no list of"
         raise ValueError(f"{path}: {count} class names for {meta['num_classes']} classes in the fgvc metadata")
+    if names is not None and not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: the class names in the fgvc metadata are not all text")
     return meta
 
 
@@ -220,18 +246,110 @@ def load_model(
             f"class-count mismatch: checkpoint {path} was trained on {meta['num_classes']} classes, "
             f"but num_classes={num_classes} was asked for"
         )
-    model = create_model(
-        meta["method"],
-        backbone=meta["backbone"],
-        num_classes=meta["num_classes"],
-        img_size=tuple(meta["img_size"]),
-        pretrained=False,
-        drop_path_rate=meta.get("drop_path_rate", 0.0),
-        patch_stride=meta.get("patch_stride"),
-        backbone_kwargs=meta.get("backbone_kwargs") or None,
-        **({"norm_eps": meta["norm_eps"]} if meta.get("norm_eps") is not None else {}),
-        **meta.get("options", {}),
-    )
+    kwargs = _rebuild_arguments(path, meta)
+    _check_size(path, meta["method"], kwargs, read_tensor_shapes(path, "checkpoint"))
+    try:
+        model = create_model(meta["method"], pretrained=False, **kwargs)
+    except Exception as e:  # the method's own checks, or timm's, on values the metadata gave
+        raise ValueError(f"{path}: the fgvc metadata does not describe a model fgvc can build: {e}") from None
     load_weights(model, path)
     model.class_names = meta.get("class_names")
     return model.to(device).eval()
+
+
+def _rebuild_arguments(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
+    """``create_model`` arguments (all but the method) from checkpoint metadata, their types and ranges checked."""
+
+    def bad(key: str, what: str) -> ValueError:
+        return ValueError(f"{path}: the fgvc metadata has no valid {key!r} ({what}, got {meta.get(key)!r})")
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    method = meta["method"]
+    if method not in list_models():
+        raise ValueError(f"{path}: the checkpoint holds a {method!r} model, which fgvc does not know; available: "
+                         f"{', '.join(list_models())}")
+    _check_backbone_name(path, meta["backbone"])
+    if not positive_int(meta["num_classes"]):
+        raise bad("num_classes", "a positive int")
+    size = meta["img_size"]
+    if len(size) != 2 or not all(positive_int(v) for v in size):
+        raise bad("img_size", "[height, width], positive ints")
+    rate = meta.get("drop_path_rate", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise bad("drop_path_rate", "a number in [0, 1)")
+    stride = meta.get("patch_stride")
+    if stride is not None and not positive_int(stride):
+        raise bad("patch_stride", "null or a positive int")
+    eps = meta.get("norm_eps")
+    if eps is not None and (not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1
+                            or not math.isfinite(eps)):
+        raise bad("norm_eps", "null or a number in (0, 1)")
+    interpolation = meta.get("pos_embed_interpolation")
+    if interpolation is not None and interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise bad("pos_embed_interpolation", f"null or one of {', '.join(POS_EMBED_INTERPOLATIONS)}")
+    timm_kwargs = meta.get("backbone_kwargs") or {}
+    if not isinstance(timm_kwargs, dict):
+        raise bad("backbone_kwargs", "a JSON object")
+    options = meta.get("options") or {}
+    if not isinstance(options, dict):
+        raise bad("options", "a JSON object")
+    common = set(inspect.signature(FGVCModel.__init__).parameters) - {"self"}
+    own = set(model_options(method)) - common
+    outside = sorted((set(timm_kwargs) | set(options)) & OUTSIDE_ARGUMENTS)
+    if outside:
+        raise ValueError(f"{path}: the fgvc metadata asks for {', '.join(map(repr, outside))}: a checkpoint is "
+                         f"rebuilt from its own file only, never from other files or the network")
+    overlay = timm_kwargs.get("pretrained_cfg_overlay")
+    if overlay is not None and (not isinstance(overlay, dict) or {"file", "url", "hf_hub_id"} & set(overlay)):
+        raise bad("backbone_kwargs", "timm arguments without other weight sources")
+    unknown = sorted(set(options) - own)
+    if unknown:
+        raise ValueError(f"{path}: the fgvc metadata gives {method!r} unknown options {', '.join(map(repr, unknown))}"
+                         f" (its options: {', '.join(sorted(own)) or 'none'})")
+    kwargs = dict(backbone=meta["backbone"], num_classes=meta["num_classes"], img_size=tuple(size),
+                  drop_path_rate=rate, patch_stride=stride, backbone_kwargs=timm_kwargs or None, **options)
+    if eps is not None:
+        kwargs["norm_eps"] = eps
+    if interpolation is not None:
+        kwargs["pos_embed_interpolation"] = interpolation
+    return kwargs
+
+
+def _check_backbone_name(path: str | os.PathLike, name: str) -> None:
+    """A timm model name (optionally with a pretrained tag) or a shipped backbone; no Hub source, no path."""
+    import timm
+
+    from .weights import shipped_backbone
+
+    if shipped_backbone(name) is not None:
+        return
+    if ":" in name or "/" in name or "\\" in name or not timm.is_model(name):
+        raise ValueError(
+            f"{path}: the fgvc metadata names the backbone {name!r}, which is not a timm model name (a checkpoint "
+            f"is rebuilt from a timm architecture, never from a Hub repository or another file)"
+        )
+
+
+def _check_size(
+    path: str | os.PathLike, method: str, kwargs: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Build the model on the ``meta`` device (no memory) and require exactly the file's tensors and shapes.
+
+    So the real model, built next, is never larger than what the file holds.
+    """
+    try:
+        with torch.device("meta"):
+            model = create_model(method, pretrained=False, **kwargs)
+    except Exception as e:  # the method's own checks, or timm's, on values the metadata gave
+        raise ValueError(f"{path}: the fgvc metadata does not describe a model fgvc can build: {e}") from None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model its metadata describes: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    for name, shape in own.items():
+        if shapes[name] != shape:
+            raise ValueError(f"checkpoint {path}: {name} has shape {shapes[name]}, the model its metadata "
+                             f"describes expects {shape}")

@@ -13,13 +13,12 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
-    seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",") if x.strip()]
     run_demo(
         quick=args.quick,
         hard=args.hard,
         out_dir=args.out,
         methods=methods,
-        seeds=seeds,
+        seeds=args.seeds,
         device=args.device,
         progress=not args.no_progress,
         backbone_lr_scale=args.backbone_lr_scale,
@@ -37,9 +36,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     for f in fields(PretrainSettings):
         value = getattr(args, f.name, None)
         if value is not None:
-            changes[f.name] = tuple(int(v) for v in value.split(",")) if f.name == "detail_sides" else value
+            changes[f.name] = tuple(value) if f.name == "detail_sides" else value
     settings = replace(settings, **changes)
-    metrics = pretrain(args.out, settings, progress=not args.no_progress)
+    metrics = pretrain(args.out, settings, progress=not args.no_progress, overwrite=args.overwrite)
     print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     print(f"weights and model card in {args.out}/")
     return 0
@@ -64,7 +63,9 @@ def _train(args: argparse.Namespace) -> int:
         options["device"] = args.device
     if args.resume:
         options["resume"] = True
-    result = train_recipe(recipe, out, seeds=args.seeds, **options)
+    if args.overwrite:
+        options["overwrite"] = True
+    result = train_recipe(recipe, out, seeds=args.seeds, sweep=args.sweep, **options)
     from .distributed import is_main_process
 
     if not is_main_process():
@@ -110,13 +111,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _check_output_dir(path: str, what: str) -> None:
     """Create the output folder now (not after a long evaluation), or say why it cannot be."""
+    import tempfile
     from pathlib import Path
 
     if Path(path).exists() and not Path(path).is_dir():
         raise NotADirectoryError(f"cannot write {what} to {path}: it is a file, not a folder")
-    Path(path).mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"cannot write {what} to {path}: permission denied")
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a real write: os.access says yes to root even in /proc
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {what} to {path}: {err.strerror or err}") from None
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -223,6 +228,25 @@ def _img_size(text: str) -> int | tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"image size must be N or HxW (e.g. 448 or 448x336), got {text!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _integers(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2] (at least one integer)."""
+    try:
+        numbers = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}")
+    return numbers
+
+
+def _seed_list(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2], none repeated (a repeated seed would count twice in the mean +- std)."""
+    seeds = _integers(text)
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers without repeats, got {text!r}")
+    return seeds
 
 
 def _accuracies(text: str) -> dict[str, float]:
@@ -356,9 +380,23 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "train.lr=0.001 train.batch_size=32 (train.* keys: the options of fgvc.TrainConfig)",
     )
     train.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
+    train.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help="choose a setting on the validation split first: --sweep train.lr=0.03,0.01,0.003,0.001 trains each "
+        "value (first seed, protocol val, OUT/sweep/), keeps the best validation top-1 (ties: the first listed), "
+        "then trains and tests only that one; results.md / results.json list every candidate (repeat --sweep "
+        "for a grid)",
+    )
     train.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the recipe's)")
     train.add_argument(
         "--resume", action="store_true", help="continue each seed's run from its last checkpoint in OUT"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the runs already in OUT (their checkpoints, logs and results are deleted); without it a "
+        "seed folder holding a run is refused",
     )
     train.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -447,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone-lr-scale", type=float, default=None,
         help=f"the pretrained backbone's learning rate over the new layers' (default: {FULL.backbone_lr_scale:g})",
     )
-    demo.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)")
+    demo.add_argument(
+        "--seeds", type=_seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)"
+    )
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -464,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(see fgvc/pretrain.py). Writes the weights, a model card and log.jsonl.",
     )
     pre.add_argument("--out", default="runs/pretrain", help="output folder (default: %(default)s)")
+    pre.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the weights, card and log of an earlier pretraining in OUT (without it they are refused)",
+    )
     pre.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {defaults.steps})")
     pre.add_argument("--batch-size", type=int, default=None, help=f"(default: {defaults.batch_size})")
     pre.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate (default: {defaults.lr})")
@@ -473,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument(
         "--detail-sides",
+        type=_integers,
         default=None,
         help=f"comma-separated detail sides in px (default: {','.join(map(str, defaults.detail_sides))})",
     )

@@ -283,9 +283,12 @@ def load_converted(path: str | os.PathLike, format: str | None = None) -> FGVCMo
     if format not in (None, "glsim-official", "transfg-official"):
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     obj = read_official_checkpoint(path)
-    format = format or detect_format(obj)
-    if format == "glsim-official":
-        model = convert_glsim_official(obj)
-    else:
-        model = convert_transfg_official(obj)
+    try:
+        format = format or detect_format(obj)
+        model = convert_glsim_official(obj) if format == "glsim-official" else convert_transfg_official(obj)
+    except KeyError as e:  # a tensor the official model always has
+        raise ValueError(f"{path}: not a complete {format or 'official'} checkpoint: it has no {e}") from None
+    except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:  # shapes / values it cannot have
+        text = str(e)
+        raise ValueError(text if str(path) in text else f"{path}: {text}") from None
     return model.eval()

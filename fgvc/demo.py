@@ -89,7 +89,7 @@ class DemoSettings:
 #: The demo's settings (``fgvc demo``).
 FULL = DemoSettings()
 QUICK = replace(FULL, train=600, val=100, test=300, epochs=1)
-#: A 7 px detail: GLSim also with its compact-box variant (top-2 patches), since the default top-8 box of a
+#: A 7 px detail: GLSim also with fgvc's compact-box variant (top-2 patches), since the default top-8 box of a
 #: detail one or two patches wide is mostly background and the crop is hardly magnified.
 HARD = replace(FULL, detail_px=7, methods=("vit", "glsim", "glsim_top2", "dcal", "transfg"))
 
@@ -107,6 +107,9 @@ def run_demo(
     backbone_lr_scale: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and a figure.
+
+    Each method's run goes to ``out_dir/<method>/`` (``out_dir/seed<N>/<method>/`` with several seeds) and
+    replaces an earlier demo's run there (``fit(overwrite=True)``), so the demo can be run again into one folder.
 
     ``methods`` overrides the settings' methods (any of ``fgvc.list_models()``, or a variant such as
     ``glsim_top2``: ``fgvc.methods.base.method_variants()``); ``seeds`` runs every method
@@ -189,6 +192,7 @@ def _train_one(
         device=device,
         out_dir=out / method,
         progress=progress,
+        overwrite=True,  # the demo's own folder: a new demo replaces the method's earlier run there
     )
     train_seconds = time.perf_counter() - start
     best = load_model(out / method / "best.safetensors", device=device or "cpu")

@@ -22,7 +22,16 @@ from .layers.geometry import PatchGrid, box_iou_pairs
 from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
-__all__ = ["TTA_MODES", "EvalResult", "box_iou_pairs", "check_labels", "evaluate", "pointing_game", "tta_forward"]
+__all__ = [
+    "TTA_MODES",
+    "EvalResult",
+    "box_iou_pairs",
+    "check_labels",
+    "check_same_classes",
+    "evaluate",
+    "pointing_game",
+    "tta_forward",
+]
 
 #: Test-time augmentations of ``evaluate`` / ``predict`` (``tta=``): None (off) or ``"hflip"``.
 TTA_MODES = (None, "hflip")
@@ -183,8 +192,14 @@ def evaluate(
     retrieval: bool = False,
     distributed: bool | None = None,
     tta: str | None = None,
+    check_classes: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
+
+    The data's ``classes`` must be the model's (``check_classes``: same count and, where the model knows its
+    ``class_names``, the same names in the same label order), since label k of the data is scored against
+    output k of the model. ``check_classes=False`` skips this for data whose names are spelled differently
+    but whose labels are known to match (e.g. the same classes read from another layout).
 
     If ``data.input_boxes`` exists ((N, 4) ground-truth boxes as fractions of the width and height of the
     image *as the model receives it*, after the transform) and the model outputs crop boxes, ``mean_iou`` is
@@ -204,6 +219,10 @@ def evaluate(
     by default, and recorded in ``EvalResult.tta``.
     """
     _check_tta(tta)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be a positive integer, got {batch_size!r}")
+    if check_classes:
+        check_same_classes(model, data)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
@@ -350,8 +369,50 @@ def _shard(n: int, batch_size: int) -> tuple[int, int]:
 
 def check_labels(targets: Tensor, num_classes: int) -> None:
     """A wrong class count between data and model is named, not left to a CUDA assert."""
-    if len(targets) and (int(targets.max()) >= num_classes or int(targets.min()) < 0):
+    if not len(targets):
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0:
         raise ValueError(
-            f"label {int(targets.max())} found in the data but the model has {num_classes} classes "
+            f"label {low} found in the data: labels must be 0..{num_classes - 1} (class indices, not negative; "
+            "an 'ignore' label such as -1 cannot be scored)"
+        )
+    if high >= num_classes:
+        raise ValueError(
+            f"label {high} found in the data but the model has {num_classes} classes "
             f"(labels must be 0..{num_classes - 1}): wrong dataset or num_classes?"
+        )
+
+
+def check_same_classes(
+    model: FGVCModel, data: Any, *, data_name: str = "the data", model_name: str = "the model"
+) -> None:
+    """Raise a ValueError when ``data``'s classes are not ``model``'s (count, or names in label order).
+
+    Label k of the data is scored against output k of the model, so a dataset whose classes come in another
+    order (or are other classes) would give a wrong accuracy without any other sign. Data without ``classes``
+    and a model without ``class_names`` are checked as far as they go (the count; nothing). ``data_name`` and
+    ``model_name`` say which data and model in the message (e.g. the folder and the checkpoint).
+    """
+    classes = classes_of(data)
+    if classes is None:
+        return
+    classes = [str(c) for c in classes]
+    if len(classes) != model.num_classes:
+        raise ValueError(
+            f"{data_name} has {len(classes)} classes but {model_name} has {model.num_classes}: wrong dataset, "
+            "or a class subset of it (data.classes, fgvc.data.subset_classes) the model was trained on"
+        )
+    names = getattr(model, "class_names", None)
+    if not names:
+        return
+    names = [str(n) for n in names]
+    differ = [k for k, (a, b) in enumerate(zip(classes, names, strict=True)) if a != b]
+    if differ:
+        k = differ[0]
+        order = " (the same names in another order)" if sorted(classes) == sorted(names) else ""
+        raise ValueError(
+            f"the classes of {data_name} differ from those of {model_name}{order}: {len(differ)} of "
+            f"{len(classes)} labels name another class, the first is label {k}: {classes[k]!r} in the data, "
+            f"{names[k]!r} in the model"
         )

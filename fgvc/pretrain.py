@@ -61,6 +61,7 @@ from .evaluate import pointing_game
 from .io import cpu_tensors, write_safetensors
 from .layers.geometry import PatchGrid, box_iou_pairs
 from .layers.rollout import rollout_map
+from .run_folder import claim_run_folder
 from .train import reproducible
 from .weights import SHIPPED_BACKBONES
 
@@ -271,15 +272,22 @@ def pretrain(
     *,
     progress: bool = True,
     eval_every: int = 400,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Pretrain the backbone; writes ``NAME.safetensors`` (timm state dict), ``NAME.md`` and ``log.jsonl``.
 
-    Returns the final validation metrics. Deterministic for given settings and thread count.
+    ``out_dir`` is locked while it runs, and one holding an earlier run's files is refused unless
+    ``overwrite=True``, which deletes them first (``fgvc.run_folder``). Returns the final validation metrics.
+    Deterministic for given settings and thread count.
     """
     s = settings or PretrainSettings()
     if s.backbone not in SHIPPED_BACKBONES:
         raise ValueError(f"unknown backbone {s.backbone!r}; fgvc pretrains {sorted(SHIPPED_BACKBONES)}")
-    with reproducible(s.threads):  # fixed threads, deterministic algorithms; restored afterwards
+    files = ("log.jsonl", f"{s.backbone}.safetensors", f"{s.backbone}.md")
+    if overwrite and s.init is not None and Path(s.init).resolve() in {(Path(out_dir) / f).resolve() for f in files}:
+        raise ValueError(f"--init {s.init} is one of the files --overwrite deletes in {out_dir}: copy it elsewhere first")
+    with claim_run_folder(out_dir, overwrite=overwrite, patterns=files) as folder, reproducible(s.threads):
+        folder.clear()  # fixed threads and deterministic algorithms, restored afterwards
         return _pretrain(out_dir, s, progress, eval_every)
 
 

@@ -13,9 +13,10 @@ reported, so that a run can be compared with it::
     train: {epochs: 50, batch_size: 8, optimizer: sgd, lr: 0.01, warmup_steps: 500, ...}
 
 * ``model`` is passed to ``fgvc.create_model`` (``num_classes`` comes from the data);
-* ``data`` chooses the dataset (``fgvc.data.build_dataset``), the validation split carved from the training
-  split (``val_fraction``, stratified, ``split_seed``), an optional class subset (``classes``: a count or a
-  list), the transforms (``resize`` before the crop; ``test_resize`` when the test resize differs;
+* ``data`` chooses the dataset (``fgvc.data.build_dataset``), its training and test splits (``train_split``,
+  ``test_split``: by default the dataset's ``DatasetDef.train_split``, ``trainval`` for FGVC-Aircraft and
+  ``train`` elsewhere, and ``test``), the validation split carved from the training split (``val_fraction``,
+  stratified, ``split_seed``), an optional class subset (``classes``: a count or a list), the transforms (``resize`` before the crop; ``test_resize`` when the test resize differs;
   ``trivial_augment``, ``random_erasing``) and the dataset's own ``options``;
 * ``train`` is passed to ``fgvc.fit`` (its keys are ``fgvc.TrainConfig``'s options, with its defaults);
   ``steps`` (total optimizer updates, as TransFG counts) becomes the number of epochs that reaches it, and
@@ -25,7 +26,8 @@ reported, so that a run can be compared with it::
 The recipes shipped with fgvc are in ``fgvc/recipes/`` (``list_recipes()``); ``load_recipe`` takes one of
 their names or a path, and ``key=value`` overrides (``"train.lr=0.001"``, values read as YAML).
 ``train_recipe`` trains one model per seed, evaluates the test split once per seed, and reports every seed and
-the mean +- std. ``protocol`` says which checkpoint is evaluated:
+the mean +- std; with ``sweep`` (``fgvc train --sweep train.lr=0.03,0.01``) it first chooses one setting on
+the validation split, never on test. ``protocol`` says which checkpoint is evaluated:
 
 * ``val`` (the default, for new research): ``val_fraction`` of the training split is held out (stratified);
   the checkpoint with the best validation top-1 is evaluated on test. Not the papers' setting (they train
@@ -42,6 +44,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +56,13 @@ import yaml
 from torch.utils.data import Dataset
 
 from .hints import did_you_mean
-from .settings import TrainConfig, check_data_settings, check_fit_settings, number_from_text
+from .settings import (
+    TrainConfig,
+    check_data_settings,
+    check_fit_settings,
+    check_model_settings,
+    number_from_text,
+)
 
 __all__ = [
     "RecipeResult",
@@ -62,6 +71,8 @@ __all__ = [
     "evaluate_checkpoint",
     "list_recipes",
     "load_recipe",
+    "parse_sweep",
+    "recipe_splits",
     "run_config",
     "train_recipe",
 ]
@@ -73,6 +84,8 @@ SAVED_ONLY = {"resolved_fit_arguments", "run_info"}  # what train_recipe adds to
 DATA_KEYS = {
     "dataset",
     "root",
+    "train_split",
+    "test_split",
     "val_fraction",
     "split_seed",
     "classes",
@@ -86,7 +99,10 @@ DATA_KEYS = {
 }
 TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
 RECIPE_ONLY_FIT_ARGS = {"seed", "out_dir"}  # TrainConfig options set by train_recipe itself
-TEXT_KEYS = {"method", "backbone", "checkpoint_path", "dataset", "root", "classes", "optimizer", "device"}
+TEXT_KEYS = {
+    "method", "backbone", "checkpoint_path", "dataset", "root", "train_split", "test_split", "classes", "optimizer",
+    "device",
+}
 
 
 def list_recipes() -> list[str]:
@@ -172,11 +188,51 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     try:  # the values themselves, with the checks fit applies to its arguments
         check_fit_settings(recipe["train"], prefix="train.")
         check_data_settings(recipe["data"], prefix="data.")
+        check_model_settings(recipe["model"], prefix="model.")
+        _check_split_names(recipe["data"])
     except ValueError as err:
         raise ValueError(f"{origin}: {err}") from None
     if recipe.get("protocol", "val") not in PROTOCOLS:
         raise ValueError(f"{origin}: protocol must be one of {list(PROTOCOLS)}, got {recipe.get('protocol')!r}")
     _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
+
+
+def recipe_splits(data: Mapping[str, Any]) -> tuple[str, str]:
+    """``(train split, test split)`` of a recipe's ``data`` section: ``train_split`` / ``test_split``, or the
+    dataset's defaults (``DatasetDef.train_split``: ``trainval`` for FGVC-Aircraft, ``train`` elsewhere; ``test``)."""
+    from .data import dataset_definition
+
+    return (data.get("train_split") or dataset_definition(data["dataset"]).train_split, data.get("test_split") or "test")
+
+
+def _check_split_names(data: Mapping[str, Any]) -> None:
+    """``data.train_split`` / ``data.test_split`` name two different splits the dataset has (where its splits
+    do not depend on the folder; otherwise the reader names a missing one when the data is built)."""
+    from .data import dataset_definition
+
+    for key in ("train_split", "test_split"):
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            raise ValueError(f"data.{key} must be a split name such as 'train' or 'test', got {data[key]!r}")
+    definition = dataset_definition(data["dataset"])
+    train, test = recipe_splits(data)
+    if train == test:
+        raise ValueError(f"data.train_split and data.test_split are both {train!r}: the test images would be trained on")
+    if definition.draw_splits is not None:
+        if (train, test) != ("train", "test"):
+            raise ValueError(
+                f"the {definition.name} dataset draws its own train / val / test splits: data.train_split must be "
+                f"'train' and data.test_split 'test', got {train!r} and {test!r}"
+            )
+        return
+    if callable(definition.splits):
+        return
+    known = list(dict.fromkeys([*definition.splits, definition.train_split]))
+    for key, value in (("train_split", train), ("test_split", test)):
+        if value not in known:
+            raise ValueError(
+                f"data.{key} {value!r} is not a split of {definition.name}{did_you_mean(value, known)}; its splits: "
+                f"{', '.join(known)}"
+            )
 
 
 def _check_seeds(seeds: Any, name: str) -> None:
@@ -244,8 +300,9 @@ def read_numbers(recipe: dict[str, Any]) -> dict[str, Any]:
 def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str, Dataset]:
     """``{"train", "val", "test"}`` datasets of a recipe, with the transforms of ``model`` (mean, std).
 
-    ``val`` is carved from the training split (``val_fraction``, stratified, seeded by ``split_seed``) and
-    uses the test transform; it is absent when ``val_fraction`` is 0 or under ``protocol: paper`` (the whole
+    The training and test splits are ``recipe_splits`` (``data.train_split`` / ``data.test_split``, else the
+    dataset's defaults); they must share no image. ``val`` is carved from the training split (``val_fraction``,
+    stratified, seeded by ``split_seed``) and uses the test transform; it is absent when ``val_fraction`` is 0 or under ``protocol: paper`` (the whole
     training split is trained on). A generated dataset (the synthetic one) has its own train / val / test
     streams, drawn at the model's input size (``DatasetDef.draw_splits``; ``options`` go to it).
     """
@@ -279,8 +336,10 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     )
     test_tf = build_transforms(model, train=False, img_size=img_size, resize=test_resize)
     root = data.get("root")
-    train = build_dataset(data["dataset"], root, "train", **options)
-    test = build_dataset(data["dataset"], root, "test", test_tf, **options)
+    train_split, test_split = recipe_splits(data)
+    train = build_dataset(data["dataset"], root, train_split, **options)
+    test = build_dataset(data["dataset"], root, test_split, test_tf, **options)
+    _check_disjoint(train, test, data)
     if data.get("classes") is not None:
         train, test = subset_classes(train, data["classes"]), subset_classes(test, data["classes"])
     if val_fraction > 0:
@@ -291,6 +350,18 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     from .data import SubsetDataset
 
     return {"train": SubsetDataset(train, range(len(train)), transform=train_tf), "test": test}
+
+
+def _check_disjoint(train: Dataset, test: Dataset, data: Mapping[str, Any]) -> None:
+    """Refuse a test split that shares image files with the training split (e.g. aircraft trainval and val)."""
+    train_files = {path for path, _ in getattr(train, "samples", [])}
+    shared = [path for path, _ in getattr(test, "samples", []) if path in train_files]
+    if shared:
+        train_split, test_split = recipe_splits(data)
+        raise ValueError(
+            f"{data['dataset']} at {data.get('root')}: data.test_split {test_split!r} shares {len(shared)} images with "
+            f"data.train_split {train_split!r} (e.g. {shared[0]}): a test split must hold images not trained on"
+        )
 
 
 def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
@@ -340,6 +411,7 @@ class RecipeResult:
     recipe: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
     num_classes: int | None = None  # for the chance row (100 / classes)
+    sweep: dict[str, Any] | None = None  # the candidates of train_recipe(sweep=...) and the chosen setting
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{metric: (mean, std)}`` over seeds for every numeric test metric."""
@@ -393,7 +465,28 @@ class RecipeResult:
             )
             shown = expected if expected is not None else "not reported"
             lines.append(f"Paper top-1, for reference only (use protocol: paper to compare): {shown} ({source})")
+        if self.sweep:
+            lines += ["", *_sweep_markdown(self.sweep)]
         return "\n".join(lines)
+
+
+def _sweep_markdown(sweep: Mapping[str, Any]) -> list[str]:
+    """The candidates of a sweep, their validation top-1 and the choice, as markdown lines."""
+    keys = list(sweep["keys"])
+    lines = [
+        f"Sweep of {', '.join(keys)}: each candidate trained with seed {sweep['seed']} under protocol val and scored "
+        "on the validation split (the same for all; the test split is not used to choose):",
+        "",
+        "| " + " | ".join(keys) + " | val top-1 | best epoch | |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
+    for c in sweep["candidates"]:
+        cells = [_value_text(c["setting"][k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + f" | {_fmt(c['val_top1'])} | {c['best_epoch']} | "
+                     + ("chosen" if c["chosen"] else "") + " |")
+    lines += ["", f"Chosen: {_setting_text(sweep['chosen'])} ({sweep['rule']}); the seeds above were trained and "
+              "tested with it."]
+    return lines
 
 
 def _fmt_mean_std(mean: float, std: float) -> str:
@@ -410,6 +503,8 @@ def train_recipe(
     *,
     seeds: Sequence[int] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
+    sweep: Sequence[str] | Mapping[str, Sequence[Any]] | None = None,
+    test: bool = True,
     **fit_options: Any,
 ) -> RecipeResult:
     """Train a recipe once per seed; each run in ``out_dir/seed<N>/`` with its checkpoints and config.
@@ -418,11 +513,19 @@ def train_recipe(
     the recipe's ``protocol`` names (``val``: the best on the validation split; ``paper``: the final one) (classification, retrieval Recall@K / mAP, and
     crop IoU where the dataset has boxes). ``fit_options`` (e.g. ``device``, ``progress``) override the
     recipe's ``train`` section for every seed. ``results.json`` and ``results.md`` are written to ``out_dir``.
+
+    ``sweep`` (``["train.lr=0.03,0.01,0.003,0.001"]`` or ``{"train.lr": [0.03, 0.01]}``; several keys: every
+    combination) first chooses a setting without looking at the test split: each candidate is trained with
+    the first seed under protocol ``val`` in ``out_dir/sweep/<i>_<setting>/`` (the same validation split,
+    carved from the training split, for all), the best validation top-1 wins (ties: the first listed), and
+    only the chosen setting is then trained and tested as above. Both results files list every candidate.
+    ``test=False`` trains and validates only (the test split is not evaluated), as the candidates are.
     """
     from .checkpoint import load_weights
     from .distributed import barrier, init_distributed, is_main_process
     from .methods import create_model
-    from .train import fit
+    from .run_folder import RECIPE_FILES, claim_run_folder
+    from .train import fit, seed_everything
 
     if not isinstance(recipe, Mapping):
         recipe = load_recipe(recipe, overrides)
@@ -432,8 +535,13 @@ def train_recipe(
     validate_recipe(recipe)
     seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
     _check_seeds(seeds, "seeds")
+    for key, split in zip(("train_split", "test_split"), recipe_splits(recipe["data"]), strict=True):
+        recipe["data"].setdefault(key, split)  # config.yaml names the splits used
     out_dir = Path(out_dir)
-    result = RecipeResult(recipe=recipe)
+    swept = None
+    if sweep:
+        recipe, swept = _run_sweep(recipe, out_dir, sweep, seeds[0], fit_options)
+    result = RecipeResult(recipe=recipe, sweep=swept)
     # Under torchrun: join the process group first (a no-op otherwise); every rank trains and evaluates its
     # shard, rank 0 alone writes files.
     device = init_distributed(fit_options.get("device", recipe["train"].get("device")))
@@ -443,49 +551,167 @@ def train_recipe(
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
         num_classes = result.num_classes = _num_classes(recipe)
+        seed_everything(seed)  # the new layers' initialisation is the seed's, whatever ran before in the process
         model = create_model(num_classes=num_classes, **recipe["model"])
         data = build_recipe_data(recipe, model)
+        _check_splits_not_empty(data, recipe["data"])  # before training, not at the test evaluation after it
         args = fit_arguments(recipe, len(data["train"]))
         args.update(fit_options)
         args["device"] = device
-        if main:
-            resolved = dict(recipe, seeds=[seed], resolved_fit_arguments=args, run_info=run_info())
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
-        history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
-        barrier()  # the checkpoint rank 0 wrote is complete before any rank reads it
-        # protocol val: the best checkpoint on validation; paper (no validation split): the final one
-        chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
-        load_weights(model, chosen)
-        ev = _evaluate_split(
-            model,
-            data["test"],
-            recipe["data"],
-            batch_size=int(args.get("batch_size", TrainConfig.batch_size)),
-            device=device,
-            num_workers=int(args.get("num_workers", TrainConfig.num_workers)),
-        )
-        run = dict(
-            seed=seed,
-            checkpoint=str(chosen),
-            best_epoch=history.best_epoch,
-            val_top1=history.best["val_top1"] if history.best else None,
-            test_top1=ev.top1,
-            test_top5=ev.top5,
-            test_recall_at_1=ev.retrieval.recall[1] if ev.retrieval else None,
-            test_map=ev.retrieval.map if ev.retrieval else None,
-            test_crop_iou=ev.mean_iou,
-        )
-        result.runs.append(run)
-        if main:
-            (run_dir / "test.json").write_text(json.dumps(run, indent=2))
+        # the seed's folder: this run's alone (locked; another run's files refused, or removed with overwrite)
+        with claim_run_folder(run_dir, resume=args.get("resume", False), overwrite=args.get("overwrite", False),
+                              patterns=RECIPE_FILES, main=main) as folder:
+            folder.clear()
+            if main:
+                resolved = dict(recipe, seeds=[seed], resolved_fit_arguments=args, run_info=run_info())
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(resolved), sort_keys=False))
+            history = fit(model, data["train"], data.get("val"), seed=seed, out_dir=run_dir, **args)
+            barrier()  # the checkpoint rank 0 wrote is complete before any rank reads it
+            # protocol val: the best checkpoint on validation; paper (no validation split): the final one
+            chosen = run_dir / ("best.safetensors" if history.best_epoch is not None else "last.safetensors")
+            run = dict(
+                seed=seed,
+                checkpoint=str(chosen),
+                best_epoch=history.best_epoch,
+                val_top1=history.best["val_top1"] if history.best else None,
+            )
+            if test:
+                load_weights(model, chosen)
+                ev = _evaluate_split(
+                    model,
+                    data["test"],
+                    recipe["data"],
+                    batch_size=int(args.get("batch_size", TrainConfig.batch_size)),
+                    device=device,
+                    num_workers=int(args.get("num_workers", TrainConfig.num_workers)),
+                )
+                run.update(
+                    test_top1=ev.top1,
+                    test_top5=ev.top5,
+                    test_recall_at_1=ev.retrieval.recall[1] if ev.retrieval else None,
+                    test_map=ev.retrieval.map if ev.retrieval else None,
+                    test_crop_iou=ev.mean_iou,
+                )
+            result.runs.append(run)
+            if main:
+                (run_dir / ("test.json" if test else "val.json")).write_text(json.dumps(run, indent=2))
     if not main:
         return result
     summary = {k: {"mean": m, "std": s} for k, (m, s) in result.summary().items()}
     (out_dir / "results.json").write_text(
-        json.dumps(dict(name=recipe.get("name"), protocol=recipe.get("protocol", "val"), expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), runs=result.runs, summary=summary), indent=2, allow_nan=True)
+        json.dumps(
+            dict(
+                name=recipe.get("name"), protocol=recipe.get("protocol", "val"), expected_top1=recipe.get("expected_top1"),
+                source=recipe.get("source"), splits=dict(zip(("train", "test"), recipe_splits(recipe["data"]), strict=True)),
+                runs=result.runs, summary=summary, **({"sweep": swept} if swept else {}),
+            ),
+            indent=2,
+            allow_nan=True,
+        )
     )
     (out_dir / "results.md").write_text(result.to_markdown() + "\n")
     return result
+
+
+def _check_splits_not_empty(splits: Mapping[str, Dataset], data: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming the dataset and split when a split of the recipe has no images."""
+    for split, dataset in splits.items():
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            name, root = data.get("dataset"), data.get("root")
+            check = f": check the folder with `fgvc data check {root} --dataset {name}`" if root else ""
+            subset = " or the class subset data.classes" if data.get("classes") is not None else ""
+            raise ValueError(f"the {split} split of {name}{f' at {root}' if root else ''} has no images{check}{subset}")
+
+
+# Swept values must leave the validation split (and the task) the same for every candidate.
+SWEEP_FIXED = (
+    "data.dataset", "data.root", "data.options", "data.classes", "data.train_split", "data.test_split",
+    "data.val_fraction", "data.split_seed",
+)
+
+
+def parse_sweep(sweep: Sequence[str] | Mapping[str, Sequence[Any]]) -> list[tuple[str, list[Any]]]:
+    """``["train.lr=0.03,0.01"]`` or ``{"train.lr": [0.03, 0.01]}`` -> ``[("train.lr", [0.03, 0.01])]``.
+
+    Keys are dotted recipe keys, as ``--set`` takes; values are read as YAML (``data.resize=[448, 448],[600,
+    600]`` is two lists). A key needs two different values or more; keys that would change the validation
+    split (``SWEEP_FIXED``) are refused, since every candidate must be scored on the same one.
+    """
+    items: list[tuple[str, Any]] = []
+    if isinstance(sweep, Mapping):
+        items = [(str(k), v) for k, v in sweep.items()]
+    else:
+        for text in sweep:
+            key, sep, values = str(text).partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise ValueError(f"sweep {text!r} is not KEY=V1,V2,... (e.g. train.lr=0.03,0.01,0.003,0.001)")
+            try:
+                items.append((key.strip(), yaml.safe_load(f"[{values}]")))
+            except yaml.YAMLError:
+                raise ValueError(f"sweep {text!r}: the values are not a comma-separated list (e.g. 0.03,0.01)") from None
+    out: list[tuple[str, list[Any]]] = []
+    for key, values in items:
+        if key in (k for k, _ in out):
+            raise ValueError(f"sweep: {key} is given twice; give all its values at once ({key}=V1,V2,...)")
+        if key.split(".")[0] not in ("model", "data", "train") or key.count(".") < 1:
+            raise ValueError(f"sweep {key!r}: only model.*, data.* and train.* settings can be swept (e.g. train.lr)")
+        if any(key == f or key.startswith(f + ".") for f in SWEEP_FIXED):
+            raise ValueError(
+                f"sweep {key!r}: every candidate is scored on the same validation split, so {key} cannot vary"
+            )
+        values = [number_from_text(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+        texts = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        if len(values) < 2 or len(set(texts)) != len(texts):
+            raise ValueError(f"sweep {key}: give two different values or more, got {values!r}")
+        out.append((key, values))
+    if not out:
+        raise ValueError("sweep: no KEY=V1,V2,... given")
+    return out
+
+
+def _run_sweep(
+    recipe: dict[str, Any],
+    out_dir: Path,
+    sweep: Sequence[str] | Mapping[str, Sequence[Any]],
+    seed: int,
+    fit_options: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train every candidate of ``sweep`` under protocol val, without the test split; return the recipe with the
+    best validation top-1 (ties: the first listed) and the record of all candidates."""
+    import itertools
+
+    grid = parse_sweep(sweep)
+    held_out = recipe["data"].get("val_fraction", 0.1)
+    if not float(held_out) > 0:
+        raise ValueError(f"a sweep chooses on the validation split: data.val_fraction must be above 0, got {held_out}")
+    keys = [key for key, _ in grid]
+    candidates = []
+    for combo in itertools.product(*(values for _, values in grid)):
+        setting = dict(zip(keys, combo, strict=True))
+        candidate = read_numbers(apply_overrides(recipe, {**setting, "protocol": "val"}))
+        validate_recipe(candidate, origin=f"sweep {_setting_text(setting)}")
+        candidates.append((setting, candidate))  # every candidate is checked before any is trained
+    rows = []
+    for i, (setting, candidate) in enumerate(candidates):
+        run_dir = out_dir / "sweep" / (f"{i}_" + re.sub(r"[^A-Za-z0-9.=,+-]+", "_", _setting_text(setting)))
+        (run,) = train_recipe(candidate, run_dir, seeds=[seed], test=False, **fit_options).runs
+        rows.append(dict(setting=setting, val_top1=run["val_top1"], best_epoch=run["best_epoch"],
+                         checkpoint=run["checkpoint"], chosen=False))
+    scores = [r["val_top1"] if r["val_top1"] is not None and not math.isnan(r["val_top1"]) else -math.inf for r in rows]
+    best = max(range(len(rows)), key=lambda i: (scores[i], -i))
+    rows[best]["chosen"] = True
+    record = dict(keys=keys, seed=seed, rule="best validation top-1; ties: the first listed", candidates=rows,
+                  chosen=rows[best]["setting"])
+    return read_numbers(apply_overrides(recipe, rows[best]["setting"])), record
+
+
+def _value_text(value: Any) -> str:
+    """A value as YAML writes it in flow style (``0.003``, ``[448, 448]``, ``sgd``)."""
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def _setting_text(setting: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={_value_text(v)}" for k, v in setting.items())
 
 
 def _num_classes(recipe: Mapping[str, Any]) -> int:
@@ -523,6 +749,16 @@ def check_output_file(path: str | os.PathLike, what: str = "the results") -> Non
         raise FileNotFoundError(f"cannot write {what} to {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise PermissionError(f"cannot write {what} to {path}: permission denied")
+    # os.access says yes to root everywhere (also in /proc or on a read-only mount): open the file to be sure,
+    # appending to an existing one (which leaves its contents as they are) or creating and removing a new one.
+    existed = path.exists()
+    try:
+        with open(path, "a" if existed else "x"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {what} to {path}: {err.strerror or err}") from None
+    if not existed:
+        path.unlink()
 
 
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -570,11 +806,11 @@ def checkpoint_split(
         EvalBoxes,
         boxes_pixels_of,
         build_dataset,
-        classes_of,
         dataset_definition,
         input_boxes_of,
         subset_classes,
     )
+    from .evaluate import check_same_classes
 
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
@@ -594,15 +830,8 @@ def checkpoint_split(
         test = build_dataset(name, root, split, test_transform_for(model, checkpoint), **options)
     if same and data.get("classes") is not None:
         test = subset_classes(test, data["classes"])
-    classes = list(classes_of(test) or [])
-    if classes and len(classes) != model.num_classes:
-        raise ValueError(
-            f"{root} ({name}, {split}) has {len(classes)} classes but checkpoint {checkpoint} has "
-            f"{model.num_classes}: wrong dataset, or a class subset (data.classes) the run used"
-        )
-    if classes and model.class_names and classes != list(model.class_names):
-        diff = [(a, b) for a, b in zip(classes, model.class_names, strict=True) if a != b]
-        raise ValueError(f"class names differ from the checkpoint's, e.g. {diff[0][0]!r} vs {diff[0][1]!r}")
+    _check_splits_not_empty({split: test}, dict(data if same else {}, dataset=name, root=root))
+    check_same_classes(model, test, data_name=f"{root} ({name}, {split})", model_name=f"checkpoint {checkpoint}")
     if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
         resize = _size(data.get("test_resize", data.get("resize")))
         test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)

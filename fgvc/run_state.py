@@ -3,11 +3,13 @@
 ``train_state.safetensors`` (written by ``fit``) holds the model, the optimizer, and a JSON record: the step,
 the position in the epoch, the epoch's metric sums (``EpochSums``), the schedule, the grad scaler, the
 history, every rank's RNG state (``rng_state``) and the settings the optimizer state belongs to. A resume
-(``read_resume``) refuses a state saved by another model, data or optimizer setting, naming the difference.
+(``read_resume``) refuses a state saved by another model option, other training data (``data_fingerprint``:
+its files and labels) or another optimizer setting, naming the difference.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .checkpoint import check_state_matches, load_train_state
-from .data.contract import classes_of
+from .data.contract import classes_of, targets_of
 from .methods.base import FGVCModel
 from .settings import TrainConfig
 
@@ -31,6 +33,7 @@ __all__ = [
     "STATE_FILE",
     "EpochSums",
     "check_resume",
+    "data_fingerprint",
     "read_resume",
     "resume_path",
     "resume_settings",
@@ -153,6 +156,7 @@ def check_resume(
     """A resumed run must train the same model on the same data with the same optimizer settings (the saved
     optimizer state and schedule belong to them); mid-epoch also with the same batches."""
     _check_same_model(model, saved, data, path)
+    _check_same_data(saved, data, path)
     _check_epochs(saved, config.epochs, path)
     _check_same_optimizer(saved, config, path)
     if saved["batches_done"]:  # the position inside the epoch only means something for the same batches
@@ -173,16 +177,83 @@ def resume_settings(config: TrainConfig) -> dict[str, Any]:
     return {key: getattr(config, key) for key in RESUME_SETTINGS}
 
 
+#: The model options compared on resume first (the rest of ``model.config`` after them, by name).
+_MODEL_KEYS = ("method", "backbone", "num_classes", "img_size", "patch_stride", "backbone_kwargs", "options")
+#: Options recorded only when set: absent means None.
+_OPTIONAL_MODEL_KEYS = ("norm_eps",)
+
+
 def _check_same_model(model: FGVCModel, saved: dict[str, Any], data: Dataset, path: Path) -> None:
+    """Every option of ``model.config`` (``drop_path_rate``, ``norm_eps``, the method's own ...) as saved."""
     was = saved.get("model_config") or {}
     now = json.loads(json.dumps(model.config))
-    for key in ("method", "backbone", "num_classes", "img_size", "patch_stride", "backbone_kwargs", "options"):
-        if key in was and was[key] != now.get(key):
+    others = sorted((set(was) | set(now)) - set(_MODEL_KEYS))
+    for key in (*_MODEL_KEYS, *others):
+        if key not in was and not (was and key in _OPTIONAL_MODEL_KEYS):
+            continue  # not recorded by the fgvc that saved the state
+        if was.get(key) != now.get(key):
             what = {"num_classes": "class-count mismatch", "img_size": "image-size mismatch"}.get(key, "mismatch")
-            raise ValueError(f"{what}: {path} was trained with {key}={was[key]!r}, the model has {now.get(key)!r}")
+            raise ValueError(
+                f"{what}: {path} was trained with {key}={was.get(key)!r}, the model has {now.get(key)!r}; "
+                f"resume with the saved model settings, or start a new run in another out_dir"
+            )
     names = classes_of(data)
     if names is not None and saved.get("class_names") is not None and list(names) != saved["class_names"]:
         raise ValueError(f"the classes of train_data differ from those of the run saved in {path}")
+
+
+def _check_same_data(saved: dict[str, Any], data: Dataset, path: Path) -> None:
+    """The same training samples (files and labels) as the saved run, not just as many of the same classes."""
+    was = saved.get("data_fingerprint")  # absent in states written before fgvc saved it
+    now = data_fingerprint(data) if was is not None else None
+    if was is None or now is None or was == now:
+        return
+    n_was, n_now = saved.get("num_train"), len(data)  # type: ignore[arg-type]
+    what = (f"{n_now} samples, the saved run {n_was}" if n_was != n_now
+            else f"the same {n_now} samples in number but other files or labels (fingerprint {now[:12]}, saved "
+                 f"{was[:12]})")
+    raise ValueError(
+        f"train_data differs from the data of the run saved in {path}: {what}; resume with the saved run's "
+        f"training data, or start a new run in another out_dir"
+    )
+
+
+def data_fingerprint(data: Dataset) -> str | None:
+    """sha256 of a dataset's sorted (path relative to its root, label) pairs (``samples``, as fgvc's image
+    datasets and their subsets have); without files, of its ``targets`` in order; None without either.
+
+    Cheap (no image is read) and independent of where the dataset lies and of its sample order."""
+    samples = getattr(data, "samples", None)
+    if samples is not None:
+        root = _data_root(data)
+        pairs = sorted((_relative(str(p), root), int(t)) for p, t in samples)
+        payload = json.dumps(["samples", pairs])
+    else:
+        targets = targets_of(data)
+        if targets is None:
+            return None
+        payload = json.dumps(["targets", [int(t) for t in targets]])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _data_root(data: Any) -> str | None:
+    """The ``root`` folder of a dataset or of the dataset a view (``SubsetDataset``) was taken from."""
+    for _ in range(16):
+        root = getattr(data, "root", None)
+        if root is not None:
+            return str(root)
+        data = getattr(data, "dataset", None)
+        if data is None:
+            return None
+    return None
+
+
+def _relative(path: str, root: str | None) -> str:
+    if root is not None:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(os.pardir):
+            return Path(rel).as_posix()
+    return Path(path).as_posix()
 
 
 def _check_epochs(saved: dict[str, Any], epochs: int, path: Path) -> None:

@@ -22,7 +22,9 @@ from .hints import did_you_mean
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AMP_VALUES", "TrainConfig", "check_data_settings", "check_fit_settings", "number_from_text"]
+__all__ = [
+    "AMP_VALUES", "TrainConfig", "check_data_settings", "check_fit_settings", "check_model_settings", "number_from_text",
+]
 
 AMP_VALUES = (None, False, True, "auto", "none", "fp32", "bf16", "bfloat16", "fp16", "float16")
 
@@ -140,10 +142,14 @@ class TrainConfig:
         resume: True: continue from ``out_dir/train_state.safetensors`` if it exists (else start fresh, so
             a requeued job can always pass it); a path (file or directory): continue from that state, which
             must exist. Model, optimizer, schedule, grad scaler, RNG and the position in the epoch are
-            restored; the data, model architecture and class count must match the saved run, and so must
+            restored; the training data (its files and labels, by fingerprint) and every model option
+            (``drop_path_rate``, ``norm_eps``, the method's own, ...) must match the saved run, and so must
             the optimizer settings (``lr``, ``weight_decay``, ``momentum`` for SGD, ``min_lr``,
             ``warmup_steps``, ``label_smoothing``, ``grad_clip``): a resume with others is refused, naming
             them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
+        overwrite: a new run (``resume=False``) in an ``out_dir`` that holds another run's files is refused,
+            naming them; True removes that run's files (fgvc's own only) first. An ``out_dir`` is locked
+            while a run writes to it (``fgvc.run_folder``): a second process is refused, naming the first.
         save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
             preemptible machines); None: at epoch ends only.
         accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
@@ -175,6 +181,7 @@ class TrainConfig:
     out_dir: str | os.PathLike | None = _option(None)
     progress: bool = _option(True, _flag(optional=False))
     resume: bool | str | os.PathLike = _option(False)
+    overwrite: bool = _option(False, _flag(optional=False))
     save_every_steps: int | None = _option(None, _int_at_least(1, optional=True))
     accumulate_steps: int = _option(1, _int_at_least(1))
     compile: bool = _option(False, _flag(optional=False))
@@ -225,6 +232,47 @@ DATA_RULES: dict[str, Callable[[str, Any], None]] = {
     "auto_augment": _flag(optional=False),
     "random_erasing": _fraction(closed=True),
 }
+
+
+def _image_size(name: str, value: Any) -> None:
+    if value is None:
+        raise ValueError(f"{name} must be a size N >= 1 or [height, width], got None")
+    _size(name, value)
+
+
+def _mapping(optional: bool) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if not isinstance(value, Mapping) and not (optional and value is None):
+            raise ValueError(f"{name} must be a mapping of options{' or null' if optional else ''}, got {value!r}")
+
+    return check
+
+
+def _pos_embed_interpolation(name: str, value: Any) -> None:
+    from .backbone import POS_EMBED_INTERPOLATIONS
+
+    if value is not None and value not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(POS_EMBED_INTERPOLATIONS)} or null, got {value!r}")
+
+
+#: The checks of the options every method shares (``FGVCModel``; a recipe's ``model`` section).
+MODEL_RULES: dict[str, Callable[[str, Any], None]] = {
+    "img_size": _image_size,
+    "pretrained": _flag(optional=False),
+    "drop_path_rate": _fraction(closed=False),
+    "norm_eps": _positive(optional=True),
+    "patch_stride": _int_at_least(1, optional=True),
+    "backbone_kwargs": _mapping(optional=True),
+    "pos_embed_interpolation": _pos_embed_interpolation,
+}
+
+
+def check_model_settings(settings: Mapping[str, Any], prefix: str = "") -> None:
+    """Raise ``ValueError`` naming the first invalid shared model option (``prefix`` + key)."""
+    for key, value in settings.items():
+        rule = MODEL_RULES.get(key)
+        if rule is not None:
+            rule(prefix + key, value)
 
 
 def check_fit_settings(settings: Mapping[str, Any], prefix: str = "") -> None:

@@ -63,11 +63,15 @@ class TimmBackbone(nn.Module):
         checkpoint_path: str | os.PathLike | None = None,
         drop_path_rate: float = 0.0,
         patch_stride: int | None = None,
+        pos_embed_interpolation: str | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         if patch_stride is not None:
             raise ValueError(f"patch_stride (overlapping patches) needs a ViT backbone; {name} is not one")
+        if pos_embed_interpolation is not None:
+            raise ValueError(f"pos_embed_interpolation (how ViT position embeddings are resampled) needs a ViT "
+                             f"backbone; {name} is not one")
         self.name = name
         self.img_size = to_2tuple(img_size)
         kwargs: dict[str, Any] = dict(num_classes=0, **timm_kwargs)

@@ -12,7 +12,9 @@ Files in ``out_dir`` (written by rank 0 only):
 * ``train_state.safetensors``: model, optimizer, scheduler, grad scaler, step, sampler position, RNG
   states and history, in one atomically written file (no pickle), for ``fit(..., resume=True)``;
 * ``log.jsonl``: one JSON line every ``log_every_steps`` steps and one per epoch (``plot_log`` draws it);
-* ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed.
+* ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed;
+* ``fgvc.lock`` while the run writes (``fgvc.run_folder``): an ``out_dir`` belongs to one run, so a second
+  process, or a new run where another run's files are (unless ``overwrite=True``), is refused.
 
 Determinism: the order of the training images is a function of (seed, epoch) (``DistributedSampler``), and
 each image's augmentation randomness a function of (seed, epoch, index), whatever ``num_workers``. The
@@ -42,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -64,9 +66,11 @@ from .evaluate import check_labels, evaluate
 from .history import History, RunLog, plot_log
 from .methods.base import FGVCModel
 from .precision import autocast_dtype, set_tf32
+from .run_folder import claim_run_folder
 from .run_state import (
     STATE_FILE,
     EpochSums,
+    data_fingerprint,
     read_resume,
     resume_settings,
     rng_state,
@@ -130,18 +134,21 @@ def fit(
     cfg = TrainConfig.from_options(config, options)
     device = init_distributed(cfg.device)
     _adopt_data(model, train_data, val_data)
-    saved = read_resume(model, train_data, cfg, get_world_size())  # checked before anything is trained
-    run = _start(model, train_data, val_data, cfg, device)
-    if saved is not None:
-        _restore(run, *saved)
-    tf32_before = _launch(run)
-    try:
-        for epoch in range(run.start_epoch, cfg.epochs + 1):
-            _train_epoch(run, epoch)
-            _end_epoch(run, epoch)
-    finally:
-        run.log.close()
-        set_tf32(tf32_before)
+    with claim_run_folder(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, main=get_rank() == 0) as folder:
+        saved = read_resume(model, train_data, cfg, get_world_size())  # checked before anything is trained
+        run = _start(model, train_data, val_data, cfg, device, saved=None if saved is None else saved[0])
+        if saved is not None:
+            _restore(run, *saved)
+        _check_tensorboard(cfg)
+        folder.clear()  # overwrite=True: the earlier run's files go now, after every check, before any write
+        tf32_before = _launch(run)
+        try:
+            for epoch in range(run.start_epoch, cfg.epochs + 1):
+                _train_epoch(run, epoch)
+                _end_epoch(run, epoch)
+        finally:
+            run.log.close()
+            set_tf32(tf32_before)
     return run.history
 
 
@@ -174,6 +181,7 @@ class _Run:
     best_top1: float = -math.inf
     saved_step: int | None = None  # the step of the training state on disk: what a failure leaves the user with
     epoch_start: float = 0.0  # perf_counter at the start of the epoch under way
+    data_fingerprint: str | None = None  # of train_data's files and labels (``data_fingerprint``), saved to resume
 
     @property
     def main(self) -> bool:
@@ -203,8 +211,9 @@ class _Window:
 
 # ----------------------------------------------------------------------------------------- phases
 def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg: TrainConfig,
-           device: torch.device) -> _Run:
-    """Seed, place the model, and build the data order, optimizer, schedule and grad scaler of a run."""
+           device: torch.device, saved: dict[str, Any] | None = None) -> _Run:
+    """Seed, place the model, and build the data order, optimizer, schedule and grad scaler of a run
+    (``saved``: the training state it resumes, whose optimizer groups it keeps)."""
     rank = get_rank()
     seed_everything(cfg.seed + rank)
     model.to(device)
@@ -216,10 +225,12 @@ def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg:
         raise ValueError("train_data is empty")
     steps_per_epoch = math.ceil(batches.num_batches / cfg.accumulate_steps)
     warmup = min(steps_per_epoch, 500) if cfg.warmup_steps is None else cfg.warmup_steps
-    opt = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                              momentum=cfg.momentum)
-    if cfg.backbone_lr_scale != 1.0:
-        opt = _scale_backbone_lr(opt, model, cfg.backbone_lr_scale)
+    opt = _optimizer(model, cfg)
+    saved_sizes = None if saved is None else [len(g["params"]) for g in saved["optimizer_state_dict"]["param_groups"]]
+    if saved_sizes is not None and saved_sizes != [len(g["params"]) for g in opt.param_groups]:
+        before = _optimizer(model, cfg, no_weight_decay=False)
+        if saved_sizes == [len(g["params"]) for g in before.param_groups]:
+            opt = before  # saved before model.no_weight_decay() was honoured: the run keeps its decay groups
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr, warmup_t=warmup,
                               warmup_lr_init=min(cfg.min_lr, cfg.lr), t_in_epochs=False)
     dtype = autocast_dtype(cfg.amp, device)
@@ -227,7 +238,22 @@ def _start(model: FGVCModel, train_data: Dataset, val_data: Dataset | None, cfg:
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
     return _Run(cfg=cfg, net=model, train_data=train_data, val_data=val_data, device=device, loader=loader,
                 batches=batches, opt=opt, sched=sched, scaler=scaler, dtype=dtype,
-                history=History(checkpoint_dir=out_dir), out_dir=out_dir, rank=rank, world=get_world_size())
+                history=History(checkpoint_dir=out_dir), out_dir=out_dir, rank=rank, world=get_world_size(),
+                data_fingerprint=data_fingerprint(train_data) if out_dir is not None and rank == 0 else None)
+
+
+def _optimizer(model: FGVCModel, cfg: TrainConfig, *, no_weight_decay: bool = True) -> torch.optim.Optimizer:
+    """timm's optimizer for ``cfg``: with weight decay, 1-D parameters and ``model.no_weight_decay()`` undecayed
+    (``no_weight_decay=False``: 1-D parameters only, the grouping of training states saved before the model's
+    set was read), and the backbone's learning-rate scale."""
+    params: Any = model
+    if not no_weight_decay and cfg.weight_decay:
+        params = param_groups_weight_decay(model, cfg.weight_decay)
+    opt = create_optimizer_v2(params, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              momentum=cfg.momentum)
+    if cfg.backbone_lr_scale != 1.0:
+        opt = _scale_backbone_lr(opt, model, cfg.backbone_lr_scale)
+    return opt
 
 
 def _base_lr(opt: torch.optim.Optimizer) -> float:
@@ -430,6 +456,7 @@ def _state_record(run: _Run, epoch_next: int, done: int, rng: list[dict[str, Any
         step=run.step, epoch=epoch_next, batches_done=done, epochs=cfg.epochs, world_size=run.world,
         batch_size=cfg.batch_size, accumulate_steps=cfg.accumulate_steps, seed=cfg.seed, optimizer_name=cfg.optimizer,
         num_train=len(run.train_data), class_names=run.net.class_names, sums=all_sums,  # type: ignore[arg-type]
+        data_fingerprint=run.data_fingerprint,
         history=run.history.epochs, best_epoch=run.history.best_epoch,
         best_top1=None if run.best_top1 == -math.inf else run.best_top1,
         scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(), rng=rng, settings=resume_settings(cfg),
@@ -494,6 +521,15 @@ def _oom_message(cfg: TrainConfig, dtype: torch.dtype | None, epoch: int, step: 
         f"batch with gradient accumulation to keep the effective batch: {hint} (fgvc train --set "
         f"train.batch_size={smaller} train.accumulate_steps={more}){amp}."
     )
+
+
+def _check_tensorboard(cfg: TrainConfig) -> None:
+    """``tensorboard=True`` needs the package: said before an ``overwrite`` removes anything."""
+    if cfg.tensorboard and cfg.out_dir is not None:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
 
 
 # ----------------------------------------------------------------------------------------- data checks

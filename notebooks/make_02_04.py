@@ -45,6 +45,7 @@ RECIPE = "glsim_cub_224"                            # any of fgvc.list_recipes()
 CUB_ROOT = os.environ.get("FGVC_CUB_ROOT", "../data/CUB_200_2011")  # the official download
 OUT = "runs/train_cub"                              # one folder per seed inside
 SEEDS = [0] if SMOKE else [0, 1]                    # the recipes list [0, 1, 2]
+OVERWRITE = SMOKE                                   # True: replace the runs in OUT (else a used OUT is refused)
 DEVICE = None                                       # None: CUDA when available, else CPU
 """),
     ("md", """
@@ -86,10 +87,11 @@ print(note)
 Each run writes `OUT/seed<N>/`: `best.safetensors` (chosen on validation), `last.safetensors`, the resumable
 `train_state.safetensors`, `log.jsonl` (metrics per step and epoch) and `config.yaml` (the resolved recipe
 with the fgvc, torch and timm versions and the git commit). If the kernel dies, run the cell again with
-`resume=True`: it continues from the last checkpoint.
+`resume=True`: it continues from the last checkpoint. A new run into an `OUT` that holds runs is refused
+(nothing is lost by running the cell twice); `OVERWRITE = True` replaces them.
 """),
     ("code", """
-result = fgvc.train_recipe(recipe, OUT, seeds=SEEDS, device=DEVICE, progress=not SMOKE)
+result = fgvc.train_recipe(recipe, OUT, seeds=SEEDS, device=DEVICE, progress=not SMOKE, overwrite=OVERWRITE)
 print(result.to_markdown())
 """),
     ("md", """

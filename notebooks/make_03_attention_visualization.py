@@ -97,6 +97,7 @@ def train(method):
                               img_size=IMG_SIZE)
     histories[method] = fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32,
                                  lr=LR, backbone_lr_scale=BACKBONE_LR_SCALE, out_dir=None if SMOKE else checkpoint.parent,
+                                 overwrite=True,  # no checkpoint to load: an unfinished run there is replaced
                                  device=DEVICE,
                                  progress=not SMOKE)
     return fgvc.load_model(checkpoint) if not SMOKE else model.eval()

@@ -31,6 +31,10 @@ DATASETS = {
     "aircraft": ("aircraft", "data/fgvc-aircraft-2013b", {"annotation_level": "variant"}),
     "nabirds": ("nabirds", "data/nabirds", {}),
 }
+# The split each recipe trains on (its validation split carved from it under protocol val); all test on "test".
+# FGVC-Aircraft: trainval (train + val, 6,667 images; its train split alone is 3,334), as the papers and GLSim
+# (data/aircraft/train_val.csv, 6,667 rows, configs/datasets/aircraft.yaml:4 df_trainval) train; test 3,333.
+TRAIN_SPLITS = {"cub": "train", "cars": "train", "aircraft": "trainval", "nabirds": "train"}
 
 # Both official codes normalize Google's ViT-B/16 weights with the ImageNet statistics (GLSim
 # glsim/data_utils/build_transform.py:90-91, MEANS / STDS['imagenet'] at :9 and :19, custom_mean_std off by
@@ -96,6 +100,9 @@ def glsim_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str]
         # (glsim/model_utils/glsim.py:73-82), not timm's linear 0 -> sd
         drop_path_schedule="constant",
         top_k=8,  # dynamic_top: 8 (glsim/other_utils/build_args.py:266)
+        # position embeddings resampled to the input's grid with scipy.ndimage.zoom(order=1)
+        # (glsim/model_utils/download_load_pt_weights.py, resize_pos_embedding)
+        pos_embed_interpolation="scipy_zoom",
         backbone_kwargs=dict(
             pretrained_cfg_overlay=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic")
         ),  # build_transform.py:90-91 (ImageNet statistics), :118-119 and :165-166 (bicubic)
@@ -115,7 +122,11 @@ def glsim_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str]
         # requirements.txt: timm==0.9.12), which builds SGD with Nesterov momentum: fgvc's "sgd" is the same
         optimizer="sgd",
         momentum=0.9,  # build_args.py:184
-        lr=0.01,  # build_args.py:176 and the README command (README.md:128)
+        # build_args.py:176 and the README command (README.md:128). scripts/run.sh:19, 99-103 instead sweeps
+        # {0.03, 0.01, 0.003, 0.001} with --train_trainval, which (store_false, build_args.py:374-376) trains on
+        # train.csv and evaluates on val.csv (glsim/data_utils/datasets.py:41-54): a choice on a validation
+        # split. fgvc: fgvc train --sweep train.lr=0.03,0.01,0.003,0.001
+        lr=0.01,
         weight_decay=0.0,  # build_args.py:186
         warmup_steps=500,  # build_args.py:210; cosine per step (:193, glsim/train_utils/scheduler.py:23-32)
         min_lr=1e-5,  # build_args.py:205 (the warmup starts at warmup_lr 1e-6, :203: see the README deviations)
@@ -129,6 +140,8 @@ def glsim_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str]
         "ImageNet mean / std, flip, TrivialAugmentWide, RandomErasing 0.3 (area 2-40%), label smoothing 0.1,",
         "drop-path 0.1 in every block and the aggregator, SGD (Nesterov, as timm's 'sgd') momentum 0.9, lr 0.01,",
         "batch 8, 50 epochs, 500 warmup steps, cosine to 1e-5, weight decay 0, gradient clipping 1.0, top-k 8.",
+        "lr 0.01 is the README's and build_args.py's; the official scripts/run.sh sweeps 0.03, 0.01, 0.003, 0.001",
+        "on a validation split: fgvc train --config NAME --sweep train.lr=0.03,0.01,0.003,0.001 runs it.",
         "The official run trains on the whole training split and evaluates the final epoch: protocol paper.",
     ]
     return model, data, train, notes
@@ -170,10 +183,12 @@ def transfg_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[st
     r = 600 if size == 448 else 300  # 448 px: Resize((600, 600)) (utils/data_utils.py:21); 224 px: fgvc's choice
     model = dict(
         patch_stride=12,  # --split overlap (README.md:51), slide_step 12 (train.py:356-358, models/modeling.py:151-156)
-        part_block_init="random",  # the part layer is not loaded from the npz (models/modeling.py:315-330)
+        part_block_init="random",  # the part layer is not loaded from the npz (models/modeling.py:348-351)
         # dropout_rate 0.1 (models/configs.py:30) on the embeddings (modeling.py:160, 174) and in every Mlp
         # (modeling.py:118, 131, 133); attention_dropout_rate 0.0 (configs.py:29)
         dropout=0.1,
+        # position embeddings resampled to the overlapping grid: ndimage.zoom(order=1) (models/modeling.py, load_from)
+        pos_embed_interpolation="scipy_zoom",
         backbone_kwargs=dict(
             pretrained_cfg_overlay=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
         ),  # Normalize(ImageNet) and Image.BILINEAR (utils/data_utils.py:21-29, 38-43, 50-53, 78-86)
@@ -273,7 +288,10 @@ def recipe_text(method: str, dataset: str, size: int) -> str:
     lines += ["model:", f"  method: {method}", f"  backbone: {BACKBONE}", "  pretrained: true", f"  img_size: {size}"]
     lines += section(model)
     lines += ["", "data:", f"  dataset: {kind}", f"  root: {root}"]
-    lines += ["  val_fraction: 0.1   # carved from train, stratified (protocol val only)"]
+    split = TRAIN_SPLITS[dataset]
+    note = "   # train + val: 6,667 images (train alone: 3,334), as the papers and GLSim" if split == "trainval" else ""
+    lines += [f"  train_split: {split}{note}", "  test_split: test"]
+    lines += ["  val_fraction: 0.1   # carved from train_split, stratified (protocol val only)"]
     lines += section(data)
     if options:
         lines.append(f"  options: {fmt(options)}")

@@ -41,12 +41,6 @@ def test_eva02_works_with_vit_and_glsim_and_matches_timms_own_forward(method, si
     torch.testing.assert_close(enc.attentions[0].sum(-1), torch.ones(2, 3, t))
 
 
-@pytest.mark.parametrize("method", ["dcal", "transfg"])
-def test_eva02_is_refused_by_dcal_and_transfg_at_construction_naming_the_reason(method):
-    with pytest.raises(TypeError, match="EVA-02's rotary embeddings.*'vit' and 'glsim' work with this backbone"):
-        fgvc.create_model(method, num_classes=3, img_size=56, **EVA)
-
-
 @pytest.mark.parametrize("method", ["vit", "glsim", "dcal", "transfg"])
 def test_vits_without_cls_token_work_with_every_method(method):
     options = dict(top_k=2) if method == "glsim" else {}

@@ -61,7 +61,7 @@ def test_cli_parses_demo_options():
          "--backbone-lr-scale", "0.1"]
     )
     assert args.quick and args.hard and args.out == "somewhere" and args.methods == "vit,dcal"
-    assert args.seeds == "0,1,2" and args.backbone_lr_scale == 0.1 and args.func.__name__ == "_demo"
+    assert args.seeds == [0, 1, 2] and args.backbone_lr_scale == 0.1 and args.func.__name__ == "_demo"
     assert build_parser().parse_args(["demo"]).backbone_lr_scale is None  # the settings' own
 
 

@@ -27,14 +27,16 @@ def official(method, dataset, size):
     if method == "glsim":
         # build_args.py: resize int(S / 0.875) on cars, int(S * 1.34) elsewhere; square (r, r), bicubic
         r = {("cars", 224): 256, ("cars", 448): 512}.get((dataset, size), {224: 300, 448: 600}[size])
-        model = dict(drop_path_rate=0.1, drop_path_schedule="constant", top_k=8,
+        # position embeddings: scipy.ndimage.zoom(order=1) (download_load_pt_weights.py resize_pos_embedding)
+        model = dict(drop_path_rate=0.1, drop_path_schedule="constant", top_k=8, pos_embed_interpolation="scipy_zoom",
                      backbone_kwargs=dict(pretrained_cfg_overlay=dict(IMAGENET, interpolation="bicubic")))
         data = dict(resize=[r, r], trivial_augment=True, random_erasing=0.3, random_erasing_scale=[0.02, 0.4])
         train = dict(epochs=50, batch_size=8, optimizer="sgd", momentum=0.9, lr=0.01, weight_decay=0.0,
                      warmup_steps=500, min_lr=1e-5, label_smoothing=0.1, grad_clip=1.0)
     elif method == "transfg":
         r = 600 if size == 448 else 300  # Resize((600, 600)) for 448; 224 scaled alike
-        model = dict(patch_stride=12, part_block_init="random", dropout=0.1,
+        # position embeddings to the overlapping grid: ndimage.zoom(order=1) (modeling.py load_from)
+        model = dict(patch_stride=12, part_block_init="random", dropout=0.1, pos_embed_interpolation="scipy_zoom",
                      backbone_kwargs=dict(pretrained_cfg_overlay=dict(IMAGENET, interpolation="bilinear")))
         data = dict(resize=[r, r], auto_augment=dataset == "cars", trivial_augment=False, random_erasing=0.0)
         train = dict(steps=10000, batch_size=16, optimizer="momentum", momentum=0.9, lr=0.03, weight_decay=0.0,
@@ -55,7 +57,7 @@ PAPER_TOP1 = {  # exactly these recipes carry a paper's number
     "transfg_cub_448": 91.7, "transfg_cars_448": 94.8, "transfg_nabirds_448": 90.8,
 }
 STRUCTURAL = dict(model={"method", "backbone", "pretrained", "img_size"},
-                  data={"dataset", "root", "val_fraction", "options"})
+                  data={"dataset", "root", "train_split", "test_split", "val_fraction", "options"})
 
 
 @pytest.mark.parametrize("name", list_recipes())

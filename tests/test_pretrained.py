@@ -177,11 +177,15 @@ def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
     from fgvc.cli import build_parser
 
     seen = {}
-    monkeypatch.setattr(fgvc.pretrain, "pretrain", lambda out, s, progress: seen.update(out=out, s=s) or {})
+    def fake(out, s, progress, overwrite):
+        seen.update(out=out, s=s, overwrite=overwrite)
+        return {}
+
+    monkeypatch.setattr(fgvc.pretrain, "pretrain", fake)
     args = build_parser().parse_args(
         ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--rollout-weight", "0.5",
          "--no-progress"]
     )
     assert args.func(args) == 0
     want = replace(PretrainSettings(), steps=7, detail_sides=(7, 31), rollout_weight=0.5)
-    assert seen["s"] == want and seen["out"] == str(tmp_path)
+    assert seen["s"] == want and seen["out"] == str(tmp_path) and seen["overwrite"] is False

@@ -102,7 +102,7 @@ def _launch(tmp_path, name, case, out, resume, pause_at=None):
 
 
 def _finish(proc):
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=500)  # a guard against a hang, not a speed check
     assert proc.returncode == 0, out
 
 
@@ -127,7 +127,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, name):
     finally:
         torch.set_num_threads(threads)
     marker = tmp_path / "killed.paused"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 500  # a guard against a hang, not a speed check
     while not marker.exists():
         assert killed.poll() is None, killed.communicate()[0]
         assert time.monotonic() < deadline, "the run never reached the kill point"

@@ -188,5 +188,6 @@ def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
     assert ("step/loss", 1) in written and ("step/lr", 2) in written and ("epoch/val_top1", 2) in written
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     with pytest.raises(ImportError, match="pip install tensorboard"):
-        fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, tensorboard=True, progress=False)
-    fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, progress=False)  # auto: off
+        fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, tensorboard=True, progress=False,
+                 overwrite=True)
+    fgvc.fit(model, Blobs(n=16), epochs=1, batch_size=8, out_dir=tmp_path, progress=False, overwrite=True)  # auto: off

@@ -393,7 +393,8 @@ def test_confused_pair_undoes_the_normalisation_of_the_datasets_transform():
 
 
 def test_per_class_bars_show_full_names_chance_and_every_method_in_one_axes(data):
-    r1, r2 = fgvc.evaluate(tiny("vit", 50), data), fgvc.evaluate(tiny("glsim", 50), data)
+    # a 50-class model on data of its first 4 classes: the class check (another count) is skipped on purpose
+    r1, r2 = (fgvc.evaluate(tiny(m, 50), data, check_classes=False) for m in ("vit", "glsim"))
     fig = viz.plot_per_class({"vit": r1, "glsim": r2}, LONG, worst=3)  # 4 of the 50 classes have images
     (ax,) = fig.axes
     labels = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]

@@ -46,6 +46,31 @@ def _loadmat(path: Path) -> dict[str, Any]:
         raise ValueError(f"cars: cannot read {path}: {e}") from e
 
 
+def _scalar(value: Any) -> Any:
+    """A field of a loaded MATLAB struct (a number, a string or a one-element array) as a plain value."""
+    array = np.asarray(value)
+    return array.item() if array.size == 1 else value
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite number, else an error saying which field of which annotation."""
+    try:
+        number = float(_scalar(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} is {value!r}, not a number") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{what} is {number}, not a finite number")
+    return number
+
+
+def _integer(value: Any, what: str) -> int:
+    """A whole number (3 or 3.0), else an error: ``int()`` would silently turn a class id 3.7 into 3."""
+    number = _number(value, what)
+    if not number.is_integer():
+        raise ValueError(f"{what} is {number:g}, not an integer")
+    return int(number)
+
+
 def _devkit_root(root: Path) -> Path | None:
     for candidate in (root, root / "stanford_cars"):
         if (candidate / "devkit").is_dir():
@@ -82,6 +107,14 @@ def read_cars(root: str | os.PathLike, split: str = "train") -> Records:
     classes = [str(c) for c in np.atleast_1d(_loadmat(devkit / "cars_meta.mat").get("class_names", []))]
     if not classes:
         raise ValueError(f"cars: {devkit / 'cars_meta.mat'} has no 'class_names'")
+    id_of: dict[str, int] = {}
+    for cid, name in enumerate(classes, 1):
+        first = id_of.setdefault(name, cid)
+        if first != cid:
+            raise ValueError(
+                f"cars: {devkit / 'cars_meta.mat'}: class ids {first} and {cid} have the same name {name!r}; "
+                "each class needs its own name"
+            )
     annos = _loadmat(annos_path)
     if "annotations" not in annos:
         raise ValueError(f"cars: {annos_path} has no 'annotations' struct")
@@ -92,15 +125,26 @@ def read_cars(root: str | os.PathLike, split: str = "train") -> Records:
         raise ValueError(f"cars: the annotations in {annos_path} lack the fields {absent} (have {list(names)})")
 
     paths, labels, boxes = [], [], []
+    first_of: dict[str, int] = {}
     for k, a in enumerate(annotations):
-        cid = int(a["class"])
-        if not 1 <= cid <= len(classes):
+        fname = str(_scalar(a["fname"]))
+        where = f"cars: {annos_path}, annotation {k} ({fname})"
+        first = first_of.setdefault(fname, k)
+        if first != k:
             raise ValueError(
-                f"cars: {annos_path}, annotation {k} ({a['fname']}): class id {cid} is outside 1..{len(classes)}"
+                f"cars: {annos_path}: fname {fname!r} in annotations {first} and {k}; each image must appear once"
             )
-        paths.append(str(image_dir / str(a["fname"])))
+        cid = _integer(a["class"], f"{where}: class id")
+        if not 1 <= cid <= len(classes):
+            raise ValueError(f"{where}: class id {cid} is outside 1..{len(classes)}")
+        paths.append(str(image_dir / fname))
         labels.append(cid - 1)
-        x1, y1, x2, y2 = (float(a[f]) for f in _FIELDS[:4])
+        x1, y1, x2, y2 = (_number(a[f], f"{where}: {f}") for f in _FIELDS[:4])
+        if not (x1 <= x2 and y1 <= y2):  # MATLAB pixels, both ends included: x1 == x2 is one pixel wide
+            raise ValueError(
+                f"{where}: the box (bbox_x1, bbox_y1, bbox_x2, bbox_y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is "
+                "inverted; it needs bbox_x1 <= bbox_x2 and bbox_y1 <= bbox_y2"
+            )
         boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
     return Records(
         dataset="cars",

@@ -3,8 +3,9 @@
 It parses the annotations with the same readers training uses, then opens every listed image: by default
 fully decoded as training will (``Image.open(...).convert("RGB")``), or with ``quick=True`` only the header
 (plus the JPEG end marker, see ``check_image``). The report gives images per split and per class, and lists
-missing annotation files, missing images, unreadable images, empty splits and images shared by two splits,
-and warns about very large images (over ``LARGE_IMAGE_PIXELS``: each one is decoded again every epoch).
+missing annotation files, missing images, unreadable images, empty splits, images shared by two splits and
+boxes outside their image, and warns about very large images (over ``LARGE_IMAGE_PIXELS``: each one is
+decoded again every epoch) and boxes that reach past the image border.
 """
 
 from __future__ import annotations
@@ -128,8 +129,17 @@ def check_dataset(
         counts = np.bincount(np.asarray(records.labels, dtype=np.int64), minlength=len(records.classes))
         s = SplitReport(split=split, class_counts=counts.tolist())
         bar = tqdm(records.paths, desc=f"check {split}", leave=False, disable=not progress)
-        for path in bar:
+        boxes = None if records.boxes_pixels is None else records.boxes_pixels.tolist()
+        outside, beyond = [], []  # boxes that miss the image / reach past its border (clamped when read)
+        for i, path in enumerate(bar):
             reason, size = inspect_image(path, full=not quick)
+            if boxes is not None and size is not None:
+                x0, y0, x1, y1 = boxes[i]
+                shown = f"{path} (box {x0:g}, {y0:g}, {x1:g}, {y1:g} in a {size[0]} x {size[1]} image)"
+                if x0 >= size[0] or y0 >= size[1] or x1 <= 0 or y1 <= 0:
+                    outside.append(shown)
+                elif x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]:
+                    beyond.append(shown)
             if size is not None and size[0] * size[1] > LARGE_IMAGE_PIXELS:
                 large.append((size[0] * size[1], path))
             if reason == "missing":
@@ -151,6 +161,13 @@ def check_dataset(
         if s.unreadable:
             shown = [f"{p} ({r})" for p, r in s.unreadable]
             report.problems.append(f"{split}: {len(s.unreadable)} images cannot be read: {_examples(shown)}")
+        if outside:
+            report.problems.append(f"{split}: {len(outside)} boxes lie outside their image: {_examples(outside)}")
+        if beyond:
+            report.warnings.append(
+                f"{split}: {len(beyond)} boxes reach past the border of their image (cut to the image when read): "
+                f"{_examples(beyond)}"
+            )
         empty = [records.classes[k] for k in np.flatnonzero(counts == 0)]
         if empty and records.paths:
             report.notes.append(f"{split}: {len(empty)} classes have no images: {_examples(empty)}")

@@ -189,6 +189,22 @@ class Records:
             raise ValueError(f"{self.dataset}: {len(self.paths)} paths but {len(self.labels)} labels")
         if self.boxes_pixels is not None and tuple(self.boxes_pixels.shape) != (len(self.paths), 4):
             raise ValueError(f"{self.dataset}: boxes_pixels must be ({len(self.paths)}, 4)")
+        wrong = [y for y in self.labels if not 0 <= y < len(self.classes)]
+        if wrong:
+            raise ValueError(
+                f"{self.dataset} ({self.split}): label {wrong[0]} is outside 0..{len(self.classes) - 1} "
+                f"({len(self.classes)} classes); {len(wrong)} of {len(self.labels)} labels are"
+            )
+        if self.boxes_pixels is not None and len(self.paths):
+            b = self.boxes_pixels
+            bad = (~torch.isfinite(b).all(1) | (b[:, 0] >= b[:, 2]) | (b[:, 1] >= b[:, 3])).nonzero().flatten()
+            if len(bad):
+                i = int(bad[0])
+                box = ", ".join(f"{v:g}" for v in b[i].tolist())
+                raise ValueError(
+                    f"{self.dataset} ({self.split}): {len(bad)} boxes are empty, inverted or not finite, e.g. "
+                    f"({box}) for {self.paths[i]}; a box (x0, y0, x1, y1) needs x0 < x1 and y0 < y1"
+                )
 
     def select(self, keep: Sequence[int]) -> Records:
         """The records at positions ``keep`` (classes unchanged)."""

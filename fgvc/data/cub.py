@@ -8,6 +8,7 @@ get contiguous labels in sorted id order, the same for both splits, and keep the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -73,6 +74,14 @@ def read_cub_style(
     unknown = [c for c in used if c not in class_names]
     if unknown:
         raise ValueError(f"{dataset}: class ids {unknown[:5]} are used by images but not listed in {root / 'classes.txt'}")
+    id_of: dict[str, int] = {}
+    for cid in used:
+        first = id_of.setdefault(class_names[cid], cid)
+        if first != cid:
+            raise ValueError(
+                f"{dataset}: {root / 'classes.txt'}: class ids {first} and {cid} have the same name "
+                f"{class_names[cid]!r}; each class needs its own name"
+            )
     label_of = {cid: k for k, cid in enumerate(used)}
 
     want = "1" if split == "train" else "0"
@@ -91,7 +100,7 @@ def read_cub_style(
         absent = [iid for iid, _ in chosen if iid not in table]
         if absent:
             raise ValueError(f"{dataset}: {len(absent)} images have no line in {box_file}, e.g. {absent[0]}")
-        xywh = torch.tensor([[float(v) for v in table[iid]] for iid, _ in chosen], dtype=torch.float32)
+        xywh = torch.tensor([_box(table[iid], box_file, iid, dataset) for iid, _ in chosen], dtype=torch.float32)
         xywh = xywh.reshape(-1, 4)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)  # x, y, width, height -> x0, y0, x1, y1
 
@@ -106,6 +115,20 @@ def read_cub_style(
         display_names=[display_name(n) for n in classes],
         boxes_pixels=boxes,
     )
+
+
+def _box(values: list[str], path: Path, iid: str, dataset: str) -> list[float]:
+    """One line of ``bounding_boxes.txt`` (x, y, width, height): finite numbers, width and height above 0."""
+    try:
+        x, y, w, h = (float(v) for v in values)
+    except ValueError:
+        raise ValueError(f"{dataset}: {path}: image {iid} has the box {' '.join(values)!r}, not 4 numbers") from None
+    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+        raise ValueError(
+            f"{dataset}: {path}: image {iid} has the box x={x:g} y={y:g} width={w:g} height={h:g}; the width and "
+            "height must be above 0"
+        )
+    return [x, y, w, h]
 
 
 def _int(value: str, path: Path, dataset: str) -> int:

@@ -39,6 +39,8 @@ class DatasetDef:
             length of the training split's ``classes``).
         markers: paths whose presence says a folder holds the dataset in its official layout
             (``fgvc.data.find_dataset``); empty where no layout is fixed.
+        train_split: the split a recipe trains on unless its ``data.train_split`` names another (the
+            validation split of ``protocol: val`` is carved from it); the test split is ``test``.
     """
 
     name: str
@@ -48,6 +50,7 @@ class DatasetDef:
     draw_splits: Callable[..., dict[str, Dataset]] | None = None
     count_classes: Callable[[Root | None, Mapping[str, Any]], int] | None = None
     markers: tuple[str, ...] = ()
+    train_split: str = "train"
 
     @property
     def needs_root(self) -> bool:

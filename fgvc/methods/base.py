@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbone import ViTBackbone, to_2tuple
+from ..settings import check_model_settings
 from .explain import COMMON_MAPS, Explanation, MapInfo, SelectionStep, backbone_attention, explaining
 from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base.ModelOutput``)
 
@@ -75,11 +76,14 @@ class FGVCModel(nn.Module):
         patch_stride: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         norm_eps: float | None = None,
+        pos_embed_interpolation: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_model_settings(dict(img_size=img_size, pretrained=pretrained, drop_path_rate=drop_path_rate,
+                                  norm_eps=norm_eps, patch_stride=patch_stride, backbone_kwargs=backbone_kwargs))
         self.num_classes = num_classes
         self.class_names: list[str] | None = None  # set by training / loading when known
         #: LayerNorm epsilon of every norm (backbone and the method's own layers); None: timm's / the method's
@@ -88,6 +92,8 @@ class FGVCModel(nn.Module):
         timm_kwargs = dict(backbone_kwargs or {})
         if norm_eps is not None:
             timm_kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=norm_eps)
+        if pos_embed_interpolation is not None:  # how position embeddings are resampled (``ViTBackbone``)
+            timm_kwargs["pos_embed_interpolation"] = pos_embed_interpolation
         self.backbone = self._backbone_class(backbone)(
             backbone,
             img_size=img_size,
@@ -108,6 +114,8 @@ class FGVCModel(nn.Module):
             backbone_kwargs=dict(backbone_kwargs or {}),
             options=dict(options or {}),
         )
+        if pos_embed_interpolation is not None:  # saved: a reloaded model resamples (GLSim's crop_size) the same way
+            self.config["pos_embed_interpolation"] = pos_embed_interpolation
         if norm_eps is not None:
             self.config["norm_eps"] = norm_eps
 
@@ -178,6 +186,16 @@ class FGVCModel(nn.Module):
         from ..hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters weight decay leaves alone besides the 1-D ones (biases, norms, layer scales).
+
+        timm's rule, which ``create_optimizer_v2`` (and so ``fgvc.fit``) reads: the backbone's own set (timm's
+        ViT / DeiT / EVA: position embedding, class, register and distillation tokens), under its name here
+        (``backbone.vit.``), and the tokens and embeddings a method adds (it extends this set).
+        """
+        own = getattr(self.backbone.vit, "no_weight_decay", None)
+        return {f"backbone.vit.{name}" for name in own()} if callable(own) else set()
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The parameters that start from the pretrained backbone: what ``fit(backbone_lr_scale=...)`` trains
@@ -340,6 +358,9 @@ def create_model(
         **options: ``checkpoint_path`` (local backbone weights), ``drop_path_rate``, ``norm_eps`` (LayerNorm
             epsilon of every norm; default timm's), ``patch_stride``
             (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
+            ``pos_embed_interpolation`` (how position embeddings are resampled to another grid: ``"bicubic"``,
+            ``"bilinear"`` or ``"scipy_zoom"``, the official GLSim / TransFG rule; None: timm's, see
+            ``fgvc.backbone.resample_pos_embed``),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
     cls = _check_method(method)

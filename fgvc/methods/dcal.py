@@ -47,6 +47,9 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   ``0.5 * sum_i (exp(-w_i) L_i + w_i)`` over the cross-entropies of SA, GLCA and PWCA (PWCA omitted when it
   did not run). ``w`` (``loss_weights``, 3 parameters, start at 0) are trained with the model; it is 1-D,
   so ``fgvc.fit`` does not decay it. Label smoothing goes to every cross-entropy.
+* **Weight decay** (AdamW 0.05 in the recipes, as DeiT's code the paper builds on): timm's rule, through
+  ``model.no_weight_decay()``: besides the 1-D parameters, the position embedding and the class (and
+  distillation) tokens are not decayed.
 * **Prediction** (training and evaluation alike): ``logits = log(0.5 * (softmax(SA) + softmax(GLCA)))``:
   log-probabilities of the averaged prediction, so ``argmax`` / top-k are those of the summed probabilities
   (the paper's rule), what ``fit`` reports as train top-1 is the prediction evaluation scores, and the
@@ -59,8 +62,10 @@ Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
   ``explain`` (the rows of the R local queries, also with ``glca_cls_token``) or when
   ``model.return_glca_attention`` is set.
 
-Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``),
-attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout needs a whole map:
+Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``;
+EVA-02's ``EvaBlock`` too, every probability that of q and k after its rotary embedding, GLCA's queries each
+rotated for its own patch), attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout
+needs a whole map:
 
 * blocks 1..p-2 (all rows of their head-mean attention enter the rollout): one explicit attention
   (``softmax(q k^T * scale) @ v``) gives the output and the probabilities, so q k^T is computed once. At
@@ -222,6 +227,7 @@ class DCAL(FGVCModel):
         pairs = random_derangement(b, device=sa.device) if run_pwca else None
         pw = sa  # the PWCA stream; before block pwca_start it is the SA stream itself
         explicit = not torch.is_grad_enabled() or sa.device.type in EXPLICIT_TRAINING_DEVICES
+        rope = bb.block_kwargs()  # EVA-02's rotary embedding ({"rope": ...}), else nothing
         maps: list[Tensor] = []  # per block before GLCA: (B, 1, T, T) head-mean attention, (B, 1, 1, T) last
         glca_input = sa
         for i, block in enumerate(bb.blocks):
@@ -229,17 +235,18 @@ class DCAL(FGVCModel):
                 glca_input = sa
             if i < p - 1:  # the rollout needs all rows: one explicit attention gives output and map
                 sa_next, probs, (q, k, v) = block_forward(
-                    block, sa, probs=ProbsRequest(average_heads=True, explicit=explicit)
+                    block, sa, probs=ProbsRequest(average_heads=True, explicit=explicit), **rope
                 )
             else:  # block p-1: only the CLS row (fused output; all rows without CLS); blocks from p on: no map
                 cls_row = ProbsRequest(rows=1 if bb.has_class_token else None, average_heads=True)
-                sa_next, probs, (q, k, v) = block_forward(block, sa, probs=cls_row if i < p else None)
+                sa_next, probs, (q, k, v) = block_forward(block, sa, probs=cls_row if i < p else None, **rope)
             if probs is not None:
                 maps.append(probs)
             if pairs is not None and i >= self.pwca_start:  # image 1's queries over [image 1; image 2] k, v
                 first = i == self.pwca_start  # the streams still share their input: q, k, v are SA's
                 pw, _, _ = block_forward(
-                    block, sa if first else pw, extra_kv=(k[pairs], v[pairs]), qkv=(q, k, v) if first else None
+                    block, sa if first else pw, extra_kv=(k[pairs], v[pairs]), qkv=(q, k, v) if first else None,
+                    **rope,
                 )
             sa = sa_next
 
@@ -251,7 +258,7 @@ class DCAL(FGVCModel):
         if self.glca_cls_token:  # CLS (token 0) as the first query: R + 1 queries
             query_index = torch.cat([torch.zeros_like(query_index[:, :1]), query_index], dim=1)
         g, glca_probs, _ = block_forward(
-            self.glca, glca_input, query_index=query_index, probs=ProbsRequest() if glca_attention else None
+            self.glca, glca_input, query_index=query_index, probs=ProbsRequest() if glca_attention else None, **rope
         )  # (B, R [+ 1], D), (B, heads, R [+ 1], T) or None
         g = self.glca_norm(g)
         glca_feature = g[:, 0] if self.glca_cls_token else g.mean(dim=1)  # (B, D)

@@ -7,8 +7,9 @@ Faithful to the official code (arkel23/GLSim, ``glsim/model_utils/glsim.py``):
 2. Under ``no_grad``, the top-k patches (default k=8) are selected; their bounding box in patch units is
    ``[row_min, row_max] x [col_min, col_max]``. As in the official code the box ends at ``row_max * P``
    (exclusive), so the last selected row and column fall outside it; a box is at least one patch wide
-   (``end = max(end, start + P)``). ``inclusive_box=True`` keeps the last row and column instead
-   (``end = (row_max + 1) * P``), which is the box one would naively expect.
+   (``end = max(end, start + P)``, also official), so for ``top_k=1`` both rules give the same one-patch box.
+   ``inclusive_box=True`` keeps the last row and column instead (``end = (row_max + 1) * P``), which is the
+   box one would naively expect.
 3. The box is cut from the model's input tensor (already normalized) and resized bilinearly to the input
    resolution with ``align_corners=True`` (the official ``F.upsample_bilinear``). The official code calls
    the row index ``x``; here boxes are (x0, y0, x1, y1) with x = column, y = row, like torchvision.
@@ -197,11 +198,12 @@ class GLSim(FGVCModel):
         "half": dict(crop_size=0.5),  # the crop re-encoded at half the size: a quarter of the tokens
         "half_pe": dict(crop_size=0.5, crop_pos_embed="learned"),  # and with its own position embedding
         "tokens": dict(crop_mode="tokens"),  # the crop pass on the box's own tokens
-        # a compact box around the similarity peak, last row and column included (one or two cells would make
-        # an empty or one-patch-thin box with the official exclusive end): for details only a few patches wide
+        # fgvc's compact box around the similarity peak, for details only a few patches wide; last row and
+        # column included: with the official exclusive end, two neighbouring patches give a one-patch box
+        # (the first row and column of their span), no larger than top-1's
         "top2": dict(top_k=2, inclusive_box=True),
-        # the official top-8 with the box's last row and column kept: the official exclusive end trims one
-        # patch off each side, so even a perfect top-8 of a compact detail gives a box about half its side
+        # the official top-8 with the box's last row and column kept: the official end drops them, so a
+        # selection spanning n rows (columns) gives a box of max(n - 1, 1)
         "inclusive": dict(inclusive_box=True),
         "top2_half": dict(top_k=2, inclusive_box=True, crop_size=0.5),  # the same, crop re-encoded at half size
         # and with the half-size pass's own position embedding, learned in fine-tuning
@@ -288,6 +290,10 @@ class GLSim(FGVCModel):
         self.head = nn.Linear(dim, self.num_classes)
         nn.init.zeros_(self.head.weight)  # as the official code: the new head starts at zero
         nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's set and the crop pass's learned position embedding (``crop_pos_embed="learned"``)."""
+        return super().no_weight_decay() | {"crop_pos_embed"}
 
     @torch.no_grad()
     def select(self, tokens: Tensor) -> tuple[Tensor, Tensor]:

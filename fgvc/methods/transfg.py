@@ -29,9 +29,11 @@
   ``patch_stride=12`` (``fgvc.backbone.OverlapPatchEmbed``): the patch-embedding convolution keeps its
   kernel (and pretrained weights) but moves by stride S, so the grid is ``(H - P) // S + 1`` by
   ``(W - P) // S + 1``. The model is built with that grid, so pretrained position embeddings are resampled
-  once, from their own grid to it, by timm's loader (bicubic ``resample_abs_pos_embed``; the official code
-  uses ``scipy.ndimage.zoom`` with linear splines). Part indices are over that grid
-  (``backbone.grid_size``).
+  once, from their own grid to it, by the common option ``pos_embed_interpolation`` (the recipes'
+  ``"scipy_zoom"`` is the official ``scipy.ndimage.zoom(order=1)``; unset, timm's bicubic). Part indices are
+  over that grid (``backbone.grid_size``).
+* **EVA-02** (rotary embeddings): the blocks are computed from timm's ``EvaBlock`` modules, the probabilities
+  from q and k after the rotary embedding; in the part block each part keeps its patch's rotary embedding.
 
 Implementation: the first L-1 blocks are computed from their modules (``fgvc.layers.blocks.block_forward``)
 with fused attention for the output and the probabilities computed under ``no_grad`` for the selection,
@@ -107,6 +109,8 @@ def reset_block_official(block: nn.Module) -> None:
     for module in block.modules():
         if module is not block and hasattr(module, "reset_parameters"):
             module.reset_parameters()
+    if hasattr(block, "reset_parameters"):  # the block's own parameters (EVA's layer scales gamma_1, gamma_2)
+        block.reset_parameters()
     for module in block.mlp.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
@@ -183,14 +187,17 @@ class TransFG(FGVCModel):
         bb = self.backbone
         prefix = bb.num_prefix_tokens
         tokens = bb.embed(x)  # (B, T, D)
+        rope = bb.block_kwargs()  # EVA-02's rotary embedding ({"rope": (N, 2 hd)}), else nothing
         maps: list[Tensor] = []  # per block 1..L-1: (B, H, T, T), no gradient
         for block in list(bb.blocks)[:-1]:
-            tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest())
+            tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest(), **rope)
             maps.append(probs)
         parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
         prefix_tokens, patches = bb.split_tokens(tokens)  # (B, prefix, D), (B, N, D)
         seq = torch.cat([prefix_tokens, gather_tokens(patches, parts)], dim=1)  # (B, prefix + H, D)
-        seq = self.part_block(seq)
+        if rope:  # each part keeps its patch's rotary embedding: (B, 1, H parts, 2 hd)
+            rope = dict(rope=rope["rope"][parts][:, None])
+        seq = self.part_block(seq, **rope)
         feature = bb.pool(bb.norm(seq))  # (B, D)
         return ModelOutput(
             logits=self.head(feature), embedding=feature, extras=dict(features=feature, part_indices=parts)
