@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fgvc.profile import MethodCost
+from fgvc.studies.profile import MethodCost
 
 GLSIM_THROUGHPUT = 0.45  # GLSim's inference throughput over the ViT's, at least
 GLSIM_SELECTION_PCT = 0.1  # GLSim's selection step, % of one encoder forward (time and MACs), below

@@ -20,8 +20,8 @@ from dataclasses import replace
 
 import torch
 
-from fgvc.demo import FULL, HARD
 from fgvc.layers.geometry import PatchGrid, box_iou_pairs
+from fgvc.studies.demo import FULL, HARD
 
 
 def span_cells(touched: torch.Tensor) -> torch.Tensor:

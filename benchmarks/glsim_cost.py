@@ -29,7 +29,7 @@ from _fixed_box import FIXED_BOX
 from _targets import targets_markdown
 
 import fgvc
-from fgvc.profile import timed_rounds
+from fgvc.studies.profile import timed_rounds
 
 OPTIONS = [
     "glsim",

@@ -19,10 +19,10 @@ from dataclasses import replace
 import torch.nn.functional as F
 from torch import Tensor
 
-from fgvc.demo import FULL, HARD, run_demo, summarize_seeds
 from fgvc.layers.geometry import crop_and_resize
 from fgvc.methods.base import list_models, register_model
 from fgvc.methods.glsim import GLSim, resolve_crop_size
+from fgvc.studies.demo import FULL, HARD, run_demo, summarize_seeds
 
 
 def register_crop(size: float, learned_pe: bool = False) -> str:

@@ -20,9 +20,9 @@ from torch import Tensor
 
 import fgvc
 from fgvc.data import synthetic_splits
+from fgvc.engine.train import reproducible, seed_everything
 from fgvc.methods.base import list_models, register_model
 from fgvc.methods.glsim import GLSim
-from fgvc.train import reproducible, seed_everything
 
 WARM = "glsim_centre_warmup"
 BACKBONE = dict(patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0)

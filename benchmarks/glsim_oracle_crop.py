@@ -17,10 +17,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from fgvc.demo import FULL, HARD, format_table, run_demo
 from fgvc.methods.base import list_models, register_model
 from fgvc.methods.glsim import GLSim
 from fgvc.methods.output import ModelOutput
+from fgvc.studies.demo import FULL, HARD, format_table, run_demo
 
 ORACLE = "glsim_oracle"
 

@@ -19,7 +19,7 @@ import math
 from _fixed_box import FIXED_BOX
 
 import fgvc
-from fgvc.profile import ProfileResult
+from fgvc.studies.profile import ProfileResult
 
 ROWS = {
     "glsim": "glsim",

@@ -7,17 +7,18 @@
     result = fgvc.evaluate(model, test_data)
 """
 
-from .backbone import EncoderOutput, ViTBackbone
-from .checkpoint import load_model, load_weights, read_metadata, save_model
-from .evaluate import EvalResult, evaluate
-from .hub import export_timm, from_pretrained, push_to_hub, save_pretrained
+from .backbones.vit import EncoderOutput, ViTBackbone
+from .engine.evaluate import EvalResult, evaluate
+from .engine.predict import Prediction, predict
+from .engine.retrieval import RetrievalResult, retrieval_metrics
+from .engine.train import History, fit, plot_log, seed_everything
 from .methods import FGVCModel, ModelOutput, create_model, list_models, model_options, register_model
-from .predict import Prediction, predict
-from .profile import ProfileResult, profile
-from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
-from .retrieval import RetrievalResult, retrieval_metrics
 from .settings import TrainConfig
-from .train import History, fit, plot_log, seed_everything
+from .storage.checkpoint import load_model, load_weights, read_metadata, save_model
+from .storage.hub import export_timm, from_pretrained, push_to_hub, save_pretrained
+from .studies.profile import ProfileResult, profile
+from .studies.recipe import RecipeResult, list_recipes, load_recipe, train_recipe
+from .studies.report import save_evaluation
 from .version import __version__
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "read_metadata",
     "register_model",
     "retrieval_metrics",
+    "save_evaluation",
     "save_model",
     "save_pretrained",
     "seed_everything",

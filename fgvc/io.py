@@ -1,7 +1,7 @@
 """Weights files: safetensors with metadata, written atomically with a checksum, and state dicts read safely.
 
 The ground floor of fgvc's files: it knows tensors, headers and paths, never models or methods, so
-checkpoints (``fgvc.checkpoint``), backbones, Hub folders, converted official checkpoints and pretraining all
+checkpoints (``fgvc.storage.checkpoint``), backbones, Hub folders, converted official checkpoints and pretraining all
 read and write through it without importing each other.
 
 Integrity: every file fgvc writes carries a CRC-32 of its tensors (names, dtypes, shapes and raw bytes, in

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "AMP_VALUES", "TrainConfig", "check_data_settings", "check_fit_settings", "check_model_settings", "number_from_text",
+    "AMP_VALUES", "POS_EMBED_INTERPOLATIONS", "TrainConfig", "check_data_settings", "check_fit_settings", "check_model_settings", "number_from_text",
 ]
 
 AMP_VALUES = (None, False, True, "auto", "none", "fp32", "bf16", "bfloat16", "fp16", "float16")
@@ -149,7 +149,7 @@ class TrainConfig:
             them. ``epochs`` may grow (the schedule is recomputed), not shrink below what was trained.
         overwrite: a new run (``resume=False``) in an ``out_dir`` that holds another run's files is refused,
             naming them; True removes that run's files (fgvc's own only) first. An ``out_dir`` is locked
-            while a run writes to it (``fgvc.run_folder``): a second process is refused, naming the first.
+            while a run writes to it (``fgvc.engine.run_folder``): a second process is refused, naming the first.
         save_every_steps: also checkpoint every N optimizer steps inside an epoch (for long epochs on
             preemptible machines); None: at epoch ends only.
         accumulate_steps: gradient accumulation: one optimizer step per this many forward passes.
@@ -215,7 +215,7 @@ class TrainConfig:
 
 
 #: The checks of the recipe's ``train`` section: every ``TrainConfig`` option, and the two keys the recipe
-#: reads itself (``fgvc.recipe.fit_arguments``: ``steps`` -> epochs, ``lr`` scaled by the batch size).
+#: reads itself (``fgvc.studies.recipe.fit_arguments``: ``steps`` -> epochs, ``lr`` scaled by the batch size).
 FIT_RULES: dict[str, Callable[[str, Any], None]] = {
     **{f.name: f.metadata["check"] for f in fields(TrainConfig) if "check" in f.metadata},
     "steps": _int_at_least(1, optional=True),
@@ -248,9 +248,13 @@ def _mapping(optional: bool) -> Callable[[str, Any], None]:
     return check
 
 
-def _pos_embed_interpolation(name: str, value: Any) -> None:
-    from .backbone import POS_EMBED_INTERPOLATIONS
+#: How position embeddings are resampled to another grid (``pos_embed_interpolation``): timm's antialiased
+#: bicubic or bilinear (half-pixel centres), or ``"scipy_zoom"``, what the official GLSim and TransFG code
+#: computes with ``scipy.ndimage.zoom(order=1)``: linear, the corner cells of both grids aligned.
+POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear", "scipy_zoom")
 
+
+def _pos_embed_interpolation(name: str, value: Any) -> None:
     if value is not None and value not in POS_EMBED_INTERPOLATIONS:
         raise ValueError(f"{name} must be one of {', '.join(POS_EMBED_INTERPOLATIONS)} or null, got {value!r}")
 

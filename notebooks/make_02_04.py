@@ -60,8 +60,8 @@ from pathlib import Path
 import yaml
 
 import fgvc
-from fgvc.notebook import recipe_for_here
-from fgvc.report import smoke_banner
+from fgvc.studies.notebook import recipe_for_here
+from fgvc.studies.report import smoke_banner
 
 smoke_banner(SMOKE)
 print(yaml.safe_dump(fgvc.load_recipe(RECIPE), sort_keys=False))
@@ -73,12 +73,12 @@ With the official data the recipe runs as written (pretrained ImageNet-21k weigh
 and schedule): that is a reproduction, meant for a GPU. On the CUB subset the notebook overrides a few values
 (a small class subset, a small ViT trained from scratch, a few epochs) so that it finishes on a laptop CPU;
 those numbers check the pipeline on real bird photos and are not comparable with the paper's. The small
-settings are `fgvc.notebook.LAPTOP`; the data is looked for by `fgvc.data.find_dataset` and
+settings are `fgvc.studies.notebook.LAPTOP`; the data is looked for by `fgvc.data.find_dataset` and
 `fgvc.data.cub_subset`. On synthetic data the recipe's method is fine-tuned from the shipped backbone with
-`fgvc demo`'s settings (`fgvc.demo.FULL`), so its numbers and maps show learned behaviour.
+`fgvc demo`'s settings (`fgvc.studies.demo.FULL`), so its numbers and maps show learned behaviour.
 """),
     ("code", """
-recipe, note = recipe_for_here(RECIPE, CUB_ROOT, smoke=SMOKE)  # fgvc.notebook.LAPTOP holds the small settings
+recipe, note = recipe_for_here(RECIPE, CUB_ROOT, smoke=SMOKE)  # fgvc.studies.notebook.LAPTOP holds the small settings
 print(note)
 """),
     ("md", """
@@ -117,7 +117,7 @@ PIL images and returns the top-k classes with their names; `fgvc predict --check
 same from a terminal.
 """),
     ("code", """
-from fgvc.recipe import build_recipe_data
+from fgvc.studies.recipe import build_recipe_data
 
 model = fgvc.load_model(result.runs[0]["checkpoint"])
 test = build_recipe_data(recipe, model)["test"]
@@ -187,9 +187,10 @@ DEVICE = None                                         # None: CUDA when availabl
 import matplotlib.pyplot as plt
 
 import fgvc
-from fgvc import notebook, viz
+from fgvc import viz
 from fgvc.data import find_dataset
-from fgvc.report import results_table, smoke_banner
+from fgvc.studies import notebook
+from fgvc.studies.report import results_table, smoke_banner
 
 smoke_banner(SMOKE)
 roots = {"cub": find_dataset("cub", CUB_ROOT), "cars": find_dataset("cars", CARS_ROOT)}
@@ -199,7 +200,7 @@ for name, root in roots.items():
     ("md", """
 ## 2. Evaluate each checkpoint on its test split
 
-`fgvc.notebook.evaluate_checkpoints` does for each checkpoint what `fgvc eval` does: it rebuilds the model,
+`fgvc.studies.notebook.evaluate_checkpoints` does for each checkpoint what `fgvc eval` does: it rebuilds the model,
 reads the run's `config.yaml` for the test resize and the class subset, checks the dataset's classes against
 the checkpoint's, and evaluates. The test split it builds (the checkpoint's transform and classes) is kept for
 the figures below. When no checkpoint can be evaluated, small stand-ins are trained instead, clearly labelled:

@@ -65,7 +65,7 @@ import torch
 import fgvc
 from fgvc import viz
 from fgvc.data import synthetic_splits
-from fgvc.report import results_table, smoke_banner
+from fgvc.studies.report import results_table, smoke_banner
 
 smoke_banner(SMOKE)
 detail_fraction = (DETAIL_PX**2 + 0.5) / (IMG_SIZE[0] * IMG_SIZE[1])  # a DETAIL_PX-wide detail

@@ -13,7 +13,7 @@ from PIL import Image
 
 import fgvc
 from fgvc.cli import main
-from fgvc.evaluate import tta_forward
+from fgvc.engine.evaluate import tta_forward
 
 CLASSES = ["Parakeet_Auklet", "Sooty_Albatross", "Yellow_Blackbird"]  # sorted, as an image folder reads them
 

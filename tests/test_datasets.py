@@ -32,7 +32,7 @@ from fgvc.data import (
     train_val_split,
 )
 from fgvc.data.cub import read_cub
-from fgvc.recipe import build_recipe_data
+from fgvc.studies.recipe import build_recipe_data
 
 REAL_CUB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "CUB_200_2011_subset100"
 needs_real_cub = pytest.mark.skipif(not (REAL_CUB / "images.txt").is_file(), reason="real CUB subset not present")

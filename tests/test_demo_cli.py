@@ -9,7 +9,7 @@ import pytest
 
 from fgvc.cli import build_parser
 from fgvc.data.synthetic import SyntheticFGVC
-from fgvc.demo import FULL, HARD, QUICK, run_demo
+from fgvc.studies.demo import FULL, HARD, QUICK, run_demo
 
 TINY = replace(QUICK, train=40, val=20, test=20, epochs=1, batch_size=20)
 

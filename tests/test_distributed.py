@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import fgvc
 import fgvc.data
-from fgvc.distributed import unwrap_model
+from fgvc.engine.distributed import unwrap_model
 
 WORKER = r'''
 import json, os, sys
@@ -25,20 +25,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import save_file
 import fgvc
-import fgvc.checkpoint
+import fgvc.storage.checkpoint
 import fgvc.data
-from fgvc.distributed import get_rank, get_world_size, init_distributed
+from fgvc.engine.distributed import get_rank, get_world_size, init_distributed
 
 cfg = json.loads(sys.argv[1])
 device = init_distributed("cpu")
 rank = get_rank()
 assert get_world_size() == 2 and torch.distributed.get_backend() == "gloo"
 writes = []
-real_save = fgvc.checkpoint.write_safetensors
+real_save = fgvc.storage.checkpoint.write_safetensors
 def audited(tensors, path, metadata):
     writes.append(str(path))
     return real_save(tensors, path, metadata)
-fgvc.checkpoint.write_safetensors = audited
+fgvc.storage.checkpoint.write_safetensors = audited
 tiny = dict(backbone="test_vit", backbone_kwargs=dict(depth=2))
 
 # 1. exact evaluation: 13 test images, whole-batch shards (also one empty shard), gathered in order
@@ -131,7 +131,7 @@ def test_ddp_training_writes_from_rank_zero_only_and_keeps_ranks_in_sync(torchru
     lines = [json.loads(line) for line in (torchrun / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "step"] == list(range(1, 7))
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
-    state = fgvc.checkpoint.load_train_state(torchrun / "run" / "train_state.safetensors")[1]
+    state = fgvc.storage.checkpoint.load_train_state(torchrun / "run" / "train_state.safetensors")[1]
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 6
 
 

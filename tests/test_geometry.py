@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fgvc
-from fgvc.evaluate import pointing_game
+from fgvc.engine.evaluate import pointing_game
 from fgvc.layers.geometry import PatchGrid, crop_and_resize
 from fgvc.methods.glsim import select_box
 from fgvc.viz import grid_extent, map_box

@@ -11,7 +11,7 @@ from conftest import TINY
 from torch import nn
 
 import fgvc
-from fgvc.backbone import ViTBackbone
+from fgvc.backbones.vit import ViTBackbone
 from fgvc.methods.base import resolve_method
 from fgvc.methods.glsim import box_token_sequence, crop_and_resize, resolve_crop_size, select_box
 

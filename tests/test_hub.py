@@ -54,7 +54,7 @@ def test_augreg_and_imagenet_backbones_have_their_own_normalization():
 def test_save_pretrained_and_from_pretrained_folder_round_trip_with_a_model_card(tmp_path):
     model = glsim_model()
     x = torch.randn(2, 3, 48, 48)
-    folder = model.save_pretrained(tmp_path / "hub", dataset="cub", metrics={"top1": 91.25}, license="mit")
+    folder = fgvc.save_pretrained(model, tmp_path / "hub", dataset="cub", metrics={"top1": 91.25}, license="mit")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = fgvc.from_pretrained(folder)
     assert loaded.method == "glsim" and loaded.class_names == CLASSES and not loaded.training
@@ -82,7 +82,7 @@ def test_from_pretrained_reads_a_repo_id_from_the_hub_cache_offline(tmp_path):
 
     assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: nothing may be downloaded
     model = glsim_model()
-    populate_hub_cache(tmp_path / "cache", "someone/tiny-glsim", model.save_pretrained(tmp_path / "hub"))
+    populate_hub_cache(tmp_path / "cache", "someone/tiny-glsim", fgvc.save_pretrained(model, tmp_path / "hub"))
     loaded = fgvc.from_pretrained("someone/tiny-glsim", cache_dir=tmp_path / "cache")  # hf_hub_download
     x = torch.randn(2, 3, 48, 48)
     torch.testing.assert_close(loaded(x).logits, model(x).logits)
@@ -108,7 +108,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder_with_a_card_naming_
             return "commit"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    assert glsim_model().push_to_hub("someone/tiny-glsim", private=True, metrics={"top1": 50.0}) == "commit"
+    assert fgvc.push_to_hub(glsim_model(), "someone/tiny-glsim", private=True, metrics={"top1": 50.0}) == "commit"
     assert calls["create"] == ("someone/tiny-glsim", dict(private=True, exist_ok=True, repo_type="model"))
     assert set(calls["files"]) == {"README.md", "config.json", "model.safetensors"}
     assert b"fgvc.from_pretrained('someone/tiny-glsim')" in calls["files"]["README.md"]

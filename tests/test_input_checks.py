@@ -17,7 +17,7 @@ import fgvc
 from fgvc.cli import main
 from fgvc.data import build_dataset, check_dataset
 from fgvc.data.common import Records
-from fgvc.evaluate import check_labels
+from fgvc.engine.evaluate import check_labels
 
 needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc"),
                                 reason="needs Linux's /proc, where nothing can be created")
@@ -66,7 +66,7 @@ def test_evaluate_can_skip_the_class_check_and_passes_matching_classes():
 
 def test_the_cli_evaluation_uses_the_same_class_check(tmp_path):
     """fgvc eval (checkpoint_split) and fgvc.evaluate refuse the same mismatch with the same message."""
-    from fgvc.recipe import evaluate_checkpoint
+    from fgvc.studies.recipe import evaluate_checkpoint
 
     model = trained_model(("Auklet", "Albatross"))
     ckpt = fgvc.save_model(model, tmp_path / "best.safetensors", class_names=model.class_names)
@@ -79,7 +79,7 @@ def test_the_cli_evaluation_uses_the_same_class_check(tmp_path):
 @pytest.mark.parametrize("batch_size", [0, -2, 2.5])
 def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size, monkeypatch):
     """The batch size is named by evaluate, whether or not the run is sharded across processes."""
-    module = importlib.import_module("fgvc.evaluate")  # the module, not the function fgvc.evaluate
+    module = importlib.import_module("fgvc.engine.evaluate")  # the module, not the function fgvc.evaluate
     monkeypatch.setattr(module, "is_distributed", lambda: True)  # sharding divides by the batch size
     with pytest.raises(ValueError, match=f"evaluate: batch_size must be a positive integer, got {batch_size}"):
         fgvc.evaluate(trained_model(), Named(["a", "b", "c"]), batch_size=batch_size)
@@ -234,7 +234,7 @@ def test_train_recipe_refuses_an_empty_test_split_before_training(tmp_path):
 
 def test_eval_refuses_an_empty_split_with_the_dataset_named(tmp_path):
     """Evaluating a checkpoint on an empty split says which split of which folder."""
-    from fgvc.recipe import evaluate_checkpoint
+    from fgvc.studies.recipe import evaluate_checkpoint
 
     root = write_folder_with_empty_test(tmp_path / "birds")
     model = trained_model(("a", "b"))
@@ -250,12 +250,12 @@ def test_eval_refuses_an_empty_split_with_the_dataset_named(tmp_path):
 @pytest.mark.parametrize("out, what", [("/proc/fgvc_metrics.json", "the metrics"), ("/proc", "the evaluation report")])
 def test_eval_out_that_cannot_be_written_fails_before_evaluating(out, what, monkeypatch, capsys):
     """--out is tried for writing first (os.access says yes to root even in /proc): one line, nothing evaluated."""
-    import fgvc.recipe
+    import fgvc.studies.recipe
 
     def evaluated(*args, **kwargs):
         raise AssertionError("evaluated before the output path was checked")
 
-    monkeypatch.setattr(fgvc.recipe, "evaluate_checkpoint", evaluated)
+    monkeypatch.setattr(fgvc.studies.recipe, "evaluate_checkpoint", evaluated)
     assert main(["eval", "--checkpoint", "ckpt.safetensors", "--data", "data", "--out", out]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"fgvc: error: cannot write {what} to {out}:") and err.count("\n") == 1
@@ -263,7 +263,7 @@ def test_eval_out_that_cannot_be_written_fails_before_evaluating(out, what, monk
 
 def test_checking_an_output_file_keeps_an_existing_file_and_leaves_no_new_one(tmp_path):
     """The write test appends nothing to an existing file and removes the file it created."""
-    from fgvc.recipe import check_output_file
+    from fgvc.studies.recipe import check_output_file
 
     saved = tmp_path / "metrics.json"
     saved.write_text('{"top1": 90.0}')
@@ -276,14 +276,14 @@ def test_checking_an_output_file_keeps_an_existing_file_and_leaves_no_new_one(tm
 @pytest.fixture
 def no_runs(monkeypatch):
     """The demo and pretraining stop at once when started: these tests are about parsing the arguments."""
-    import fgvc.demo
-    import fgvc.pretrain
+    import fgvc.studies.demo
+    import fgvc.studies.pretrain
 
     def started(*args, **kwargs):
         raise RuntimeError("started with the arguments accepted")
 
-    monkeypatch.setattr(fgvc.demo, "run_demo", started)
-    monkeypatch.setattr(fgvc.pretrain, "pretrain", started)
+    monkeypatch.setattr(fgvc.studies.demo, "run_demo", started)
+    monkeypatch.setattr(fgvc.studies.pretrain, "pretrain", started)
 
 
 @pytest.mark.parametrize("argv", [["demo", "--seeds", "a"], ["demo", "--seeds", "0,x"],

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import fgvc
-import fgvc.train
+import fgvc.engine.train
 from fgvc.layers.blocks import block_forward
 from fgvc.methods.glsim import crop_and_resize, select_box
 from fgvc.methods.transfg import contrastive_loss
@@ -147,13 +147,13 @@ class Noise(Dataset):
 
 def test_fit_keeps_dcal_loss_weights_out_of_weight_decay(monkeypatch):
     built = []
-    original = fgvc.train.create_optimizer_v2
+    original = fgvc.engine.train.create_optimizer_v2
 
     def spy(*args, **kwargs):
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(fgvc.train, "create_optimizer_v2", spy)
+    monkeypatch.setattr(fgvc.engine.train, "create_optimizer_v2", spy)
     model = fgvc.create_model("dcal", num_classes=3, img_size=32, **TINY)
     fgvc.fit(model, Noise(32), epochs=1, batch_size=4, optimizer="adamw", weight_decay=0.05, progress=False)
     (opt,) = built

@@ -125,8 +125,8 @@ def test_benchmark_rows_for_it_and_its_variant(capsys):
 
 
 def test_the_demo_trains_and_compares_it(tmp_path, monkeypatch, capsys):
-    from fgvc import demo
     from fgvc.cli import main
+    from fgvc.studies import demo
 
     tiny_demo = replace(demo.QUICK, img_size=64, detail_px=15, train=20, val=10, test=10, epochs=1, batch_size=10)
     monkeypatch.setattr(demo, "QUICK", tiny_demo)

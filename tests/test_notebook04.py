@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 from test_datasets import make_cub, write_image
 
 from fgvc.cli import main
-from fgvc.notebook import evaluate_checkpoints, examples, parse_checkpoints
+from fgvc.studies.notebook import evaluate_checkpoints, examples, parse_checkpoints
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_evaluate_cub_cars.ipynb"
 
@@ -119,7 +119,7 @@ def test_notebook_04_runs_on_official_folders_with_real_checkpoints(folders, tmp
 
 
 def test_notebook_02_runs_a_recipe_as_published_on_official_data_and_laptop_sized_elsewhere(tmp_path, monkeypatch):
-    from fgvc.notebook import LAPTOP, recipe_for_here
+    from fgvc.studies.notebook import LAPTOP, recipe_for_here
 
     cub = make_cub(tmp_path / "CUB_200_2011")
     recipe, note = recipe_for_here("glsim_cub_224", cub, smoke=False)

@@ -19,10 +19,10 @@ from test_recipes import tiny_recipe
 from test_train_evaluate import Blobs
 
 import fgvc
-from fgvc.checkpoint import load_train_state
 from fgvc.cli import main
 from fgvc.data import build_dataset, check_dataset
-from fgvc.recipe import evaluate_checkpoint, load_recipe, train_recipe
+from fgvc.storage.checkpoint import load_train_state
+from fgvc.studies.recipe import evaluate_checkpoint, load_recipe, train_recipe
 
 
 def _all_finite(path):
@@ -289,7 +289,7 @@ def test_eval_out_that_cannot_be_written_fails_before_evaluating(tmp_path, monke
     def evaluated(*args, **kwargs):
         raise AssertionError("evaluated before checking --out")
 
-    monkeypatch.setattr("fgvc.recipe.evaluate_checkpoint", evaluated)
+    monkeypatch.setattr("fgvc.studies.recipe.evaluate_checkpoint", evaluated)
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY)
     path = fgvc.save_model(model, tmp_path / "m.safetensors")
     for out in (tmp_path / "no" / "such" / "dir" / "m.json", tmp_path / "m.safetensors"):  # --out: .json or DIR

@@ -15,7 +15,7 @@ from test_datasets import make_cub
 from torchvision.transforms import v2
 
 import fgvc
-from fgvc.recipe import RECIPE_DIR, build_recipe_data, list_recipes, load_recipe, train_recipe
+from fgvc.studies.recipe import RECIPE_DIR, build_recipe_data, list_recipes, load_recipe, train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])

@@ -1,4 +1,4 @@
-"""fgvc's shipped backbone (``fgvc_synth_vit_tiny``) and the pretraining that makes it (``fgvc.pretrain``)."""
+"""fgvc's shipped backbone (``fgvc_synth_vit_tiny``) and the pretraining that makes it (``fgvc.studies.pretrain``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import fgvc
-import fgvc.weights
+import fgvc.backbones.shipped
+from fgvc.backbones.shipped import SHIPPED_BACKBONES, list_shipped
 from fgvc.data.synthetic import SyntheticFGVC, grid_class_names
-from fgvc.pretrain import (
+from fgvc.studies.pretrain import (
     HELD_OUT_CLASSES,
     PRETRAIN_VOCABULARY,
     PretrainSettings,
@@ -19,7 +20,6 @@ from fgvc.pretrain import (
     grow_boxes,
     pretrain,
 )
-from fgvc.weights import SHIPPED_BACKBONES, list_shipped
 
 NAME = "fgvc_synth_vit_tiny"
 SHIPPED = SHIPPED_BACKBONES[NAME]
@@ -61,7 +61,7 @@ def test_without_pretrained_the_architecture_is_built_with_random_weights():
 
 
 def test_a_missing_weight_file_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(fgvc.weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(fgvc.backbones.shipped, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="fgvc_synth_vit_tiny are missing.*fgvc pretrain|model card"):
         fgvc.create_model("vit", backbone=NAME, pretrained=True, num_classes=3, img_size=128)
     assert NAME not in list_shipped()
@@ -122,7 +122,7 @@ def test_pretraining_writes_loadable_weights_a_card_and_is_deterministic(tmp_pat
 
 def test_the_rollout_term_pulls_the_attention_rollout_onto_the_detail():
     """DCAL's and TransFG's selection read the attention rollout: pretraining trains it to land on the detail."""
-    from fgvc.pretrain import _Pretrainer
+    from fgvc.studies.pretrain import _Pretrainer
 
     torch.manual_seed(0)
     s = replace(PretrainSettings(), img_size=32, threads=1)
@@ -164,7 +164,7 @@ def test_a_second_stage_continues_from_earlier_weights_and_its_card_gives_both_c
 
 
 def test_pretraining_images_come_from_the_pretraining_vocabulary():
-    from fgvc.pretrain import _Views
+    from fgvc.studies.pretrain import _Views
 
     views = _Views(replace(PretrainSettings(), detail_sides=(10,)), "train", 6)
     part = views.parts[0]
@@ -173,7 +173,7 @@ def test_pretraining_images_come_from_the_pretraining_vocabulary():
 
 
 def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
-    import fgvc.pretrain
+    import fgvc.studies.pretrain
     from fgvc.cli import build_parser
 
     seen = {}
@@ -181,7 +181,7 @@ def test_fgvc_pretrain_command_line_sets_the_settings(tmp_path, monkeypatch):
         seen.update(out=out, s=s, overwrite=overwrite)
         return {}
 
-    monkeypatch.setattr(fgvc.pretrain, "pretrain", fake)
+    monkeypatch.setattr(fgvc.studies.pretrain, "pretrain", fake)
     args = build_parser().parse_args(
         ["pretrain", "--out", str(tmp_path), "--steps", "7", "--detail-sides", "7,31", "--rollout-weight", "0.5",
          "--no-progress"]

@@ -12,7 +12,7 @@ from conftest import TINY
 
 import fgvc
 from fgvc.cli import main
-from fgvc.profile import MethodCost, count_macs, vit_macs
+from fgvc.studies.profile import MethodCost, count_macs, vit_macs
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 QUICK = dict(backbone=TINY["backbone"], backbone_kwargs=TINY["backbone_kwargs"], batch_size=2, warmup=0,

@@ -10,7 +10,14 @@ from conftest import TINY
 from test_datasets import write_image, write_lines
 
 from fgvc.cli import main
-from fgvc.recipe import RECIPE_DIR, build_recipe_data, list_recipes, load_recipe, parse_sweep, train_recipe
+from fgvc.studies.recipe import (
+    RECIPE_DIR,
+    build_recipe_data,
+    list_recipes,
+    load_recipe,
+    parse_sweep,
+    train_recipe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["707-320", "A320", "Cessna 172"]
@@ -114,7 +121,7 @@ def test_a_test_split_that_overlaps_the_training_split_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ sweep
 def synthetic_recipe(**overrides):
-    from fgvc.recipe import apply_overrides
+    from fgvc.studies.recipe import apply_overrides
 
     recipe = dict(
         name="tiny", expected_top1=None, source="a test", seeds=[0], protocol="paper",

@@ -10,8 +10,8 @@ from conftest import TINY
 from test_datasets import make_cub
 
 import fgvc
-import fgvc.recipe
-from fgvc.recipe import fit_arguments, list_recipes, load_recipe, train_recipe
+import fgvc.studies.recipe
+from fgvc.studies.recipe import fit_arguments, list_recipes, load_recipe, train_recipe
 
 METHODS = ("vit", "glsim", "dcal", "transfg")
 DATASETS = ("cub", "cars", "aircraft", "nabirds")
@@ -54,9 +54,9 @@ def test_recipe_settings_follow_the_papers():
     args = fit_arguments(transfg, train_size=5395)  # 337 steps per epoch
     assert args["epochs"] == math.ceil(10000 / 337) and "steps" not in args
     # accumulating 2 batches per update: twice the images per update, so twice the lr and half the updates
-    accumulated = fgvc.recipe.apply_overrides(dcal, {"train.accumulate_steps": 2})
+    accumulated = fgvc.studies.recipe.apply_overrides(dcal, {"train.accumulate_steps": 2})
     assert fit_arguments(accumulated, train_size=5395)["lr"] == pytest.approx(5e-4 * 32 / 512)
-    transfg2 = fgvc.recipe.apply_overrides(transfg, {"train.accumulate_steps": 2})
+    transfg2 = fgvc.studies.recipe.apply_overrides(transfg, {"train.accumulate_steps": 2})
     assert fit_arguments(transfg2, train_size=5395)["epochs"] == math.ceil(10000 / 168)
 
 

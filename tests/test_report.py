@@ -5,8 +5,8 @@ import pytest
 from test_datasets import make_cub
 
 from fgvc.data import cub_subset, find_dataset
-from fgvc.evaluate import EvalResult
-from fgvc.report import chance_levels, results_table, smoke_banner
+from fgvc.engine.evaluate import EvalResult
+from fgvc.studies.report import chance_levels, results_table, smoke_banner
 
 
 def result(targets, predictions, classes):

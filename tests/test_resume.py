@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 import fgvc
-from fgvc.checkpoint import load_train_state
+from fgvc.storage.checkpoint import load_train_state
 
 RUNNER = r'''
 import json, os, sys, time

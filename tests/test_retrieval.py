@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score
 from torch.utils.data import TensorDataset
 
 import fgvc
-from fgvc.retrieval import retrieval_metrics
+from fgvc.engine.retrieval import retrieval_metrics
 
 
 def reference(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[float, float]:

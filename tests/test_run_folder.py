@@ -14,12 +14,12 @@ from conftest import TINY
 from test_train_evaluate import Blobs
 
 import fgvc
-from fgvc.checkpoint import load_train_state
 from fgvc.cli import main
 from fgvc.data.splits import SubsetDataset
-from fgvc.demo import run_demo
-from fgvc.run_folder import LOCK_FILE, RunFolderInUse, claim_run_folder
-from fgvc.run_state import data_fingerprint
+from fgvc.engine.run_folder import LOCK_FILE, RunFolderInUse, claim_run_folder
+from fgvc.engine.run_state import data_fingerprint
+from fgvc.storage.checkpoint import load_train_state
+from fgvc.studies.demo import run_demo
 
 FIT = dict(epochs=1, batch_size=8, progress=False, tensorboard=False)
 
@@ -128,7 +128,7 @@ def test_overwrite_is_checked_like_the_other_options():
 def test_a_second_process_writing_to_a_run_folder_is_refused_by_name(tmp_path):
     """While one process holds the folder, another's fit stops before writing, naming pid, host and time."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from fgvc.run_folder import claim_run_folder\n"
+        [sys.executable, "-c", "import sys; from fgvc.engine.run_folder import claim_run_folder\n"
          f"with claim_run_folder({str(tmp_path)!r}):\n    print('locked', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
@@ -262,7 +262,7 @@ def test_fgvc_train_and_pretrain_take_overwrite(tmp_path, monkeypatch, capsys):
         seen.update(options)
         return Result()
 
-    monkeypatch.setattr("fgvc.recipe.train_recipe", train_recipe)
+    monkeypatch.setattr("fgvc.studies.recipe.train_recipe", train_recipe)
     assert main(["train", "--config", "glsim_cub_224", "--out", str(tmp_path), "--overwrite"]) == 0
     assert seen["overwrite"] is True
     (tmp_path / "log.jsonl").write_text("")

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY
 
 import fgvc
-from fgvc.checkpoint import load_state_dict_file
+from fgvc.storage.checkpoint import load_state_dict_file
 
 
 class Payload:

@@ -11,8 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import fgvc
-import fgvc.weights
-from fgvc.checkpoint import load_train_state, save_train_state
+import fgvc.backbones.shipped
 from fgvc.io import (
     CHECKSUM_KEY,
     METADATA_CHECKSUM_KEY,
@@ -21,6 +20,7 @@ from fgvc.io import (
     metadata_checksum,
     tensor_checksum,
 )
+from fgvc.storage.checkpoint import load_train_state, save_train_state
 
 NAMES = [f"species {i}" for i in range(4)]
 
@@ -206,7 +206,7 @@ def test_a_file_with_no_checksum_at_all_still_loads(tmp_path):
 
 def test_the_shipped_backbone_carries_both_checksums_over_its_original_tensors():
     """The shipped weights have a metadata checksum, and their tensors still give the CRC they were made with."""
-    weights = fgvc.weights.SHIPPED_BACKBONES["fgvc_synth_vit_tiny"].weights
+    weights = fgvc.backbones.shipped.SHIPPED_BACKBONES["fgvc_synth_vit_tiny"].weights
     header = _header(weights)
     assert header[CHECKSUM_KEY] == "4f4592cf" == tensor_checksum(load_file(str(weights)))
     assert header[METADATA_CHECKSUM_KEY] == metadata_checksum(header)

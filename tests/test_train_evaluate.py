@@ -133,7 +133,7 @@ def test_evaluate_reports_crop_iou_against_dataset_boxes():
 def test_box_iou_pairs():
     a = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10]])
     b = torch.tensor([[5, 0, 15, 10], [20, 20, 30, 30]])
-    from fgvc.evaluate import box_iou_pairs
+    from fgvc.engine.evaluate import box_iou_pairs
 
     assert box_iou_pairs(a, b).tolist() == pytest.approx([50 / 150, 0.0])
 

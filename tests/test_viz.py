@@ -16,7 +16,7 @@ from PIL import Image
 import fgvc
 from fgvc import viz
 from fgvc.data import synthetic_splits
-from fgvc.evaluate import pointing_game
+from fgvc.engine.evaluate import pointing_game
 
 METHODS = ["vit", "glsim", "dcal", "transfg"]
 IMG = (32, 48)  # non-square on purpose: an 8 px patch grid of 4 rows x 6 columns
@@ -160,7 +160,7 @@ def test_every_figure_is_returned_and_savable(method, data, images, tmp_path):
 
 
 def test_old_names_still_work():
-    from fgvc.viz import denormalize, plot_selection  # used by fgvc.demo and the quickstart notebook
+    from fgvc.viz import denormalize, plot_selection  # used by fgvc.studies.demo and the quickstart notebook
 
     x = torch.zeros(1, 3, 2, 2)
     assert denormalize(x, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).shape == (1, 2, 2, 3)
@@ -406,7 +406,7 @@ def test_per_class_bars_show_full_names_chance_and_every_method_in_one_axes(data
 
 
 def test_histories_overlay_methods_with_markers_and_plain_axes():
-    from fgvc.train import History
+    from fgvc.engine.train import History
 
     flat = History(epochs=[{"train_loss": 2.30258 + 1e-7 * i, "val_loss": 2.30259, "train_top1": 10.0,
                             "val_top1": 9.0} for i in range(3)])

@@ -12,7 +12,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.optim import create_optimizer_v2
 
 import fgvc
-from fgvc.backbone import POS_EMBED_INTERPOLATIONS, resample_pos_embed
+from fgvc.backbones.vit import POS_EMBED_INTERPOLATIONS, resample_pos_embed
 
 
 def undecayed_matrices(model, **optimizer):
@@ -52,13 +52,13 @@ def test_fit_with_adamw_leaves_the_position_embedding_undecayed_and_decays_the_w
     from test_train_evaluate import Blobs
 
     built = []
-    original = fgvc.train.create_optimizer_v2
+    original = fgvc.engine.train.create_optimizer_v2
 
     def spy(*args, **kwargs):
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(fgvc.train, "create_optimizer_v2", spy)
+    monkeypatch.setattr(fgvc.engine.train, "create_optimizer_v2", spy)
     for scale in (1.0, 0.1):
         model = fgvc.create_model("vit", num_classes=4, img_size=32, **TINY)
         fgvc.fit(model, Blobs(n=8), epochs=1, batch_size=8, optimizer="adamw", weight_decay=0.05,
@@ -80,8 +80,8 @@ def test_a_training_state_saved_with_the_position_embedding_decayed_resumes_with
         m.setattr(type(model), "no_weight_decay", lambda self: set())
         fgvc.fit(model, Blobs(n=16), epochs=1, **fit)
     built = []
-    original = fgvc.train.create_optimizer_v2
-    monkeypatch.setattr(fgvc.train, "create_optimizer_v2", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    original = fgvc.engine.train.create_optimizer_v2
+    monkeypatch.setattr(fgvc.engine.train, "create_optimizer_v2", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
     with pytest.warns(UserWarning, match="schedule is recomputed"):  # a longer run than the saved one
         history = fgvc.fit(model, Blobs(n=16), epochs=2, resume=True, **fit)
     assert len(history.epochs) == 2
@@ -194,7 +194,7 @@ def test_unknown_interpolations_and_backbones_without_position_embeddings_are_na
 
 def test_a_recipe_sets_the_official_rule_and_a_misspelt_override_is_refused_when_read():
     """The GLSim and TransFG recipes resample as their official code; DCAL's leaves timm's rule; ``--set`` checks."""
-    from fgvc.recipe import load_recipe
+    from fgvc.studies.recipe import load_recipe
 
     assert load_recipe("glsim_cub_448")["model"]["pos_embed_interpolation"] == "scipy_zoom"
     assert load_recipe("transfg_cub_448")["model"]["pos_embed_interpolation"] == "scipy_zoom"

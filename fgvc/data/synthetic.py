@@ -34,7 +34,7 @@ model has to locate the white-framed glyph among look-alikes and read its interi
 **Vocabulary.** ``vocabulary=["cyan-plus", ...]`` replaces the default grid with any list of class names
 (``all_class_names()`` lists the 64); the distractors and palette clutter then draw from that list only.
 fgvc's shipped backbones are pretrained on a vocabulary that leaves out every class of the default grids
-up to 16 classes (``fgvc.pretrain``), so fine-tuning on the default grid meets classes never seen.
+up to 16 classes (``fgvc.studies.pretrain``), so fine-tuning on the default grid meets classes never seen.
 
 Determinism: sample ``i`` depends only on ``(seed, split, i)`` and the constructor arguments, never on
 access order, caching or data-loader workers; labels cycle ``i % num_classes`` (balanced, and a longer

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbone import ViTBackbone, to_2tuple
+from ..backbones.vit import ViTBackbone, to_2tuple
 from ..settings import check_model_settings
 from .explain import COMMON_MAPS, Explanation, MapInfo, SelectionStep, backbone_attention, explaining
 from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base.ModelOutput``)
@@ -121,7 +121,7 @@ class FGVCModel(nn.Module):
 
     def _backbone_class(self, name: str) -> type[nn.Module]:
         """``ViTBackbone`` for ViT-family names; ``TimmBackbone`` for other timm models where the method allows."""
-        from ..timm_backbone import TimmBackbone, is_vit_family, timm_module
+        from ..backbones.classifier import TimmBackbone, is_vit_family, timm_module
 
         if is_vit_family(name):
             return ViTBackbone
@@ -174,18 +174,6 @@ class FGVCModel(nn.Module):
     def default_cfg(self) -> dict[str, Any]:
         """Alias of ``pretrained_cfg`` (the name older timm code reads)."""
         return self.pretrained_cfg
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **card: Any) -> Any:
-        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` (``fgvc.hub.save_pretrained``)."""
-        from ..hub import save_pretrained
-
-        return save_pretrained(self, save_directory, **card)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload ``save_pretrained``'s files to the Hugging Face Hub (``fgvc.hub.push_to_hub``)."""
-        from ..hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters weight decay leaves alone besides the 1-D ones (biases, norms, layer scales).
@@ -360,7 +348,7 @@ def create_model(
             (overlapping patches, e.g. 12 for TransFG's official 16 px patches with stride 12; not for GLSim),
             ``pos_embed_interpolation`` (how position embeddings are resampled to another grid: ``"bicubic"``,
             ``"bilinear"`` or ``"scipy_zoom"``, the official GLSim / TransFG rule; None: timm's, see
-            ``fgvc.backbone.resample_pos_embed``),
+            ``fgvc.backbones.vit.resample_pos_embed``),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
     cls = _check_method(method)

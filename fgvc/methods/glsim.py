@@ -62,7 +62,7 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ..backbone import to_2tuple
+from ..backbones.vit import to_2tuple
 from ..layers.geometry import PatchGrid, crop_and_resize
 from .base import FGVCModel, ModelOutput, register_model
 from .explain import Explanation, GridMap, MapInfo, SelectionStep

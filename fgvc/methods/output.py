@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..backbone import shape_repr
+from ..backbones.vit import shape_repr
 
 __all__ = ["ModelOutput"]
 

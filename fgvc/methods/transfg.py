@@ -26,7 +26,7 @@
   ``Embeddings`` and ``Mlp``), the part block included; attention probabilities and the attention output
   projection keep none (the official ``attention_dropout_rate`` is 0).
 * **Overlapping patches** (the official ``--split overlap --slide_step 12``): the common option
-  ``patch_stride=12`` (``fgvc.backbone.OverlapPatchEmbed``): the patch-embedding convolution keeps its
+  ``patch_stride=12`` (``fgvc.backbones.vit.OverlapPatchEmbed``): the patch-embedding convolution keeps its
   kernel (and pretrained weights) but moves by stride S, so the grid is ``(H - P) // S + 1`` by
   ``(W - P) // S + 1``. The model is built with that grid, so pretrained position embeddings are resampled
   once, from their own grid to it, by the common option ``pos_embed_interpolation`` (the recipes'

@@ -1,7 +1,7 @@
 """The plain baseline: the backbone's pooled feature and one linear head.
 
 On a ViT the pooled token is the CLS token after the final norm (or timm's pooling for ViTs without one); on
-any other timm classifier (ResNet, ConvNeXt, Swin: ``fgvc.timm_backbone.TimmBackbone``) it is timm's own
+any other timm classifier (ResNet, ConvNeXt, Swin: ``fgvc.backbones.classifier.TimmBackbone``) it is timm's own
 pooled pre-logits feature, so ``head`` plays the role of timm's classifier exactly.
 """
 

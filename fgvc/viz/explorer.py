@@ -311,7 +311,7 @@ class Explorer(w.VBox):
     # ------------------------------------------------------------------ error analysis
     def find_confused(self, k: int = 10) -> None:
         """Evaluate the chosen method on the data (once), list its most confused class pairs."""
-        from ..evaluate import evaluate
+        from ..engine.evaluate import evaluate
 
         name = self.method.value
         if name not in self.results:

@@ -3,7 +3,7 @@
 Each method (default: vit, glsim, glsim_inclusive, dcal, transfg_nodropout: GLSim as published and with its
 box's last row and column kept, TransFG without the dropout fgvc's backbone was not pretrained with) starts from
 the same pretrained backbone
-(``fgvc_synth_vit_tiny``, see ``fgvc.pretrain``: pretrained on synthetic classes disjoint from the demo's)
+(``fgvc_synth_vit_tiny``, see ``fgvc.studies.pretrain``: pretrained on synthetic classes disjoint from the demo's)
 and gets the same data, schedule and seed; the checkpoint is chosen on the validation split and the test
 split is evaluated once. The table gives top-1 / top-5, the crop IoU (GLSim's box against the true detail
 box), the pointing game (the peak of the map a method selects with inside the detail), parameters and
@@ -32,11 +32,11 @@ from typing import Any
 import timm
 import torch
 
-from .checkpoint import load_model
-from .data import synthetic_splits
-from .evaluate import evaluate
-from .methods.base import create_model, list_models, method_variants, resolve_method
-from .train import fit, reproducible, seed_everything
+from ..data import synthetic_splits
+from ..engine.evaluate import evaluate
+from ..engine.train import fit, reproducible, seed_everything
+from ..methods.base import create_model, list_models, method_variants, resolve_method
+from ..storage.checkpoint import load_model
 
 __all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "format_table", "run_demo", "summarize_seeds"]
 
@@ -250,7 +250,7 @@ def summarize_seeds(rows: list[dict[str, Any]]) -> str:
 
 
 def _version() -> str:
-    from .version import __version__
+    from ..version import __version__
 
     return __version__
 
@@ -267,8 +267,8 @@ def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .viz import attention_maps, denormalize, overlay_map
-    from .viz.core import heat_colorbar
+    from ..viz import attention_maps, denormalize, overlay_map
+    from ..viz.core import heat_colorbar
 
     images = torch.stack([data[i][0] for i in range(n)])
     targets = [data[i][1] for i in range(n)]

@@ -13,7 +13,7 @@ Files in ``out_dir`` (written by rank 0 only):
   states and history, in one atomically written file (no pickle), for ``fit(..., resume=True)``;
 * ``log.jsonl``: one JSON line every ``log_every_steps`` steps and one per epoch (``plot_log`` draws it);
 * ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed;
-* ``fgvc.lock`` while the run writes (``fgvc.run_folder``): an ``out_dir`` belongs to one run, so a second
+* ``fgvc.lock`` while the run writes (``fgvc.engine.run_folder``): an ``out_dir`` belongs to one run, so a second
   process, or a new run where another run's files are (unless ``overwrite=True``), is refused.
 
 Determinism: the order of the training images is a function of (seed, epoch) (``DistributedSampler``), and
@@ -27,7 +27,7 @@ The loop runs in named phases over one ``_Run`` (model, optimizer, schedule, gra
 counters): ``_start`` builds it, ``_restore`` continues a saved run, then every epoch ``_train_epoch``
 (``_train_step`` per micro-batch, ``_after_update`` per optimizer step) and ``_end_epoch`` (validation, log,
 last / best model, ``_checkpoint``). The options are ``fgvc.settings.TrainConfig``; the data order is in
-``fgvc.samplers``, what is saved to resume in ``fgvc.run_state``, the history and log in ``fgvc.history``.
+``fgvc.engine.samplers``, what is saved to resume in ``fgvc.engine.run_state``, the history and log in ``fgvc.engine.history``.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import remove_stale_temporaries, save_model, save_train_state
-from .data.contract import classes_of
+from ..data.contract import classes_of
+from ..methods.base import FGVCModel
+from ..settings import TrainConfig
+from ..storage.checkpoint import remove_stale_temporaries, save_model, save_train_state
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -64,7 +66,6 @@ from .distributed import (
 )
 from .evaluate import check_labels, evaluate
 from .history import History, RunLog, plot_log
-from .methods.base import FGVCModel
 from .precision import autocast_dtype, set_tf32
 from .run_folder import claim_run_folder
 from .run_state import (
@@ -78,7 +79,6 @@ from .run_state import (
     set_rng_state,
 )
 from .samplers import EpochBatches, train_loader
-from .settings import TrainConfig
 
 __all__ = ["History", "TrainConfig", "fit", "plot_log", "reproducible", "seed_everything"]
 
@@ -450,7 +450,7 @@ def _checkpoint(run: _Run, epoch_next: int, done: int) -> None:
 
 def _state_record(run: _Run, epoch_next: int, done: int, rng: list[dict[str, Any]],
                   all_sums: list[list[float]]) -> dict[str, Any]:
-    """The JSON part of the training state (``fgvc.run_state`` reads and checks it on resume)."""
+    """The JSON part of the training state (``fgvc.engine.run_state`` reads and checks it on resume)."""
     cfg = run.cfg
     return dict(
         step=run.step, epoch=epoch_next, batches_done=done, epochs=cfg.epochs, world_size=run.world,

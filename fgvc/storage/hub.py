@@ -27,10 +27,10 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import load_model, read_metadata, save_model
-from .io import cpu_tensors
-from .methods.base import BASELINE, FGVCModel
-from .version import __version__
+from ..io import cpu_tensors
+from ..methods.base import BASELINE, FGVCModel
+from ..version import __version__
+from .checkpoint import load_model, read_metadata, run_config, save_model
 
 __all__ = ["WEIGHTS_NAME", "checkpoint_card_info", "export_timm", "from_pretrained", "model_card", "push_to_hub", "save_pretrained"]
 
@@ -241,8 +241,6 @@ def _jsonable(x: Any) -> Any:
 
 def checkpoint_card_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """``dataset`` and test ``metrics`` of an fgvc checkpoint, from its run folder when ``fgvc train`` wrote it."""
-    from .recipe import run_config
-
     info: dict[str, Any] = {}
     config = run_config(checkpoint) or {}
     if (config.get("data") or {}).get("dataset"):

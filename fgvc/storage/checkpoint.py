@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
-from .backbone import POS_EMBED_INTERPOLATIONS
-from .io import (
+from ..backbones.vit import POS_EMBED_INTERPOLATIONS
+from ..io import (
     cpu_tensors,
     load_state_dict_file,
     read_header_json,
@@ -43,8 +44,8 @@ from .io import (
     tensor_checksum,
     write_safetensors,
 )
-from .methods.base import FGVCModel, create_model, list_models, model_options
-from .version import __version__
+from ..methods.base import FGVCModel, create_model, list_models, model_options
+from ..version import __version__
 
 __all__ = [
     "check_state_matches",
@@ -54,6 +55,7 @@ __all__ = [
     "load_weights",
     "read_metadata",
     "remove_stale_temporaries",
+    "run_config",
     "save_model",
     "save_train_state",
     "tensor_checksum",
@@ -110,6 +112,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if names is not None and not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: the class names in the fgvc metadata are not all text")
     return meta
+
+
+def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
+    path = Path(checkpoint).with_name("config.yaml")
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    return config if isinstance(config, dict) else None
 
 
 def load_weights(model: FGVCModel, path: str | os.PathLike) -> dict[str, Any]:
@@ -230,7 +241,7 @@ def load_model(
     re-initialised head. ``model.class_names`` holds the saved class names (or None).
 
     ``format``: ``"fgvc"`` (a ``.safetensors`` written by fgvc), ``"glsim-official"`` or ``"transfg-official"``
-    (``.pth`` files of the official code, converted: ``fgvc.convert``); None detects it (``.safetensors``:
+    (``.pth`` files of the official code, converted: ``fgvc.storage.convert``); None detects it (``.safetensors``:
     fgvc's, anything else: an official checkpoint, recognised by its keys).
     """
     if format not in (None, "fgvc") or (format is None and Path(path).suffix != ".safetensors" and Path(path).is_file()):
@@ -321,7 +332,7 @@ def _check_backbone_name(path: str | os.PathLike, name: str) -> None:
     """A timm model name (optionally with a pretrained tag) or a shipped backbone; no Hub source, no path."""
     import timm
 
-    from .weights import shipped_backbone
+    from ..backbones.shipped import shipped_backbone
 
     if shipped_backbone(name) is not None:
         return

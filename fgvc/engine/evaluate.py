@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +12,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .data.contract import classes_of, input_boxes_of
+from ..data.contract import classes_of, input_boxes_of
+from ..layers.geometry import PatchGrid, box_iou_pairs
+from ..methods.base import FGVCModel, ModelOutput
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
-from .layers.geometry import PatchGrid, box_iou_pairs
-from .methods.base import FGVCModel, ModelOutput
 from .retrieval import RetrievalResult, retrieval_metrics
 
 __all__ = [
@@ -42,7 +38,8 @@ class EvalResult:
     """Metrics of one pass over a dataset (accuracies in percent).
 
     ``tta`` records the test-time augmentation the numbers were measured with (None: none); ``class_names``
-    are the model's (or the dataset's) names when known. ``save(out_dir)`` writes everything as files.
+    are the model's (or the dataset's) names when known. ``fgvc.save_evaluation(result, out_dir)``
+    (``fgvc.studies.report``) writes everything as files.
     """
 
     top1: float
@@ -81,85 +78,6 @@ class EvalResult:
         """A name per class: ``class_names`` when known, else the label as text."""
         n = len(self.per_class_accuracy)
         return list(self.class_names) if self.class_names and len(self.class_names) == n else [str(c) for c in range(n)]
-
-    def save(
-        self,
-        out_dir: str | os.PathLike,
-        *,
-        data: Dataset | None = None,
-        top_pairs: int = 10,
-        examples: int = 4,
-        info: dict[str, Any] | None = None,
-        mean: Any = None,
-        std: Any = None,
-    ) -> list[Path]:
-        """Write the evaluation to ``out_dir`` and return the paths written.
-
-        ``metrics.json`` (summary, images, tta and ``info``, e.g. the checkpoint), ``per_class_accuracy.csv``
-        (label, class, images, correct, accuracy), ``confusion_matrix.csv`` (rows true, columns predicted, with
-        class names) and ``confusion_matrix.png``, ``confused_pairs.csv`` (the ``top_pairs`` most frequent
-        mistakes) and, when the evaluated ``data`` is given, ``confused_pairs/<rank>_<true>_as_<pred>.png`` with
-        ``examples`` images of each mistake beside correctly classified images of the predicted class (``mean``
-        and ``std``: the normalization to undo for display, e.g. ``model.data_config``'s).
-        """
-        from .viz.figures import confused_pairs, plot_confused_pair
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        names = self.names()
-        written = []
-        metrics = dict(self.summary(), num_samples=self.num_samples, tta=self.tta, **(info or {}))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        written.append(out / "metrics.json")
-        support = self.confusion_matrix.sum(1)
-        with open(out / "per_class_accuracy.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["label", "class", "images", "correct", "accuracy"])
-            for c, name in enumerate(names):
-                acc = self.per_class_accuracy[c]
-                w.writerow([c, name, int(support[c]), int(self.confusion_matrix[c, c]), "" if np.isnan(acc) else f"{acc:.4f}"])
-        written.append(out / "per_class_accuracy.csv")
-        with open(out / "confusion_matrix.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["true \\ predicted", *names])
-            for name, row in zip(names, self.confusion_matrix.tolist(), strict=True):
-                w.writerow([name, *row])
-        written.append(out / "confusion_matrix.csv")
-        written.append(self._plot_confusion(out / "confusion_matrix.png", names))
-        pairs = confused_pairs(self.confusion_matrix, k=top_pairs)
-        with open(out / "confused_pairs.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["rank", "true_label", "true_class", "predicted_label", "predicted_class", "count", "rate"])
-            for rank, p in enumerate(pairs, 1):
-                w.writerow([rank, p.true, names[p.true], p.predicted, names[p.predicted], p.count, f"{p.rate:.4f}"])
-        written.append(out / "confused_pairs.csv")
-        if data is not None and pairs and examples > 0:
-            folder = out / "confused_pairs"
-            folder.mkdir(exist_ok=True)
-            for rank, p in enumerate(pairs, 1):
-                fig = plot_confused_pair(
-                    data, p, self.predictions, n=examples, class_names=names, mean=mean, std=std, pyplot=False
-                )
-                path = folder / f"{rank:02d}_{p.true}_as_{p.predicted}.png"
-                fig.savefig(path, dpi=80)
-                written.append(path)
-        return written
-
-    def _plot_confusion(self, path: Path, names: list[str]) -> Path:
-        """The confusion matrix as a PNG (sklearn's display; cell values shown up to 30 classes)."""
-        from matplotlib.figure import Figure
-        from sklearn.metrics import ConfusionMatrixDisplay
-
-        n = len(names)
-        side = min(max(4.0, 0.35 * n + 2), 40.0)
-        fig = Figure(figsize=(side, side))
-        ax = fig.subplots()
-        display = ConfusionMatrixDisplay(self.confusion_matrix, display_labels=names if n <= 60 else None)
-        display.plot(ax=ax, include_values=n <= 30, cmap="viridis", colorbar=True, xticks_rotation="vertical")
-        ax.set_title(f"confusion matrix, {self.num_samples} images (top-1 {self.top1:.2f}%)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        return path
 
 
 def pointing_game(
@@ -336,7 +254,7 @@ def _class_names(model: FGVCModel, data: Any, num_classes: int) -> list[str] | N
 
 def _check_tta(tta: str | None) -> None:
     if tta not in TTA_MODES:
-        from .hints import did_you_mean
+        from ..hints import did_you_mean
 
         raise ValueError(f"unknown tta {tta!r}{did_you_mean(str(tta), ['hflip'])}; choose None (off) or 'hflip'")
 

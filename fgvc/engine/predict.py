@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .methods.base import FGVCModel
+from ..methods.base import FGVCModel
 
-__all__ = ["Prediction", "expand_images", "predict", "save_maps", "save_predictions"]
+__all__ = ["Prediction", "expand_images", "predict", "save_predictions"]
 
 
 @dataclass
@@ -47,9 +47,9 @@ def predict(
     ``transform`` defaults to the model's test transform (``build_transforms(model, train=False)``: resize,
     center crop, the backbone's normalization). Unreadable files raise an error naming the file; a model whose
     output is not finite (corrupt or diverged weights) raises ``FloatingPointError`` rather than predicting NaN.
-    ``tta="hflip"`` averages the probabilities of each image and its mirror image (``fgvc.evaluate.tta_forward``).
+    ``tta="hflip"`` averages the probabilities of each image and its mirror image (``fgvc.engine.evaluate.tta_forward``).
     """
-    from .data import build_transforms, load_rgb
+    from ..data import build_transforms, load_rgb
     from .evaluate import tta_forward
 
     if transform is None:
@@ -88,8 +88,8 @@ def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     Duplicates are dropped, order kept; a path that does not exist or a pattern or folder without images is
     an error naming it (with near misses for a mistyped file).
     """
-    from .data.common import IMAGE_EXTENSIONS
-    from .hints import similar_files
+    from ..data.common import IMAGE_EXTENSIONS
+    from ..hints import similar_files
 
     found: list[str] = []
     for item in map(str, inputs):
@@ -136,31 +136,3 @@ def save_predictions(
         for p in predictions:
             w.writerow([p.source, p.tta or ""] + [x for c, n, q in p.top for x in (n, c, f"{q:.6f}")])
     return path
-
-
-def save_maps(
-    model: FGVCModel,
-    images: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    transform: Callable[[Image.Image], Any] | None = None,
-    dpi: int = 110,
-) -> list[str]:
-    """Save, for each image file, the figure of every map of ``model`` (``fgvc.viz.plot_maps``, the figure
-    the notebooks and the explorer draw) as ``out_dir/<file stem>_maps.png``; returns the paths written."""
-    from .data import build_transforms, load_rgb
-    from .viz import plot_maps
-
-    if transform is None:
-        transform = build_transforms(model, train=False, img_size=tuple(model.img_size))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    written = []
-    for src in images:
-        x = transform(load_rgb(src))[None].to(device)  # (1, 3, H, W)
-        fig = plot_maps(model, x, indices=[Path(src).name], pyplot=False)
-        path = out / f"{Path(src).stem}_maps.png"
-        fig.savefig(path, dpi=dpi)
-        written.append(str(path))
-    return written

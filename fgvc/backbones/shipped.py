@@ -1,7 +1,7 @@
 """Backbones that ship inside fgvc, pretrained by fgvc itself on its synthetic data (no download).
 
 ``create_model(method, backbone="fgvc_synth_vit_tiny", pretrained=True, ...)`` builds the timm architecture
-below and loads the weights from this folder, resampling the position embeddings to the requested
+below and loads the weights from ``fgvc/weights/``, resampling the position embeddings to the requested
 ``img_size`` as for any timm weights. Each weight file has a model card beside it (``NAME.md``): the data,
 the objective, the settings, the seed, the time taken and the command that re-creates it
 (``fgvc pretrain``).
@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["SHIPPED_BACKBONES", "ShippedBackbone", "list_shipped", "shipped_backbone"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # fgvc/weights/ (package data)
 
 
 @dataclass(frozen=True)

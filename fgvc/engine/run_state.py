@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .checkpoint import check_state_matches, load_train_state
-from .data.contract import classes_of, targets_of
-from .methods.base import FGVCModel
-from .settings import TrainConfig
+from ..data.contract import classes_of, targets_of
+from ..methods.base import FGVCModel
+from ..settings import TrainConfig
+from ..storage.checkpoint import check_state_matches, load_train_state
 
 __all__ = [
     "RESUME_SETTINGS",

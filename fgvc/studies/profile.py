@@ -20,7 +20,7 @@ backbone with the same random weights (cost needs no pretrained weights):
   with its range. The machine's 1-minute load average before and after the run is kept in the setup;
 * **peak memory** of one inference batch and of the first training step (gradients and AdamW state
   included), *above the memory the idle model and its input already hold*: on CUDA from
-  ``max_memory_allocated``; on the CPU from the process RSS (``fgvc.memory``: each figure is that step's own
+  ``max_memory_allocated``; on the CPU from the process RSS (``fgvc.studies.memory``: each figure is that step's own
   growth, whatever ran before it in the process; NaN where there is no /proc);
 * **the selection step alone**, as a share of one encoder forward (fused attention, as the methods run it),
   in wall time and in MACs: GLSim's CLS-patch similarity + top-k + box, DCAL's CLS-row attention rollout +
@@ -56,11 +56,11 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backbone import ViTBackbone, to_2tuple
+from ..backbones.vit import ViTBackbone, to_2tuple
+from ..engine.precision import autocast_dtype
+from ..methods import SHIPPED_METHODS
+from ..methods.base import BASELINE, FGVCModel, create_model, list_models, method_variants
 from .memory import peak_memory_mib
-from .methods import SHIPPED_METHODS
-from .methods.base import BASELINE, FGVCModel, create_model, list_models, method_variants
-from .precision import autocast_dtype
 
 __all__ = [
     "VARIANTS",
@@ -233,7 +233,7 @@ def _train_step(model: nn.Module, x: Tensor, y: Tensor, dtype: torch.dtype | Non
 def _peak_memory(model: nn.Module, x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> tuple[float, float]:
     """(inference, first training step) peak memory in MiB above what the idle model and its input hold.
 
-    ``fgvc.memory.peak_memory_mib`` of each step. The training step is the first one of a fresh AdamW: gradients
+    ``fgvc.studies.memory.peak_memory_mib`` of each step. The training step is the first one of a fresh AdamW: gradients
     and optimizer state are included.
     """
     model.eval()

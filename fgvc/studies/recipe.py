@@ -55,14 +55,15 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
-from .hints import did_you_mean
-from .settings import (
+from ..hints import did_you_mean
+from ..settings import (
     TrainConfig,
     check_data_settings,
     check_fit_settings,
     check_model_settings,
     number_from_text,
 )
+from ..storage.checkpoint import run_config  # re-exported: fgvc.studies.recipe.run_config
 
 __all__ = [
     "RecipeResult",
@@ -77,7 +78,7 @@ __all__ = [
     "train_recipe",
 ]
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # fgvc/recipes/ (package data)
 TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "protocol", "model", "data", "train"}
 PROTOCOLS = ("val", "paper")  # see the module doc; val is the default
 SAVED_ONLY = {"resolved_fit_arguments", "run_info"}  # what train_recipe adds to a run's config.yaml
@@ -200,7 +201,7 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
 def recipe_splits(data: Mapping[str, Any]) -> tuple[str, str]:
     """``(train split, test split)`` of a recipe's ``data`` section: ``train_split`` / ``test_split``, or the
     dataset's defaults (``DatasetDef.train_split``: ``trainval`` for FGVC-Aircraft, ``train`` elsewhere; ``test``)."""
-    from .data import dataset_definition
+    from ..data import dataset_definition
 
     return (data.get("train_split") or dataset_definition(data["dataset"]).train_split, data.get("test_split") or "test")
 
@@ -208,7 +209,7 @@ def recipe_splits(data: Mapping[str, Any]) -> tuple[str, str]:
 def _check_split_names(data: Mapping[str, Any]) -> None:
     """``data.train_split`` / ``data.test_split`` name two different splits the dataset has (where its splits
     do not depend on the folder; otherwise the reader names a missing one when the data is built)."""
-    from .data import dataset_definition
+    from ..data import dataset_definition
 
     for key in ("train_split", "test_split"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
@@ -249,7 +250,7 @@ def _near(unknown: set[str], allowed: set[str] | list[str]) -> str:
 
 def _validate_model_section(model: Mapping[str, Any], origin: str) -> None:
     """``model.*`` keys against the method's options (those of ``create_model``), like ``data.*`` and ``train.*``."""
-    from .methods.base import list_models, model_options
+    from ..methods.base import list_models, model_options
 
     method = model["method"]
     if method not in list_models():
@@ -306,7 +307,7 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     training split is trained on). A generated dataset (the synthetic one) has its own train / val / test
     streams, drawn at the model's input size (``DatasetDef.draw_splits``; ``options`` go to it).
     """
-    from .data import build_dataset, build_transforms, dataset_definition, subset_classes, train_val_split
+    from ..data import build_dataset, build_transforms, dataset_definition, subset_classes, train_val_split
 
     data = recipe["data"]
     options = dict(data.get("options") or {})
@@ -347,7 +348,7 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
             train, val_fraction, seed=int(data.get("split_seed", 0)), train_transform=train_tf, val_transform=test_tf
         )
         return {"train": train, "val": val, "test": test}
-    from .data import SubsetDataset
+    from ..data import SubsetDataset
 
     return {"train": SubsetDataset(train, range(len(train)), transform=train_tf), "test": test}
 
@@ -370,7 +371,7 @@ def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
     ``lr_base_batch_size`` scales ``lr`` by the images per optimizer update (``batch_size`` x
     ``accumulate_steps`` x processes under torchrun); ``steps`` counts optimizer updates, as TransFG does.
     """
-    from .distributed import get_world_size
+    from ..engine.distributed import get_world_size
 
     args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
     batch_size = int(args.get("batch_size", TrainConfig.batch_size))
@@ -389,7 +390,7 @@ def run_info() -> dict[str, Any]:
     import timm
     import torch
 
-    from .version import __version__
+    from ..version import __version__
 
     commit = None
     try:
@@ -521,11 +522,11 @@ def train_recipe(
     only the chosen setting is then trained and tested as above. Both results files list every candidate.
     ``test=False`` trains and validates only (the test split is not evaluated), as the candidates are.
     """
-    from .checkpoint import load_weights
-    from .distributed import barrier, init_distributed, is_main_process
-    from .methods import create_model
-    from .run_folder import RECIPE_FILES, claim_run_folder
-    from .train import fit, seed_everything
+    from ..engine.distributed import barrier, init_distributed, is_main_process
+    from ..engine.run_folder import RECIPE_FILES, claim_run_folder
+    from ..engine.train import fit, seed_everything
+    from ..methods import create_model
+    from ..storage.checkpoint import load_weights
 
     if not isinstance(recipe, Mapping):
         recipe = load_recipe(recipe, overrides)
@@ -716,7 +717,7 @@ def _setting_text(setting: Mapping[str, Any]) -> str:
 
 def _num_classes(recipe: Mapping[str, Any]) -> int:
     """The class count the data will have, read without decoding any image."""
-    from .data import dataset_definition
+    from ..data import dataset_definition
 
     data = recipe["data"]
     classes = data.get("classes")
@@ -761,22 +762,13 @@ def check_output_file(path: str | os.PathLike, what: str = "the results") -> Non
         path.unlink()
 
 
-def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``config.yaml`` that ``train_recipe`` wrote beside ``checkpoint`` (None when there is none)."""
-    path = Path(checkpoint).with_name("config.yaml")
-    if not path.is_file():
-        return None
-    config = yaml.safe_load(path.read_text())
-    return config if isinstance(config, dict) else None
-
-
 def _size(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
 def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) -> Any:
     """The test transform of a trained model: its run's test resize when ``config.yaml`` is beside it."""
-    from .data import build_transforms
+    from ..data import build_transforms
 
     config = run_config(checkpoint) if checkpoint is not None else None
     data = (config or {}).get("data", {})
@@ -801,8 +793,7 @@ def checkpoint_split(
     synthetic one) is drawn again from the run's options (``root`` is not used), so the split is the very one
     training evaluated.
     """
-    from .checkpoint import load_model
-    from .data import (
+    from ..data import (
         EvalBoxes,
         boxes_pixels_of,
         build_dataset,
@@ -810,7 +801,8 @@ def checkpoint_split(
         input_boxes_of,
         subset_classes,
     )
-    from .evaluate import check_same_classes
+    from ..engine.evaluate import check_same_classes
+    from ..storage.checkpoint import load_model
 
     model = load_model(checkpoint)
     config = run_config(checkpoint) or {}
@@ -852,28 +844,30 @@ def evaluate_checkpoint(
     The model and the split are ``checkpoint_split``'s (the run's dataset, class subset and test transform
     from its ``config.yaml``; the synthetic dataset rebuilt from the run's options). Retrieval metrics are
     added when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write
-    the metrics, per-class accuracy, confusion matrix and most confused pairs there (``EvalResult.save``).
+    the metrics, per-class accuracy, confusion matrix and most confused pairs there (``save_evaluation``).
     ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
     """
-    from .distributed import init_distributed
+    from ..engine.distributed import init_distributed
 
     init_distributed(evaluate_options.get("device"))  # under torchrun every rank evaluates its shard
     model, test = checkpoint_split(checkpoint, root, dataset=dataset, split=split)
     result = _evaluate_split(model, test, {}, **evaluate_options)
-    from .distributed import is_main_process
+    from ..engine.distributed import is_main_process
 
     if out_dir is not None and is_main_process():
+        from .report import save_evaluation
+
         cfg = model.data_config
         name = dataset or ((run_config(checkpoint) or {}).get("data") or {}).get("dataset")
         info = dict(checkpoint=str(checkpoint), dataset=name, data=str(root), split=split)
-        result.save(out_dir, data=test, info=info, mean=cfg["mean"], std=cfg["std"])
+        save_evaluation(result, out_dir, data=test, info=info, mean=cfg["mean"], std=cfg["std"])
     return result
 
 
 def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evaluate_options: Any) -> Any:
     """``evaluate`` with boxes mapped into the model's input frame and retrieval where it is defined."""
-    from .data import EvalBoxes, boxes_pixels_of, input_boxes_of, targets_of
-    from .evaluate import evaluate
+    from ..data import EvalBoxes, boxes_pixels_of, input_boxes_of, targets_of
+    from ..engine.evaluate import evaluate
 
     if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
         resize = _size(data.get("test_resize", data.get("resize")))

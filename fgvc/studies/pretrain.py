@@ -55,15 +55,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import ViTBackbone
-from .data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
-from .evaluate import pointing_game
-from .io import cpu_tensors, write_safetensors
-from .layers.geometry import PatchGrid, box_iou_pairs
-from .layers.rollout import rollout_map
-from .run_folder import claim_run_folder
-from .train import reproducible
-from .weights import SHIPPED_BACKBONES
+from ..backbones.shipped import SHIPPED_BACKBONES
+from ..backbones.vit import ViTBackbone
+from ..data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
+from ..engine.evaluate import pointing_game
+from ..engine.run_folder import claim_run_folder
+from ..engine.train import reproducible
+from ..io import cpu_tensors, write_safetensors
+from ..layers.geometry import PatchGrid, box_iou_pairs
+from ..layers.rollout import rollout_map
 
 __all__ = [
     "HELD_OUT_CLASSES",
@@ -277,7 +277,7 @@ def pretrain(
     """Pretrain the backbone; writes ``NAME.safetensors`` (timm state dict), ``NAME.md`` and ``log.jsonl``.
 
     ``out_dir`` is locked while it runs, and one holding an earlier run's files is refused unless
-    ``overwrite=True``, which deletes them first (``fgvc.run_folder``). Returns the final validation metrics.
+    ``overwrite=True``, which deletes them first (``fgvc.engine.run_folder``). Returns the final validation metrics.
     Deterministic for given settings and thread count.
     """
     s = settings or PretrainSettings()
@@ -357,7 +357,7 @@ def _save_weights(model: _Pretrainer, path: Path, step: int) -> dict[str, Tensor
 
 
 def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seconds: float, n: int) -> None:
-    from .version import __version__
+    from ..version import __version__
 
     shipped = SHIPPED_BACKBONES[s.backbone]
     rows = "\n".join(

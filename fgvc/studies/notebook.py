@@ -2,7 +2,7 @@
 read as steps: the laptop-sized settings of a recipe, checkpoints given as ``dataset:method=path``, their
 evaluation on the matching test split, and quick stand-in models when there is nothing to evaluate.
 
-    from fgvc import notebook
+    from fgvc.studies import notebook
     recipe, note = notebook.recipe_for_here("glsim_cub_224", "../data/CUB_200_2011", smoke=False)
     runs = notebook.evaluate_checkpoints("cub:glsim=runs/glsim/seed0/best.safetensors", {"cub": "data/CUB_200_2011"})
 """
@@ -44,7 +44,7 @@ LAPTOP: dict[str, dict[str, Any]] = {
 def laptop_overrides(method: str, *, smoke: bool = False) -> dict[str, Any]:
     """``LAPTOP``'s overrides for ``method``, with the method's own options for small inputs
     (``small_input_options``, e.g. GLSim keeps 4 of the small grid's cells: ``model.top_k``)."""
-    from .methods.base import model_class
+    from ..methods.base import model_class
 
     out = dict(LAPTOP["full"], **(LAPTOP["smoke"] if smoke else {}))
     out.update({f"model.{k}": v for k, v in model_class(method).small_input_options.items()})
@@ -60,7 +60,7 @@ def recipe_for_here(
     the real 100-species CUB subset (``fgvc.data.cub_subset``; laptop-sized, a class subset), the built-in
     synthetic data (laptop-sized).
     """
-    from .data import cub_subset, find_dataset
+    from ..data import cub_subset, find_dataset
     from .recipe import load_recipe
 
     method = load_recipe(name)["model"]["method"]
@@ -86,7 +86,7 @@ def recipe_for_here(
 
 def _synthetic_overrides(smoke: bool) -> dict[str, Any]:
     """Recipe overrides that fine-tune from the shipped synthetic backbone on synthetic data, with
-    ``fgvc.demo.FULL``'s model, schedule and data (``smoke``: a few images, one epoch)."""
+    ``fgvc.studies.demo.FULL``'s model, schedule and data (``smoke``: a few images, one epoch)."""
     from dataclasses import replace
 
     from .demo import FULL
@@ -193,9 +193,9 @@ class StandIns:
               f"{self.model_options['img_size']} px.")
 
     def _cub_subset(self, epochs: int | None) -> tuple[str, Any, Any, Any] | None:
-        from . import create_model
-        from .data import build_dataset, build_transforms, cub_subset, subset_classes, train_val_split
-        from .methods.base import BASELINE
+        from ..data import build_dataset, build_transforms, cub_subset, subset_classes, train_val_split
+        from ..methods import create_model
+        from ..methods.base import BASELINE
 
         subset = cub_subset()
         if subset is None:
@@ -229,10 +229,12 @@ class StandIns:
 
     def train(self, method: str) -> Any:
         """Train and evaluate the stand-in for ``method``; returns its ``EvalResult`` (also kept in ``runs``)."""
-        from . import create_model, evaluate, fit, load_model
-        from .data import classes_of
-        from .methods.base import model_class
-        from .train import seed_everything
+        from ..data import classes_of
+        from ..engine.evaluate import evaluate
+        from ..engine.train import fit, seed_everything
+        from ..methods import create_model
+        from ..methods.base import model_class
+        from ..storage.checkpoint import load_model
 
         test = self.runs.tests[self.label]
         seed_everything(self.fit_options.get("seed", 0))  # the same initialisation of the head on every run
@@ -266,7 +268,7 @@ def examples(test: Any, n: int = 3, *, start: int = 0) -> dict[str, Any]:
     (n, 3, H, W), ``targets``, ``gt_boxes`` (n, 4) in input pixels or None, ``indices``."""
     import torch
 
-    from .data import input_boxes_of
+    from ..data import input_boxes_of
 
     step = max(1, len(test) // max(n, 1))
     indices = [(start + k * step) % len(test) for k in range(min(n, len(test)))]

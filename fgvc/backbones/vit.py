@@ -28,19 +28,15 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
 
-from .io import backbone_state_dict, load_timm_state
-from .layers.geometry import PatchGrid
-from .weights import shipped_backbone
+from ..io import backbone_state_dict, load_timm_state
+from ..layers.geometry import PatchGrid
+from ..settings import POS_EMBED_INTERPOLATIONS
+from .shipped import shipped_backbone
 
 __all__ = [
     "POS_EMBED_INTERPOLATIONS", "EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "resample_pos_embed", "shape_repr",
     "to_2tuple",
 ]
-
-#: How position embeddings are resampled to another grid (``pos_embed_interpolation``): timm's antialiased
-#: bicubic or bilinear (half-pixel centres), or ``"scipy_zoom"``, what the official GLSim and TransFG code
-#: computes with ``scipy.ndimage.zoom(order=1)``: linear, the corner cells of both grids aligned.
-POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear", "scipy_zoom")
 
 
 def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
@@ -217,7 +213,7 @@ class ViTBackbone(nn.Module):
 
     Args:
         name: timm model name, with or without a pretrained tag (``vit_base_patch16_224.augreg_in21k``), or
-            the name of a backbone that ships with fgvc (``fgvc_synth_vit_tiny``, see ``fgvc.weights``).
+            the name of a backbone that ships with fgvc (``fgvc_synth_vit_tiny``, see ``fgvc.backbones.shipped``).
         img_size: input resolution, int or (height, width); each side a multiple of the patch size.
             Position embeddings of pretrained weights are resampled to it (``pos_embed_interpolation``).
         pretrained: load timm's pretrained weights for ``name`` (from the Hugging Face hub or its cache).

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .hints import similar_files
-from .io import torch_load_safely
-from .methods.base import FGVCModel, create_model
+from ..hints import similar_files
+from ..io import torch_load_safely
+from ..methods.base import FGVCModel, create_model
 
 __all__ = [
     "FORMATS",
@@ -212,7 +212,7 @@ def _transfg_geometry(side: int, patch: int, img_size: int | None, patch_stride:
                 return size, stride
     raise ValueError(
         f"cannot tell the image size and patch stride of a {side}x{side} grid of {patch} px patches; pass "
-        f"img_size= and patch_stride= to fgvc.convert.convert_transfg_official"
+        f"img_size= and patch_stride= to fgvc.storage.convert.convert_transfg_official"
     )
 
 

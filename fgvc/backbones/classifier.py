@@ -15,8 +15,8 @@ from typing import Any
 import timm
 from torch import Tensor, nn
 
-from .backbone import EncoderOutput, to_2tuple
-from .io import backbone_state_dict, load_timm_state
+from ..io import backbone_state_dict, load_timm_state
+from .vit import EncoderOutput, to_2tuple
 
 __all__ = ["VIT_MODULES", "TimmBackbone", "is_vit_family", "timm_module"]
 

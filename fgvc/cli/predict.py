@@ -1,0 +1,51 @@
+"""``fgvc predict``: top classes with names for image files (``fgvc.engine.predict``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..engine.predict import expand_images, predict, save_predictions
+    from ..storage.checkpoint import load_model
+    from ..studies.recipe import test_transform_for
+    from ..studies.report import save_maps
+
+    images = expand_images(args.images)
+    model = load_model(args.checkpoint)
+    transform = test_transform_for(model, args.checkpoint)
+    predictions = predict(model, images, topk=args.topk, transform=transform, device=args.device, tta=args.tta)
+    for prediction in predictions:
+        print(prediction)
+    if args.out:
+        path = save_predictions(predictions, args.out, info=dict(checkpoint=str(args.checkpoint), tta=args.tta))
+        print(f"{len(predictions)} predictions written to {path}")
+    if args.maps:
+        for path in save_maps(model, images, args.maps, transform=transform):
+            print(f"maps: {path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``fgvc predict``."""
+    pred = sub.add_parser(
+        "predict",
+        help="top-5 classes with names for image files, folders or globs",
+        description="Classifies images with an fgvc checkpoint and prints the top classes with their names "
+        "(from the checkpoint) and probabilities (test transform: resize, center crop, the backbone's "
+        "normalization); --out writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
+    )
+    pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
+    pred.add_argument(
+        "images", nargs="+", help="image files, folders (every image below them) or quoted globs ('birds/**/*.jpg')"
+    )
+    pred.add_argument("--out", default=None, help="write the predictions to this .csv or .json file")
+    pred.add_argument(
+        "--tta", default=None, choices=["hflip"],
+        help="test-time augmentation: average with the mirror image (off by default; recorded in --out)",
+    )
+    pred.add_argument("--topk", type=int, default=5, help="how many classes to show (default: %(default)s)")
+    pred.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    pred.add_argument("--maps", default=None, metavar="DIR",
+                      help="also save every attention map of each image as DIR/<name>_maps.png")
+    pred.set_defaults(func=_predict)
