@@ -404,18 +404,19 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         if match is None or not path.is_file():
             continue
         pid = int(match["pid"])
-        if pid != os.getpid() and _running(pid):
+        if pid != os.getpid() and process_running(pid):
             continue  # another process is writing it now
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one that cannot be told counts as running: never stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, OSError):
-        return True  # exists (another user's) or cannot be told: keep the file
+        return True  # exists (another user's) or cannot be told
     return True

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="re-create fgvc's shipped backbone: pretraining on synthetic data (CPU, about an hour)",
         description="Pretrains fgvc_synth_vit_tiny on synthetic fine-grained data whose classes are disjoint "
         "from the demo's, with a CLS classification loss and a localization loss on the CLS-patch similarity "
-        "(see fgvc/pretrain.py). Writes the weights, a model card and log.jsonl.",
+        "(see fgvc/studies/pretrain.py). Writes the weights, a model card and log.jsonl.",
     )
     pre.add_argument("--out", default="runs/pretrain", help="output folder (default: %(default)s)")
     pre.add_argument(

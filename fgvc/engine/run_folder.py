@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import process_running
+
 __all__ = [
     "FIT_FILES",
     "LOCK_FILE",
@@ -256,17 +258,7 @@ def _is_stale(holder: dict[str, Any] | None) -> bool:
         return False
     if holder["pid"] == os.getpid():
         return all(entry[0] != holder.get("token") for entry in _HELD.values())
-    return not _running(holder["pid"])
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists (another user's) or cannot be told: not stale
-    return True
+    return not process_running(holder["pid"])
 
 
 def _take_over(path: Path, lock: Path, holder: dict[str, Any]) -> None:
