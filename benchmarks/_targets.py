@@ -1,4 +1,4 @@
-"""The development targets of the cost benchmarks, checked on a ``fgvc.profile`` run's ratios.
+"""The development targets of the cost benchmarks, checked on a ``fgvc.benchmark`` run's ratios.
 
 Development yardsticks for ``method_cost.py`` and ``glsim_cost.py``, printed under their tables; not part of the
 package (``fgvc benchmark`` reports figures, never verdicts). Each check is ``value op limit`` on a ratio to the
@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fgvc.studies.profile import MethodCost
+from fgvc.studies.benchmark import MethodCost
 
 GLSIM_THROUGHPUT = 0.45  # GLSim's inference throughput over the ViT's, at least
 GLSIM_SELECTION_PCT = 0.1  # GLSim's selection step, % of one encoder forward (time and MACs), below
@@ -63,6 +63,6 @@ def check_targets(rows: Sequence[MethodCost]) -> list[TargetCheck]:
 
 
 def targets_markdown(rows: Sequence[MethodCost]) -> str:
-    """The checked targets as a markdown list to print under ``ProfileResult.to_markdown()`` ("" when none)."""
+    """The checked targets as a markdown list to print under ``BenchmarkResult.to_markdown()`` ("" when none)."""
     checks = check_targets(rows)
     return "\n\nTargets (ratios of this run):\n\n" + "\n".join(f"- {t}" for t in checks) if checks else ""

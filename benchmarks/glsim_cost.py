@@ -1,6 +1,6 @@
 """GLSim's crop pass made cheaper: inference throughput of each option beside the plain ViT and standard GLSim.
 
-Everything through ``fgvc.profile`` (same run, models taking turns run by run, medians with the range of the
+Everything through ``fgvc.benchmark`` (same run, models taking turns run by run, medians with the range of the
 runs, each ratio the median of the rounds' own ratios, the machine's load average stated). Rows:
 
 * ``vit``; ``glsim`` (official: the crop resized to the input size and re-encoded); ``glsim_nocrop`` (one pass);
@@ -29,7 +29,7 @@ from _fixed_box import FIXED_BOX
 from _targets import targets_markdown
 
 import fgvc
-from fgvc.studies.profile import timed_rounds
+from fgvc.studies.benchmark import timed_rounds
 
 OPTIONS = [
     "glsim",
@@ -81,7 +81,7 @@ def main() -> None:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "batched.md").write_text(text + "\n")
         return
-    result = fgvc.profile(OPTIONS, backbone=args.backbone, img_sizes=args.img_size, batch_size=args.batch_size,
+    result = fgvc.benchmark(OPTIONS, backbone=args.backbone, img_sizes=args.img_size, batch_size=args.batch_size,
                           device=args.device, repeats=args.repeats, warmup=args.warmup, train=False, memory=False,
                           selection=False, timm_reference=False, threads=args.threads, progress=True)
     print(result.to_markdown() + targets_markdown(result.rows))

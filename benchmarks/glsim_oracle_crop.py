@@ -37,7 +37,7 @@ class OracleGLSim(GLSim):
         boxes = self.oracle_boxes(x)
         z = self.aggregator(torch.stack([bb.global_token(tokens), self.crop_pass(x, None, boxes)], dim=1))
         z = self.aggregator_norm(z)[:, 0]
-        return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, similarity=similarity)
+        return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, selection_map=similarity)
 
     def oracle_boxes(self, x: Tensor) -> Tensor:
         """(B, 4) boxes in input pixels around the pure-white frame, grown to ``oracle_side``."""

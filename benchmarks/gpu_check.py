@@ -180,7 +180,7 @@ class CountingImages(Dataset):
 
 def train_and_resume(plan: Plan, device: str, work: Path) -> list[dict[str, Any]]:
     """Each method: one epoch, then a fresh model resumes for a second one; rows with the verdict."""
-    from fgvc.studies.profile import VARIANTS
+    from fgvc.studies.benchmark import VARIANTS
 
     rows = []
     for label in TRAIN_METHODS:

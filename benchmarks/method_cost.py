@@ -1,6 +1,6 @@
-"""DCAL's cost in detail: ``fgvc.profile`` with DCAL without PWCA beside it, and PWCA's share of the training step.
+"""DCAL's cost in detail: ``fgvc.benchmark`` with DCAL without PWCA beside it, and PWCA's share of the training step.
 
-Everything is measured by ``fgvc.profile`` (see its module doc: same run, models taking turns, MACs under math
+Everything is measured by ``fgvc.benchmark`` (see its module doc: same run, models taking turns, MACs under math
 attention, selection shares); this script adds ``dcal_nopwca`` (DCAL with ``pwca=False``) and prints, per size,
 what PWCA costs: the training step of DCAL = the ViT's x (PWCA = dcal - dcal_nopwca, + the rest), in time and
 in training MACs, against DCAL's cost targets (inference <= 1.15x the ViT, training step <= 2x; the
@@ -43,7 +43,7 @@ def main() -> None:
 
     methods: list = ["vit", "dcal", "dcal_nopwca"] if args.dcal_only else ["vit", "glsim", "dcal", "transfg", "dcal_nopwca"]
     methods += [(f"dcal_T{t}", "dcal", dict(pwca_blocks=t)) for t in args.pwca_blocks]
-    result = fgvc.profile(
+    result = fgvc.benchmark(
         methods, backbone=args.backbone, threads=args.threads, img_sizes=args.img_size,
         batch_size=args.batch_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
         backbone_kwargs=None if args.depth is None else dict(depth=args.depth), memory=False,

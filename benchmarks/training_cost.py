@@ -1,6 +1,6 @@
 """Training cost of every method and option: images per second and peak memory of one training step.
 
-``fgvc.profile`` with inference left out (same run, models taking turns run by run, medians with the range of
+``fgvc.benchmark`` with inference left out (same run, models taking turns run by run, medians with the range of
 the runs, each ratio the median of the rounds' own ratios, the machine's load average stated). A training step
 is forward, the method's loss, backward and an AdamW step; peak memory is that of the first step of a fresh
 AdamW (gradients and optimizer state included) above what the idle model and its input hold. Rows: vit, glsim,
@@ -19,7 +19,7 @@ import math
 from _fixed_box import FIXED_BOX
 
 import fgvc
-from fgvc.studies.profile import ProfileResult
+from fgvc.studies.benchmark import BenchmarkResult
 
 ROWS = {
     "glsim": "glsim",
@@ -33,7 +33,7 @@ ROWS = {
 }
 
 
-def training_table(result: ProfileResult) -> str:
+def training_table(result: BenchmarkResult) -> str:
     """The training step as images/s (median and range), its ratio to the ViT and peak memory."""
     s = result.setup
     load = s["loadavg"]
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows besides vit")
     parser.add_argument("--out", default=None, help="folder for methods.csv, benchmark.md and training.md")
     args = parser.parse_args()
-    result = fgvc.profile([ROWS[m] for m in args.methods], backbone=args.backbone, img_sizes=args.img_size,
+    result = fgvc.benchmark([ROWS[m] for m in args.methods], backbone=args.backbone, img_sizes=args.img_size,
                           batch_size=args.batch_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
                           inference=False, selection=False, timm_reference=False, amp=args.amp, threads=args.threads,
                           progress=True)

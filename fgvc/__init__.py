@@ -16,24 +16,29 @@ from .methods import FGVCModel, ModelOutput, create_model, list_models, model_op
 from .settings import TrainConfig
 from .storage.checkpoint import load_model, load_weights, read_metadata, save_model
 from .storage.hub import export_timm, from_pretrained, push_to_hub, save_pretrained
-from .studies.profile import ProfileResult, profile
+from .studies.benchmark import BenchmarkResult, benchmark
 from .studies.recipe import RecipeResult, list_recipes, load_recipe, train_recipe
 from .studies.report import save_evaluation
 from .version import __version__
 
+#: The names ``benchmark`` / ``BenchmarkResult`` had before (CHANGELOG.md); kept so that old code runs.
+profile, ProfileResult = benchmark, BenchmarkResult
+
 __all__ = [
     "EncoderOutput",
+    "BenchmarkResult",
     "EvalResult",
     "FGVCModel",
     "History",
     "ModelOutput",
     "Prediction",
-    "ProfileResult",
+    "BenchmarkResult",
     "RecipeResult",
     "RetrievalResult",
     "TrainConfig",
     "ViTBackbone",
     "__version__",
+    "benchmark",
     "create_model",
     "evaluate",
     "export_timm",
@@ -47,7 +52,6 @@ __all__ = [
     "model_options",
     "plot_log",
     "predict",
-    "profile",
     "push_to_hub",
     "read_metadata",
     "register_model",

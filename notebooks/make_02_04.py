@@ -32,9 +32,9 @@ Data, in order of preference (the notebook says which one it uses):
 3. the built-in synthetic fine-grained dataset: runs anywhere, no download; fine-tuned from fgvc's shipped
    backbone with `fgvc demo`'s settings.
 
-**Time** in full mode on an idle 2-core CPU (the notebook executed end to end with `FGVC_SMOKE=0`): about 2
-minutes on synthetic data (125 s), 7 minutes on the CUB subset (412 s, both seeds in the training cell); the
-published recipe on the official data is a GPU job (the paper's schedule, hours). Small mode: seconds.
+**Time**: minutes in full mode on a CPU, on synthetic data or the CUB subset (measured in
+`docs/results.md`, "The notebooks' full-mode run times"); the published recipe on the official data is a GPU
+job (the paper's schedule). Small mode: seconds.
 """),
     ("params", """
 # Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
@@ -160,9 +160,8 @@ pairs it confuses, and what each method costs (parameters, GMACs, throughput).
 6. Where the models look.
 7. What each method costs.
 
-**Time** in full mode on an idle 2-core CPU (the notebook executed end to end with `FGVC_SMOKE=0`): about 3
-minutes when it trains stand-ins (165 s on the CUB subset, 194 s on synthetic data, 30-70 s per
-method cell); evaluating checkpoints takes what their test split takes. Small mode: seconds.
+**Time**: minutes in full mode on a CPU when it trains stand-ins (measured in `docs/results.md`, "The
+notebooks' full-mode run times"); evaluating checkpoints takes what their test split takes. Small mode: seconds.
 """),
     ("params", """
 # Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.
@@ -216,8 +215,8 @@ if not runs.results:
     runs = stand_ins.runs
 """),
     ("md", """
-Without checkpoints, the next cells train one stand-in each (30-70 s each in full mode on an idle 2-core
-CPU); with checkpoints they do nothing.
+Without checkpoints, the next cells train one stand-in each (the notebook's longest cells in full mode);
+with checkpoints they do nothing.
 """),
     ("code", """
 if stand_ins is not None and "vit" in METHODS:
@@ -301,13 +300,13 @@ for name, test in runs.tests.items():
     ("md", """
 ## 7. What each method costs
 
-`fgvc.profile` (also `fgvc benchmark` in a terminal) measures every method beside the plain ViT in the same
+`fgvc.benchmark` (also `fgvc benchmark` in a terminal) measures every method beside the plain ViT in the same
 run: parameters, GMACs per image, inference throughput and the selection step's share of the encoder. Accuracy
 is worth its cost only in this light: GLSim's second pass roughly halves the throughput, DCAL's extra cost is
 mostly in training.
 """),
     ("code", """
-cost = fgvc.profile(METHODS, backbone="vit_tiny_patch16_224", img_sizes=[64 if SMOKE else 224], batch_size=2,
+cost = fgvc.benchmark(METHODS, backbone="vit_tiny_patch16_224", img_sizes=[64 if SMOKE else 224], batch_size=2,
                     repeats=1 if SMOKE else 3, train=False, memory=False, timm_reference=False,
                     backbone_kwargs=dict(depth=2) if SMOKE else None)
 print(cost.to_markdown())

@@ -61,7 +61,7 @@ def test_without_cls_the_global_token_is_the_mean_of_the_patch_tokens_in_glsim()
         patches = tokens[:, 2:]
         torch.testing.assert_close(bb.global_token(tokens), patches.mean(1))  # registers left out
         expected = F.cosine_similarity(patches.mean(1, keepdim=True), patches, dim=-1).reshape(2, 3, 3)
-        torch.testing.assert_close(model(x).similarity, expected)
+        torch.testing.assert_close(model(x).selection_map, expected)
     with_cls = fgvc.create_model("glsim", num_classes=3, img_size=48, top_k=2, backbone="test_vit",
                                  backbone_kwargs=dict(depth=2))
     tokens = torch.randn(2, 10, 64)

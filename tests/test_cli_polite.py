@@ -176,7 +176,7 @@ def test_outputs_and_results_print_shapes_not_tensors():
 
     model = fgvc.create_model("glsim", num_classes=3, img_size=48, top_k=2, **TINY).eval()
     out = model(torch.randn(2, 3, 48, 48))
-    assert repr(out) == "ModelOutput(logits=(2, 3), embedding=(2, 64), boxes=(2, 4), similarity=(2, 3, 3))"
+    assert repr(out) == "ModelOutput(logits=(2, 3), embedding=(2, 64), boxes=(2, 4), selection_map=(2, 3, 3))"
     enc = model.backbone(torch.randn(2, 3, 48, 48), return_attention=True)
     assert repr(enc) == "EncoderOutput(tokens=(2, 10, 64), attentions=[2 x (2, 2, 10, 10)])"
     data = synthetic_splits(num_classes=3, image_size=48, train=4, val=2, test=4)["test"]

@@ -217,7 +217,8 @@ class OfficialTransFG(nn.Module):
 
 @pytest.mark.parametrize("variant", ["plain", "ddp", "fp16"])
 def test_official_transfg_checkpoint_gives_the_official_logits(tmp_path, variant):
-    from fgvc.storage.convert import convert_transfg_official, read_official_checkpoint
+    from fgvc.methods.transfg import convert_transfg_official
+    from fgvc.storage.convert import read_official_checkpoint
 
     official = OfficialTransFG().eval()
     if variant == "fp16":  # apex O2: the weights themselves are half precision, plus an amp entry
@@ -239,7 +240,7 @@ def test_official_transfg_checkpoint_gives_the_official_logits(tmp_path, variant
 
 
 def test_transfg_image_size_and_patch_stride_follow_from_the_position_embeddings(tmp_path):
-    from fgvc.storage.convert import _transfg_geometry
+    from fgvc.methods.transfg import _transfg_geometry
 
     assert _transfg_geometry(37, 16, None, None) == (448, 12)  # --split overlap --slide_step 12, 448 px
     assert _transfg_geometry(28, 16, None, None) == (448, 16)  # non-overlapping patches, 448 px

@@ -52,7 +52,7 @@ def test_glca_uses_ceil_r_times_n_queries_chosen_by_the_rollout(ratio, img_size,
     score = rollout_map(attentions[:1], num_prefix_tokens=1)
     ref = score.topk(expected, dim=-1).indices
     assert torch.equal(out.extras["glca_queries"].sort(-1).values, ref.sort(-1).values)
-    assert out.similarity.shape == (2, h // 16, w // 16)
+    assert out.selection_map.shape == (2, h // 16, w // 16)
 
 
 @pytest.mark.parametrize("glca_block", [-1, 1])
@@ -284,7 +284,7 @@ def test_dcal_explicit_attention_path_equals_the_fused_one(monkeypatch, glca_blo
     for one, two in [(a[0], b[1]), (a[1], b[1]), (a[2], b[2])]:
         queries = [o.extras["glca_queries"].sort(-1).values for o in (one, two)]
         assert torch.equal(*queries)
-        assert torch.allclose(one.similarity, two.similarity, atol=1e-6)
+        assert torch.allclose(one.selection_map, two.selection_map, atol=1e-6)
         assert torch.allclose(one.logits, two.logits, atol=1e-5)
         for key in ("glca_logits", "pwca_logits"):
             if key in two.extras:
@@ -404,7 +404,7 @@ def test_overlapping_patch_embedding_grid_and_position_embeddings():
     assert out.logits.shape == (2, 3) and int(out.extras["part_indices"].max()) < 15
     # the DCAL rollout map follows the overlapping grid too; GLSim's pixel boxes assume stride = patch
     dcal = fgvc.create_model("dcal", num_classes=3, img_size=(64, 48), patch_stride=12, **TINY).eval()
-    assert dcal(x).similarity.shape == (2, 5, 3)
+    assert dcal(x).selection_map.shape == (2, 5, 3)
     with pytest.raises(ValueError, match="patch_stride must be an int in 1..16"):
         fgvc.create_model("transfg", num_classes=3, img_size=32, patch_stride=20, **TINY)
     with pytest.raises(ValueError, match="overlapping patches \\(patch_stride=12\\) are not supported"):

@@ -6,7 +6,6 @@ import torch
 import fgvc
 from fgvc.engine.evaluate import pointing_game
 from fgvc.layers.geometry import PatchGrid, crop_and_resize
-from fgvc.methods.glsim import select_box
 from fgvc.viz import grid_extent, map_box
 
 TINY = dict(backbone="test_vit", backbone_kwargs=dict(depth=2))
@@ -56,8 +55,6 @@ def test_cells_inside_a_box_are_the_cells_the_box_was_made_of():
 def test_the_modules_that_map_cells_to_pixels_all_agree_with_the_grid():
     heat = torch.rand(3, 4, 6)
     grid = PatchGrid(4, 6, (8, 8), img_size=(32, 48))
-    assert torch.equal(select_box(heat, 5, (8, 8), (32, 48)), grid.top_box(heat, 5, include_last=False))
-    assert torch.equal(select_box(heat, 5, (8, 8), (32, 48), inclusive=True), grid.top_box(heat, 5))
     assert torch.equal(map_box(heat, 5, (32, 48), (8, 8)), grid.top_box(heat, 5))
     assert torch.equal(map_box(heat, 99, (32, 48), (8, 8)), grid.top_box(heat, 24))  # k clipped to the grid
     x, y = grid.peak_centres(heat)
@@ -76,15 +73,15 @@ def test_crop_and_resize_cuts_the_box_and_resizes_it():
     assert torch.equal(crop_and_resize(images, boxes[:1].expand(2, 4)), images)  # the whole image, same size
 
 
-def test_encoder_outputs_name_the_cls_token_and_the_patch_tokens():
+def test_the_backbone_names_the_cls_token_and_the_patch_tokens():
     model = fgvc.create_model("vit", num_classes=3, img_size=32, **TINY).eval()
     bb = model.backbone
     with torch.no_grad():
         enc = bb(torch.randn(2, 3, 32, 32))
-    assert torch.equal(enc.cls, enc.tokens[:, 0]) and torch.equal(enc.prefix, enc.tokens[:, :1])
-    assert torch.equal(enc.patches, enc.tokens[:, 1:]) and enc.patches.shape[1] == bb.patch_grid.num_patches
+    assert torch.equal(bb.global_token(enc.tokens), enc.tokens[:, 0])
     prefix, patches = bb.patch_grid.split(enc.tokens)
-    assert torch.equal(prefix, enc.prefix) and torch.equal(patches, enc.patches)
+    assert torch.equal(prefix, enc.tokens[:, :1]) and torch.equal(patches, enc.tokens[:, 1:])
+    assert patches.shape[1] == bb.patch_grid.num_patches
     with pytest.raises(ValueError, match="patch tokens"):
         bb.patch_grid.split(enc.tokens[:, :-1])
     assert bb.patch_grid == PatchGrid(*bb.grid_size, bb.patch_size, bb.patch_stride, bb.img_size, 1)
@@ -92,5 +89,6 @@ def test_encoder_outputs_name_the_cls_token_and_the_patch_tokens():
                                   backbone_kwargs=dict(depth=2, class_token=False, reg_tokens=2, global_pool="avg"))
     with torch.no_grad():
         enc = registers.backbone(torch.randn(2, 3, 48, 48))  # 2 registers + 9 patches
-    assert enc.prefix.shape[1] == 2 and torch.equal(enc.patches, enc.tokens[:, 2:])
-    torch.testing.assert_close(enc.cls, enc.patches.mean(1))  # no CLS token: the patches' mean
+    prefix, patches = registers.backbone.patch_grid.split(enc.tokens)
+    assert prefix.shape[1] == 2 and torch.equal(patches, enc.tokens[:, 2:])
+    torch.testing.assert_close(registers.backbone.global_token(enc.tokens), patches.mean(1))  # no CLS: the mean

@@ -13,7 +13,7 @@ from torch import nn
 import fgvc
 from fgvc.backbones.vit import ViTBackbone
 from fgvc.methods.base import resolve_method
-from fgvc.methods.glsim import box_token_sequence, crop_and_resize, resolve_crop_size, select_box
+from fgvc.methods.glsim import box_token_sequence, crop_and_resize, resolve_crop_size
 
 
 def glsim(**options):
@@ -93,7 +93,7 @@ def test_half_size_crop_equals_a_hand_written_pass():
     with torch.no_grad():
         out = model(x)
         tokens = ref.forward_features(x)  # (B, 1 + 24, D)
-        boxes = select_box(out.similarity, 8, (16, 16), (64, 96))
+        boxes = bb.patch_grid.top_box(out.selection_map, 8, include_last=False)
         crops = crop_and_resize(x, boxes, (32, 48))  # (B, 3, 32, 48)
         crop_tokens = ref.forward_features(crops)
         assert crop_tokens.shape[1] == 1 + 2 * 3

@@ -1,11 +1,21 @@
-"""GLSim's selection math, checked on hand-made similarity maps (no model involved)."""
+"""GLSim's selection math, checked on hand-made similarity maps and tokens."""
 
 import pytest
 import torch
+from conftest import TINY
 
-from fgvc.methods.glsim import cls_patch_similarity, crop_and_resize, select_box
+import fgvc
+from fgvc.layers.geometry import PatchGrid
+from fgvc.methods.glsim import crop_and_resize
 
 P = (16, 16)
+
+
+def select_box(similarity, k, patch_size, img_size, inclusive=False):
+    """The box ``GLSim.select`` draws: the grid's ``top_box`` of the similarity, the official exclusive end
+    unless ``inclusive`` (``inclusive_box``)."""
+    _, rows, cols = similarity.shape
+    return PatchGrid(rows, cols, patch_size, img_size=img_size).top_box(similarity, k, include_last=inclusive)
 
 
 def sim_with_peaks(rows, cols, peaks):
@@ -84,16 +94,21 @@ def test_crop_is_the_box_resized_with_align_corners():
 
 
 def test_similarity_is_cosine_between_cls_and_each_patch():
-    tokens = torch.randn(2, 1 + 6, 8)
-    s = cls_patch_similarity(tokens, num_prefix_tokens=1, grid_size=(2, 3))
-    assert s.shape == (2, 2, 3)
-    ref = torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).view(2, 2, 3)
-    assert torch.allclose(s, ref)
-    # with a distillation token (2 prefix tokens) the patches start one later
-    tokens2 = torch.randn(2, 2 + 6, 8)
-    s2 = cls_patch_similarity(tokens2, num_prefix_tokens=2, grid_size=(2, 3))
-    ref2 = torch.nn.functional.cosine_similarity(tokens2[:, :1], tokens2[:, 2:], dim=-1).view(2, 2, 3)
-    assert torch.allclose(s2, ref2)
+    model = fgvc.create_model("glsim", num_classes=3, img_size=48, top_k=2, **TINY).eval()  # 3 x 3 patches
+    tokens = torch.randn(2, 1 + 9, model.backbone.embed_dim)
+    s, boxes = model.select(tokens)
+    assert s.shape == (2, 3, 3)
+    ref = torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).view(2, 3, 3)
+    assert torch.allclose(s, ref, atol=1e-6)
+    assert torch.equal(boxes, select_box(ref, 2, P, (48, 48)))
+    # with a register token (2 prefix tokens) the patches start one later; the query is still CLS
+    registers = fgvc.create_model("glsim", num_classes=3, img_size=48, top_k=2, inclusive_box=True,
+                                  backbone="test_vit", backbone_kwargs=dict(depth=2, reg_tokens=1)).eval()
+    tokens2 = torch.randn(2, 2 + 9, registers.backbone.embed_dim)
+    s2, boxes2 = registers.select(tokens2)
+    ref2 = torch.nn.functional.cosine_similarity(tokens2[:, :1], tokens2[:, 2:], dim=-1).view(2, 3, 3)
+    assert torch.allclose(s2, ref2, atol=1e-6)
+    assert torch.equal(boxes2, select_box(ref2, 2, P, (48, 48), inclusive=True))
 
 
 def test_the_official_box_of_a_perfect_top8_cannot_reach_half_the_demo_detail(capsys, monkeypatch):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 import fgvc
 import fgvc.engine.train
 from fgvc.layers.blocks import block_forward
-from fgvc.methods.glsim import crop_and_resize, select_box
+from fgvc.methods.glsim import crop_and_resize
 from fgvc.methods.transfg import contrastive_loss
 
 
@@ -42,7 +42,8 @@ def test_glsim_aggregates_both_cls_tokens_and_classifies_token_0_after_the_norm(
         (x1, tokens), (crops, crop_tokens) = passes
         assert torch.equal(x1, x)
         # the second pass sees exactly the crop of the boxes, resized to the input size
-        assert torch.equal(out.boxes, select_box(out.similarity, 2, (16, 16), (32, 32)))
+        official = model.backbone.patch_grid.top_box(out.selection_map, 2, include_last=False)
+        assert torch.equal(out.boxes, official)
         assert torch.equal(crops, crop_and_resize(x, out.boxes))
         # aggregator input: [global CLS, crop CLS]; output token 0, then the norm, then the head
         (seq,) = aggregated
@@ -60,7 +61,7 @@ def test_glsim_defaults_top_k_8_and_a_zero_head():
     assert not model.head.weight.any() and not model.head.bias.any()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(out.boxes, select_box(out.similarity, 8, (16, 16), (64, 64)))
+    assert torch.equal(out.boxes, model.backbone.patch_grid.top_box(out.selection_map, 8, include_last=False))
     assert not out.logits.any()  # a zero head: every class starts at the same score
 
 

@@ -6,7 +6,6 @@ import torch
 from conftest import TINY
 
 import fgvc
-from fgvc.methods.glsim import select_box
 
 
 @pytest.mark.parametrize("method", ["vit", "glsim"])
@@ -20,7 +19,7 @@ def test_output_shapes_and_gradients_reach_every_parameter(method, img_size):
     assert out.logits.shape == (3, 7)
     if method == "glsim":
         assert out.boxes.shape == (3, 4)
-        assert out.similarity.shape == (3, h // 16, w // 16)
+        assert out.selection_map.shape == (3, h // 16, w // 16)
         assert (out.boxes[:, 2] > out.boxes[:, 0]).all() and (out.boxes[:, 3] > out.boxes[:, 1]).all()
         assert (out.boxes[:, 2] <= w).all() and (out.boxes[:, 3] <= h).all()
     # new heads start at zero (GLSim's official init, and vit / dcal): perturb them so gradients reach the backbone
@@ -39,8 +38,8 @@ def test_glsim_output_matches_official_selection_on_its_own_tokens():
     out = model(x)
     tokens = model.backbone(x).tokens
     sim = torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).view(2, 4, 4)
-    assert torch.allclose(out.similarity, sim, atol=1e-6)
-    assert torch.equal(out.boxes, select_box(sim, 3, (16, 16), (64, 64)))
+    assert torch.allclose(out.selection_map, sim, atol=1e-6)
+    assert torch.equal(out.boxes, model.backbone.patch_grid.top_box(sim, 3, include_last=False))
 
 
 def test_glsim_passes_share_one_encoder():
@@ -92,7 +91,7 @@ def test_deit_distilled_has_two_prefix_tokens_and_works_with_glsim():
     )
     assert model.backbone.num_prefix_tokens == 2
     out = model(torch.randn(1, 3, 48, 48))
-    assert out.similarity.shape == (1, 3, 3)
+    assert out.selection_map.shape == (1, 3, 3)
 
 
 def test_bad_sizes_and_options_are_named():

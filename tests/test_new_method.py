@@ -44,18 +44,18 @@ class MeanPool(FGVCModel):
 
     def forward(self, x):
         bb = self.backbone
-        patches = bb(x).patches  # (B, N, D) after the final norm
+        _, patches = bb.patch_grid.split(bb(x).tokens)  # (B, N, D) after the final norm
         feature = patches.mean(1) if self.pooling == "mean" else patches.amax(1)  # (B, D)
         similarity = F.cosine_similarity(feature[:, None], patches, dim=-1).reshape(-1, *bb.grid_size)
-        return ModelOutput(logits=self.head(feature), embedding=feature, similarity=similarity)
+        return ModelOutput(logits=self.head(feature), embedding=feature, selection_map=similarity)
 
     def explain(self, x):
         explanation = super().explain(x)  # the plain ViT's attention and rollout
-        explanation.maps["pooled_similarity"] = GridMap(explanation.output.similarity.float())
+        explanation.maps["pooled_similarity"] = GridMap(explanation.output.selection_map.float())
         return explanation
 
     def selection_steps(self, tokens, attentions):
-        _, patches = self.backbone.split_tokens(tokens)  # (B, N, D)
+        _, patches = self.backbone.patch_grid.split(tokens)  # (B, N, D)
         return [SelectionStep("similarity to the pool", lambda: F.cosine_similarity(patches.mean(1, True), patches, -1))]
 
 
@@ -82,7 +82,7 @@ def test_it_is_registered_and_its_maps_are_the_plain_vits_and_its_own(data):
     images = torch.stack([data[i][0] for i in range(3)])
     maps = viz.attention_maps(model, images)
     assert maps.kinds == viz.available_maps(model) == ["attention", "rollout", "pooled_similarity"]
-    torch.testing.assert_close(maps.get("pooled_similarity"), model(images).similarity)
+    torch.testing.assert_close(maps.get("pooled_similarity"), model(images).selection_map)
     for kind in maps.kinds:
         assert maps.get(kind, layer=0, head=1).shape == (3, 3, 3)
     fig = viz.plot_maps(model, images, targets=[0, 1, 2])
@@ -108,7 +108,7 @@ def test_the_explorer_offers_its_maps(data):
 
 
 def test_benchmark_rows_for_it_and_its_variant(capsys):
-    result = fgvc.profile([NAME, f"{NAME}_max"], backbone="test_vit", backbone_kwargs=dict(depth=2), img_sizes=(IMG,),
+    result = fgvc.benchmark([NAME, f"{NAME}_max"], backbone="test_vit", backbone_kwargs=dict(depth=2), img_sizes=(IMG,),
                           batch_size=2, warmup=0, repeats=1, memory=False, timm_reference=False)
     assert [r.method for r in result.rows] == ["vit", NAME, f"{NAME}_max"]
     assert result.row(NAME, IMG).macs_ratio == pytest.approx(1.0, abs=0.01)  # the ViT's encoder, a mean and a head

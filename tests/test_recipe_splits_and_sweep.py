@@ -226,5 +226,5 @@ def test_glsim_recipes_say_the_official_learning_rate_sweep():
 
 def test_generator_cites_the_transfg_lines_that_skip_the_part_layer():
     """TransFG's load_from skips the part layer at models/modeling.py:348-351."""
-    text = (ROOT / "scripts" / "make_recipes.py").read_text()
+    text = (ROOT / "fgvc" / "methods" / "transfg.py").read_text()  # its RECIPES, which make_recipes.py writes
     assert "models/modeling.py:348-351" in text and "modeling.py:315-330" not in text

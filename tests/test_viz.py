@@ -83,7 +83,7 @@ def test_per_layer_and_head_maps_are_the_backbones_recorded_cls_attention(method
 
 def test_method_maps_read_the_models_own_selection(images):
     glsim = viz.attention_maps(tiny("glsim"), images)
-    torch.testing.assert_close(glsim.get("similarity"), glsim.output.similarity)
+    torch.testing.assert_close(glsim.get("similarity"), glsim.output.selection_map)
 
     model = tiny("dcal")
     with torch.no_grad():
@@ -194,7 +194,7 @@ def test_evaluate_reports_the_pointing_game_of_the_output_map(data):
     with torch.no_grad():
         out = model(torch.stack([data[i][0] for i in range(len(data))]))
     gt = data.input_boxes * torch.tensor([48, 32, 48, 32])
-    expected = 100.0 * pointing_game(out.similarity, gt, (8, 8)).float().mean().item()
+    expected = 100.0 * pointing_game(out.selection_map, gt, (8, 8)).float().mean().item()
     assert result.pointing_game == pytest.approx(expected)
     assert result.summary()["pointing_game"] == pytest.approx(expected)
     plain = fgvc.evaluate(tiny("vit"), data)  # no map in the output: no pointing game

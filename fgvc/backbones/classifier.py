@@ -47,10 +47,10 @@ class TimmBackbone(nn.Module):
     timm for models that take it, e.g. Swin), ``pretrained``, ``checkpoint_path`` (a local ``.pth`` /
     ``.safetensors``, read safely), ``drop_path_rate`` and timm keyword arguments. ``tokens`` of the
     ``EncoderOutput`` is whatever ``forward_features`` returns (a (B, C, H, W) map for CNNs, (B, H, W, C) for
-    Swin); there are no attention maps.
+    Swin); there are no attention maps. ``vit`` is the timm model itself, whatever its family: the attribute
+    has ``ViTBackbone``'s name so that checkpoints store both backbones' weights as ``backbone.vit.*``.
     """
 
-    is_vit = False
     has_class_token = False
     num_prefix_tokens = 0
 
@@ -83,6 +83,11 @@ class TimmBackbone(nn.Module):
             pretrained = False
         #: whether timm built the model for ``img_size`` (Swin and other windowed models); CNNs take any size
         self.takes_img_size = True
+        # ``vit`` holds the timm model whatever its family (a ResNet, ConvNeXt, Swin, ...): the name is
+        # ``ViTBackbone``'s, so that every backbone's weights are stored as ``backbone.vit.*`` (the keys of
+        # fgvc's checkpoints, read by ``fgvc.io.backbone_state_dict``) and code that reads the timm model
+        # (``backbone.vit``: its pretrained configuration, its no-weight-decay set, ``export_timm``) reads
+        # both backbones alike. Renaming it would change the checkpoint format.
         try:
             self.vit = timm.create_model(name, pretrained=pretrained, img_size=self.img_size, **kwargs)
         except TypeError as e:

@@ -176,30 +176,14 @@ class EncoderOutput:
     tokens: (B, T, D) last block's output after the final norm; T = prefix tokens + patches.
     hidden_states: per block, (B, T, D) outputs before the final norm (only when asked for).
     attentions: per block, (B, heads, T, T) softmax attention probabilities (only when asked for).
-    num_prefix_tokens, has_class_token: the layout of ``tokens`` (CLS / register tokens before the patches),
-    which ``cls``, ``prefix`` and ``patches`` read so that no caller slices the sequence by hand.
+
+    The backbone reads the tokens, so that no caller slices the sequence by hand: ``bb.patch_grid.split``
+    gives the prefix and patch tokens, ``bb.global_token`` the token for the whole image.
     """
 
     tokens: Tensor
     hidden_states: list[Tensor] | None = None
     attentions: list[Tensor] | None = None
-    num_prefix_tokens: int = 0
-    has_class_token: bool = False
-
-    @property
-    def prefix(self) -> Tensor:
-        """(B, P, D) the prefix tokens (CLS, distillation, register) after the final norm."""
-        return self.tokens[:, : self.num_prefix_tokens]
-
-    @property
-    def patches(self) -> Tensor:
-        """(B, rows * cols, D) the patch tokens after the final norm, in raster order."""
-        return self.tokens[:, self.num_prefix_tokens :]
-
-    @property
-    def cls(self) -> Tensor:
-        """(B, D) the token for the whole image: the CLS token, or for ViTs without one the patches' mean."""
-        return global_token(self.tokens, self.num_prefix_tokens, self.has_class_token)
 
     def __repr__(self) -> str:
         """Shapes, not values."""
@@ -528,10 +512,6 @@ class ViTBackbone(nn.Module):
         """Where the patch tokens lie on the input at ``img_size`` (boxes, centres, crops: ``fgvc.layers.geometry``)."""
         return PatchGrid(*self.grid_size, self.patch_size, self.patch_stride, self.img_size, self.num_prefix_tokens)
 
-    def split_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens (B, T, D) at any input size -> prefix tokens (B, P, D) and patch tokens (B, T - P, D)."""
-        return tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
-
     def global_token(self, tokens: Tensor) -> Tensor:
         """Tokens (B, T, D) -> the token that stands for the whole image (B, D).
 
@@ -539,7 +519,9 @@ class ViTBackbone(nn.Module):
         the mean of the patch tokens (prefix / register tokens left out). GLSim's similarity and crop
         aggregation, DCAL's rollout and TransFG's part selection use this token.
         """
-        return global_token(tokens, self.num_prefix_tokens, self.has_class_token)
+        if self.has_class_token:
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(
         self,
@@ -554,9 +536,8 @@ class ViTBackbone(nn.Module):
         ``img_size``: see ``embed`` (inputs at another size than the model's, position embeddings resampled).
         """
         tokens = self.embed(x, img_size=img_size)
-        layout = dict(num_prefix_tokens=self.num_prefix_tokens, has_class_token=self.has_class_token)
         if not (return_hidden_states or return_attention):
-            return EncoderOutput(tokens=self.encode(tokens), **layout)
+            return EncoderOutput(tokens=self.encode(tokens))
         extra = self.block_kwargs()
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
@@ -567,7 +548,6 @@ class ViTBackbone(nn.Module):
             tokens=self.norm(tokens),
             hidden_states=hidden if return_hidden_states else None,
             attentions=list(maps) if return_attention else None,
-            **layout,
         )
 
     def pool(self, tokens: Tensor) -> Tensor:
@@ -608,13 +588,6 @@ class ViTBackbone(nn.Module):
 def _family_filter(vit: nn.Module) -> Any:
     """timm's ``checkpoint_filter_fn`` of the module that defines ``vit``'s class, or None."""
     return getattr(sys.modules.get(type(vit).__module__), "checkpoint_filter_fn", None)
-
-
-def global_token(tokens: Tensor, num_prefix_tokens: int, has_class_token: bool) -> Tensor:
-    """(B, T, D) -> (B, D): the CLS token (index 0) if there is one, else the mean of the patch tokens."""
-    if has_class_token:
-        return tokens[:, 0]
-    return tokens[:, num_prefix_tokens:].mean(dim=1)
 
 
 def _patch_size_from_name(name: str) -> int | None:

@@ -3,6 +3,10 @@
 ``build_parser`` assembles the commands, one module each (``add_parser(sub)`` and the function it runs):
 ``demo``, ``pretrain``, ``data``, ``train``, ``eval_`` (``fgvc eval``), ``predict``, ``benchmark``,
 ``list_`` (``fgvc list``), ``export``, ``convert``; ``main`` runs one and turns an error into one line.
+
+Methods from outside the package: ``main`` first imports the modules of the installed ``fgvc.methods`` entry
+points, then each ``--plugin MODULE`` given before the command (``fgvc.methods.plugins``), so that every
+command, and the parser's lists of methods and formats, know the methods they register.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fgvc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE (on sys.path or in the current folder) first: the methods it registers "
+        "(@register_model) work in every command; repeatable (docs/adding_a_method.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in (demo, pretrain, data, train, eval_, predict, benchmark, list_, export, convert):
         command.add_parser(sub)
@@ -76,6 +85,13 @@ def describe_error(err: BaseException) -> str:
             "and model.checkpoint_path=FILE (a local .pth, .npz or .safetensors) with --set, or go online "
             "(timm caches the weights after one download)"
         )
+    registry = sys.modules.get("fgvc.methods.base")  # not imported yet: raised no UnknownMethodError
+    if registry is not None and any(isinstance(e, registry.UnknownMethodError) for e in chain):
+        return (
+            f"{' '.join((str(err) or type(err).__name__).split())}; a method of your own is known once the module "
+            f"that registers it is imported: fgvc --plugin MODULE <command> ... (or an installed fgvc.methods "
+            f"entry point)"
+        )
     if isinstance(err, KeyError):
         text = f"missing key {err}"
     elif isinstance(err, FileNotFoundError) and err.filename and err.errno is not None:  # raised by the OS
@@ -90,6 +106,14 @@ def describe_error(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; an error prints ``fgvc: error: ...`` on one line and returns 1 (``--debug``,
     or ``FGVC_DEBUG=1``: the traceback instead)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _load_plugins(_plugin_names(argv))
+    except Exception as err:
+        if "--debug" in argv or os.environ.get("FGVC_DEBUG", "0") not in ("0", ""):
+            raise
+        print(f"fgvc: error: {describe_error(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -101,3 +125,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fgvc: error: {describe_error(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _plugin_names(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin MODULE`` values among the options before the command (read before the parser is built)."""
+    names, words = [], list(argv)
+    while words and words[0].startswith("-"):
+        word = words.pop(0)
+        if word == "--plugin" and words:
+            names.append(words.pop(0))
+        elif word.startswith("--plugin="):
+            names.append(word.partition("=")[2])
+    return names
+
+
+def _load_plugins(names: Sequence[str]) -> None:
+    """The installed ``fgvc.methods`` entry points, then the ``--plugin`` modules, in order."""
+    from ..methods.plugins import load_entry_points, load_plugin
+
+    load_entry_points()
+    for name in names:
+        load_plugin(name)

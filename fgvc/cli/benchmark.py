@@ -1,4 +1,4 @@
-"""``fgvc benchmark``: the cost of the methods beside the plain ViT (``fgvc.studies.profile``)."""
+"""``fgvc benchmark``: the cost of the methods beside the plain ViT (``fgvc.studies.benchmark``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from .common import _accuracies, _img_size
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from ..studies.profile import profile
+    from ..studies.benchmark import benchmark
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    result = profile(
+    result = benchmark(
         methods, backbone=args.backbone, img_sizes=args.img_size, batch_size=args.batch_size, device=device,
         num_classes=args.num_classes, backbone_kwargs=None if args.depth is None else dict(depth=args.depth),
         warmup=args.warmup, repeats=args.repeats, train=not args.no_train, memory=not args.no_memory,
@@ -31,8 +31,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``fgvc benchmark`` (``fgvc.studies.profile``)."""
-    from ..studies.profile import DEFAULT_METHODS, VARIANTS
+    """``fgvc benchmark`` (``fgvc.studies.benchmark``)."""
+    from ..studies.benchmark import DEFAULT_METHODS, VARIANTS
 
     bench = sub.add_parser(
         "benchmark",

@@ -20,6 +20,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``fgvc convert``."""
+    from ..storage.convert import official_formats
+
     conv = sub.add_parser(
         "convert",
         help="an official GLSim or TransFG checkpoint (.pth) as an fgvc checkpoint (.safetensors)",
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("input", help="the official .pth / .bin file")
     conv.add_argument("output", help="the fgvc .safetensors to write")
     conv.add_argument(
-        "--format", default=None, choices=["glsim-official", "transfg-official"],
+        "--format", default=None, choices=list(official_formats()),  # the methods' declared formats, plugins' too
         help="the input's format (default: detected from its keys)",
     )
     conv.set_defaults(func=_convert)

@@ -7,26 +7,37 @@ import argparse
 from .common import _seed_list
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from ..studies.demo import run_demo
+def _positive_int(text: str) -> int:
+    """``3`` -> 3; zero, negative or not an integer is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
-    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..settings import flag_changes
+    from ..studies.demo import DemoSettings, demo_settings, run_demo
+
+    base = demo_settings(quick=args.quick, hard=args.hard)
     run_demo(
-        quick=args.quick,
-        hard=args.hard,
+        settings=DemoSettings.from_mapping(flag_changes(DemoSettings, args), base=base),
         out_dir=args.out,
-        methods=methods,
         seeds=args.seeds,
         device=args.device,
         progress=not args.no_progress,
-        backbone_lr_scale=args.backbone_lr_scale,
+        workers=args.workers,
     )
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``fgvc demo``."""
-    from ..studies.demo import FULL, HARD
+    from ..settings import add_flags
+    from ..studies.demo import FULL, HARD, DemoSettings
 
     demo = sub.add_parser(
         "demo",
@@ -42,17 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"the fine-grained regime: a 7 px detail on 128 px images (default: 31 px); methods "
         f"{','.join(HARD.methods)}",
     )
-    demo.add_argument(
-        "--methods",
-        default=None,
-        help=f"comma-separated methods or variants such as glsim_top2 (default: {','.join(FULL.methods)})",
-    )
-    demo.add_argument(
-        "--backbone-lr-scale", type=float, default=None,
-        help=f"the pretrained backbone's learning rate over the new layers' (default: {FULL.backbone_lr_scale:g})",
-    )
+    settings = demo.add_argument_group("settings", "each of fgvc.studies.demo.DemoSettings (the defaults: the "
+                                       "default demo's; --quick and --hard change some)")
+    add_flags(settings, DemoSettings, [n for n in DemoSettings.names() if n != "seed"], defaults=FULL)
     demo.add_argument(
         "--seeds", type=_seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (adds a mean +- std table)"
+    )
+    demo.add_argument(
+        "--workers", type=_positive_int, default=None,
+        help=f"methods trained at once, each in its own process at {FULL.threads} threads: the same table "
+        f"(default: one per {FULL.threads} CPU cores, 1 on a GPU)",
     )
     demo.add_argument("--out", default="fgvc_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

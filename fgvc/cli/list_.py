@@ -9,9 +9,10 @@ def _list(args: argparse.Namespace) -> int:
     """``fgvc list [WHAT]``: methods (with their options), recipes, datasets, shipped weights, timm backbones."""
     import fnmatch
 
+    from ..backbones.shipped import list_shipped
     from ..data import list_datasets
     from ..methods.base import BASELINE, list_models, model_options
-    from ..studies.recipe import list_recipes
+    from ..studies.recipe import list_recipes, recipe_keys
 
     common = set(model_options(BASELINE))  # the baseline has the common options only
     sections: dict[str, list[str]] = {
@@ -21,13 +22,15 @@ def _list(args: argparse.Namespace) -> int:
         ],
         "recipes": list_recipes(),
         "datasets": list_datasets(),
-        "weights": _shipped_weights(),
+        "weights": list_shipped(),
     }
+    if args.what == "settings":
+        sections = {"settings": recipe_keys()}
     if args.what == "backbones":
         import timm
 
         sections = {"backbones": timm.list_models(args.filter or "*vit*")}
-    elif args.what is not None:
+    elif args.what not in (None, "settings"):
         sections = {args.what: sections[args.what]}
     for name, items in sections.items():
         if args.filter and name != "backbones":
@@ -38,27 +41,19 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_weights() -> list[str]:
-    """Names of the pretrained weights fgvc ships, where such a registry exists in this version."""
-    try:
-        from ..backbones import shipped as weights
-    except ImportError:
-        return []
-    lister = getattr(weights, "list_shipped", None) or getattr(weights, "list_weights", None)
-    return list(lister()) if callable(lister) else []
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``fgvc list``."""
     lst = sub.add_parser(
         "list",
-        help="methods (with their options), recipes, datasets, shipped weights; or timm backbones",
+        help="methods (with their options), recipes, datasets, shipped weights; or timm backbones, or every "
+        "recipe setting",
         description="Lists what fgvc offers: methods with their own options, the shipped recipes, the datasets "
         "and shipped weights. 'fgvc list backbones' lists timm's ViT models (--filter '*eva02*').",
     )
     lst.add_argument(
-        "what", nargs="?", default=None, choices=["methods", "recipes", "datasets", "weights", "backbones"],
-        help="one section only (default: all but backbones)",
+        "what", nargs="?", default=None, choices=["methods", "recipes", "datasets", "weights", "backbones", "settings"],
+        help="one section only (default: all but backbones and settings); settings: every key a recipe and "
+        "--set take, with its default",
     )
     lst.add_argument("--filter", default=None, help="shell-style pattern, e.g. 'glsim_*' or '*dinov2*'")
     lst.set_defaults(func=_list)

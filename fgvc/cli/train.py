@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="KEY=VALUE",
         help="override recipe values, dotted keys, YAML values: --set data.root=/data/CUB_200_2011 "
-        "train.lr=0.001 train.batch_size=32 (train.* keys: the options of fgvc.TrainConfig)",
+        "train.lr=0.001 train.batch_size=32; the keys are the fields of fgvc.settings (data.*: DataConfig, "
+        "train.*: TrainConfig, top level: RecipeSettings) and model.* the method's options: 'fgvc list settings' "
+        "lists them with their defaults",
     )
     train.add_argument("--out", default=None, help="output folder (default: runs/<recipe name>)")
     train.add_argument(

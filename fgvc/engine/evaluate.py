@@ -51,7 +51,7 @@ class EvalResult:
     predictions: np.ndarray  # (N,)
     targets: np.ndarray  # (N,)
     mean_iou: float | None = None  # crop box vs ground-truth box, when both exist
-    pointing_game: float | None = None  # percent of map peaks (output.similarity) inside the ground-truth box
+    pointing_game: float | None = None  # percent of map peaks (output.selection_map) inside the ground-truth box
     retrieval: RetrievalResult | None = None  # Recall@K / mAP of the embeddings (``retrieval=True``)
     extra: dict[str, Any] = field(default_factory=dict)
     tta: str | None = None
@@ -121,7 +121,7 @@ def evaluate(
 
     If ``data.input_boxes`` exists ((N, 4) ground-truth boxes as fractions of the width and height of the
     image *as the model receives it*, after the transform) and the model outputs crop boxes, ``mean_iou`` is
-    the mean IoU between the two, and if it outputs a map (``similarity``: GLSim's CLS-patch similarity,
+    the mean IoU between the two, and if it outputs a map (``selection_map``: GLSim's CLS-patch similarity,
     DCAL's rollout) ``pointing_game`` is the percentage of images whose map peak falls inside the box
     (``pointing_game()``). Datasets read from disk have ``.boxes`` in the original image's frame,
     which a resize + center crop changes: wrap them in ``fgvc.data.EvalBoxes`` to map the boxes through the
@@ -192,9 +192,9 @@ class _Collected:
                 gt = torch.as_tensor(gt_boxes[seen : seen + len(targets)], dtype=torch.float32) * scale
                 if out.boxes is not None:
                     out_all.ious.append(box_iou_pairs(out.boxes.cpu(), gt))
-                if out.similarity is not None:
+                if out.selection_map is not None:
                     bb = model.backbone
-                    out_all.hits.append(pointing_game(out.similarity.cpu(), gt, bb.patch_size, bb.patch_stride))
+                    out_all.hits.append(pointing_game(out.selection_map.cpu(), gt, bb.patch_size, bb.patch_stride))
             seen += len(targets)
         return out_all
 

@@ -6,6 +6,16 @@ checkpoints, resuming and ``torchrun`` data parallelism are done here once for a
 chosen on the validation split only; the test split is never looked at by ``fit`` (evaluate it once, at the
 end, with ``fgvc.evaluate``).
 
+Three optional parts of a model, read the same way for every model (an objective with per-sample targets
+beside the label, such as ``fgvc pretrain``'s boxes, needs them):
+
+* ``loss_inputs``: names of per-sample targets its loss takes as keywords. Training items are then
+  ``(image, label, {name: value})``, and ``fit`` passes the batched values of those names to
+  ``model.loss(output, targets, name=...)``; data whose first item lacks one is refused before training.
+* ``loss_terms``: a dict (name -> scalar tensor) its loss leaves on the model; the terms of each logged step
+  are written to ``log.jsonl`` beside ``loss``.
+* ``validation_metrics(val_data)``: a dict of numbers added to each epoch's record after ``evaluate``'s.
+
 Files in ``out_dir`` (written by rank 0 only):
 
 * ``last.safetensors`` / ``best.safetensors``: the model (``fgvc.load_model``), last and best on validation;
@@ -204,9 +214,12 @@ class _Window:
     images: int = 0
     loss: float = 0.0
     n: int = 0
+    terms: dict[str, float] = field(default_factory=dict)  # the model's ``loss_terms`` x images
 
-    def add(self, loss: float, n: int) -> None:
+    def add(self, loss: float, n: int, terms: dict[str, Tensor] | None = None) -> None:
         self.loss, self.n, self.images = self.loss + loss * n, self.n + n, self.images + n
+        for name, value in (terms or {}).items():
+            self.terms[name] = self.terms.get(name, 0.0) + float(value) * n
 
 
 # ----------------------------------------------------------------------------------------- phases
@@ -268,7 +281,7 @@ def _scale_backbone_lr(opt: torch.optim.Optimizer, model: FGVCModel, scale: floa
 
     Every group keeps the schedule's base rate as its ``lr``: timm's scheduler reads it as the group's base and
     multiplies ``lr_scale`` into every rate it sets (from its first update on, at construction). A group
-    created at ``lr * scale`` would be scaled twice: ``scale ** 2`` (fgvc before this was fixed)."""
+    created at ``lr * scale`` would be scaled twice: ``scale ** 2``."""
     backbone = {id(p) for p in model.pretrained_parameters()}
     groups, opt.param_groups = opt.param_groups, []  # no state yet: the groups can be rebuilt
     for group in groups:
@@ -328,17 +341,19 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     run.epoch_start = time.perf_counter()
     window = _Window(start=run.epoch_start)
     bar = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and run.main))
-    for i, (images, targets) in enumerate(bar, start=run.micro_done):
+    wanted = _loss_inputs(run.net)
+    for i, batch in enumerate(bar, start=run.micro_done):
         group = i // cfg.accumulate_steps * cfg.accumulate_steps
         group_size = min(cfg.accumulate_steps, run.micro_per_epoch - group)  # an epoch's last group may be short
         last_micro = i == group + group_size - 1
-        images = images.to(run.device, non_blocking=True)
-        targets = targets.to(run.device, non_blocking=True)
+        images = batch[0].to(run.device, non_blocking=True)
+        targets = batch[1].to(run.device, non_blocking=True)
+        inputs = {name: batch[2][name].to(run.device, non_blocking=True) for name in wanted}
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits, loss = _train_step(run, epoch, images, targets, group_size, last_micro)
+        logits, loss = _train_step(run, epoch, images, targets, group_size, last_micro, inputs)
         run.sums.add(loss, logits, targets)
-        window.add(loss, len(targets))
+        window.add(loss, len(targets), getattr(run.net, "loss_terms", None))
         if run.main and cfg.progress:
             s = run.sums
             bar.set_postfix(loss=f"{s.loss / s.images:.3f}", top1=f"{100 * s.top1 / s.images:.1f}")
@@ -349,9 +364,9 @@ def _train_epoch(run: _Run, epoch: int) -> None:
 
 
 def _train_step(run: _Run, epoch: int, images: Tensor, targets: Tensor, group_size: int,
-                last_micro: bool) -> tuple[Tensor, float]:
+                last_micro: bool, inputs: dict[str, Tensor] | None = None) -> tuple[Tensor, float]:
     """Forward and backward of one micro-batch, and the optimizer step after the last of its group; returns
-    the logits (B, C) and the loss."""
+    the logits (B, C) and the loss (``inputs``: the per-sample targets the model's ``loss_inputs`` names)."""
     # accumulation under DDP: all-reduce the gradients once, after the last micro-batch
     sync = run.ddp.no_sync() if run.ddp is not run.net and not last_micro else nullcontext()
     try:
@@ -359,7 +374,7 @@ def _train_step(run: _Run, epoch: int, images: Tensor, targets: Tensor, group_si
             with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
                 out = run.fwd(images)
                 check_labels(targets, out.logits.shape[1])
-                loss = run.net.loss(out, targets, label_smoothing=run.cfg.label_smoothing)
+                loss = run.net.loss(out, targets, label_smoothing=run.cfg.label_smoothing, **(inputs or {}))
             loss_value = loss.item()
             _check_loss(run, loss_value, epoch)
             run.scaler.scale(loss / group_size).backward()
@@ -389,10 +404,11 @@ def _after_update(run: _Run, epoch: int, window: _Window, done: int) -> None:
     run.sched.step_update(num_updates=run.step)
     if run.step % cfg.log_every_steps == 0:
         elapsed = time.perf_counter() - window.start
-        run.log.write(dict(kind="step", epoch=epoch, step=run.step, loss=window.loss / window.n, lr=lr_used,
-                           images_per_s=window.images * run.world / max(elapsed, 1e-9)))
+        terms = {name: value / window.n for name, value in window.terms.items()}
+        run.log.write(dict(kind="step", epoch=epoch, step=run.step, loss=window.loss / window.n, **terms,
+                           lr=lr_used, images_per_s=window.images * run.world / max(elapsed, 1e-9)))
         window.start, window.images = time.perf_counter(), 0
-    window.loss, window.n = 0.0, 0
+    window.loss, window.n, window.terms = 0.0, 0, {}
     if cfg.save_every_steps and run.step % cfg.save_every_steps == 0 and done < run.micro_per_epoch:
         _check_finite(run, epoch, lr_used)
         _checkpoint(run, epoch, done)
@@ -429,6 +445,9 @@ def _epoch_record(run: _Run, epoch: int) -> dict[str, Any]:
             record["val_iou"] = result.mean_iou
         if getattr(result, "pointing_game", None) is not None:
             record["val_pointing_game"] = result.pointing_game
+        own = getattr(run.net, "validation_metrics", None)
+        if callable(own):
+            record.update(own(run.val_data))
     record["seconds"] = time.perf_counter() - run.epoch_start
     return record
 
@@ -535,6 +554,7 @@ def _check_tensorboard(cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------------------- data checks
 def _adopt_data(model: FGVCModel, train_data: Dataset, val_data: Dataset | None) -> None:
     """Check the data against the model before the first step, and give the model the class names."""
+    _check_loss_inputs(model, train_data)
     _check_class_count(model, train_data, "train_data")
     _check_image_size(model, train_data, "train_data")
     if val_data is not None:
@@ -544,6 +564,26 @@ def _adopt_data(model: FGVCModel, train_data: Dataset, val_data: Dataset | None)
     class_names = classes_of(train_data) or model.class_names
     if class_names is not None:
         model.class_names = list(class_names)
+
+
+def _loss_inputs(model: FGVCModel) -> tuple[str, ...]:
+    """The per-sample targets the model's loss takes besides the labels (``loss_inputs``; none by default)."""
+    return tuple(getattr(model, "loss_inputs", ()))
+
+
+def _check_loss_inputs(model: FGVCModel, data: Dataset) -> None:
+    """A loss that takes per-sample targets needs items ``(image, label, {name: value})`` carrying them."""
+    wanted = _loss_inputs(model)
+    if not wanted or len(data) == 0:  # type: ignore[arg-type]
+        return
+    item = data[0]
+    carried = item[2] if isinstance(item, (tuple, list)) and len(item) > 2 and isinstance(item[2], dict) else {}
+    missing = [name for name in wanted if name not in carried]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}'s loss takes {', '.join(missing)} per sample, which train_data's items do not "
+            f"carry: give items (image, label, {{{', '.join(repr(n) + ': ...' for n in wanted)}}})"
+        )
 
 
 def _check_class_count(model: FGVCModel, data: Dataset, name: str) -> None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
@@ -34,8 +36,8 @@ from .explain import COMMON_MAPS, Explanation, MapInfo, SelectionStep, backbone_
 from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base.ModelOutput``)
 
 __all__ = [
-    "BASELINE", "FGVCModel", "ModelOutput", "create_model", "list_models", "model_class", "model_options",
-    "register_model", "unregister_model",
+    "BASELINE", "FGVCModel", "ModelOutput", "UnknownMethodError", "create_model", "declared", "list_models",
+    "method_module", "model_class", "model_options", "register_model", "shipped_methods", "unregister_model",
 ]
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
@@ -266,6 +268,32 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class UnknownMethodError(ValueError):
+    """A method name no imported module registers (a method of one's own registers when its module is imported)."""
+
+    def __init__(self, message: str, method: str) -> None:
+        super().__init__(message)
+        self.method = method
+
+
+def shipped_methods() -> list[str]:
+    """The methods fgvc ships: those its own modules register (one import line each in ``fgvc/methods/__init__``),
+    in that order, the order its tables and figures list them."""
+    return [name for name, cls in _REGISTRY.items() if cls.__module__.startswith(f"{__package__}.")]
+
+
+def method_module(method: str) -> ModuleType:
+    """The module that registers ``method``: where its declarations (``fgvc.methods.declare``) live."""
+    return sys.modules[_check_method(method).__module__]
+
+
+def declared(attr: str) -> list[Any]:
+    """The module-level ``attr`` (``OFFICIAL_FORMAT``, ``RECIPES``, ...) of each module that registers a method and
+    declares it, once per module, in registration order: how the generic code reads a method's declarations."""
+    modules = dict.fromkeys(cls.__module__ for cls in _REGISTRY.values())
+    return [getattr(sys.modules[m], attr) for m in modules if hasattr(sys.modules.get(m), attr)]
+
+
 def method_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every registered method's named option sets (``FGVCModel.variants``): ``"<method>_<name>"`` ->
     (method, options), e.g. an ablation or a cheaper mode measured beside the method itself."""
@@ -280,7 +308,9 @@ def resolve_method(name: str) -> tuple[str, dict[str, Any]]:
     variants = method_variants()
     if name in variants:
         return variants[name]
-    raise ValueError(f"unknown method {name!r}; available: {', '.join(list_models())}, variants: {', '.join(variants)}")
+    raise UnknownMethodError(
+        f"unknown method {name!r}; available: {', '.join(list_models())}, variants: {', '.join(variants)}", name
+    )
 
 
 def model_class(method: str) -> type[FGVCModel]:
@@ -292,7 +322,9 @@ def _check_method(method: str) -> type[FGVCModel]:
     if method not in _REGISTRY:
         from ..hints import did_you_mean
 
-        raise ValueError(f"unknown model {method!r}{did_you_mean(method, _REGISTRY)}; available: {', '.join(list_models())}")
+        raise UnknownMethodError(
+            f"unknown model {method!r}{did_you_mean(method, _REGISTRY)}; available: {', '.join(list_models())}", method
+        )
     return _REGISTRY[method]
 
 

@@ -1,99 +1,36 @@
 """DCAL: dual cross-attention learning (Zhu et al., CVPR 2022) on the shared backbone.
 
-There is no official code; this follows the paper, and every choice the paper leaves open is written here.
+There is no official code: this follows the paper, and each choice the paper leaves open is named here
+(and in docs/methods.md). Branches, all on one ``ViTBackbone`` (L blocks):
 
-Branches (all on one ``ViTBackbone``; L = depth, blocks 1-indexed in this text):
+* **SA**: the plain ViT (pooled token after the final norm, a linear head), the ``vit`` method's computation.
+* **GLCA** (one block beside SA block p, ``glca_block``, default the last): the ``ceil(R * N)`` patch tokens
+  with the highest CLS attention rollout over blocks 1..p-1 (``fgvc.layers.rollout``; R = ``glca_ratio``,
+  the ceil taken with a 1e-6 tolerance so that ``0.55 * 100`` is not rounded up) query all tokens of the
+  same input. Its block has its own weights, initialised as a copy of SA block p so pretrained weights help
+  from the first step; its own norm (a copy of the final norm), the mean over the queries and its own head
+  classify. ``glca_cls_token=True`` adds CLS as a query and classifies it instead (the paper's re-ID text
+  implies one, its FGVC text does not; the default follows the FGVC text). The selection is under
+  ``no_grad`` (a top-k has no gradient); prefix tokens are never queries.
+* **PWCA** (training only, no new weights, in the last ``pwca_blocks`` blocks, default all L as the paper):
+  each image's queries attend over its own keys and values concatenated with those of a distractor (a
+  random derangement of the batch, drawn from torch's global generator so ``fgvc.fit``'s seed reproduces
+  it; the distractor's keys and values are the SA branch's). Target: the image's own label. Batches of one
+  image skip it.
+* **Loss**: Kendall et al.'s uncertainty weighting, as the paper: ``0.5 * sum_i (exp(-w_i) L_i + w_i)`` over
+  the SA, GLCA and PWCA cross-entropies, ``w`` (``loss_weights``) learned and not decayed.
+* **Prediction**: ``log(0.5 * (softmax(SA) + softmax(GLCA)))``, so argmax is the paper's summed
+  probabilities and the evaluation loss is that prediction's NLL. ``embedding`` is ``[SA, GLCA]``
+  features (B, 2D); ``selection_map`` the rollout (B, rows, cols) that chose the GLCA queries; ``extras``
+  the branches' logits (the loss reads them), ``glca_queries``, ``pwca_pairs`` and, in ``explain`` or with
+  ``return_glca_attention``, ``glca_attention``.
 
-* **SA** (self-attention): the plain ViT. The backbone's pooled token (CLS after the final norm) and a
-  linear head. It is exactly the ``vit`` method's computation.
-* **GLCA** (global-local cross-attention), M = 1 block:
-  - queries: the ``ceil(R * N)`` patch tokens (N patch tokens, R = ``glca_ratio``, 0.1 as the paper for
-    FGVC) with the highest CLS attention rollout (``fgvc.layers.rollout``: per layer the head mean,
-    ``0.5 A + 0.5 I``, rows renormalized, multiplied). The ceil is taken with a 1e-6 tolerance so that
-    floating-point products such as ``0.55 * 100 = 55.00000000000001`` do not round up to an extra
-    query. Prefix tokens (CLS, distillation) are never queries; the selection is under ``no_grad`` (a
-    top-k has no gradient).
-  - keys and values: all tokens (prefix and patches) of the same input.
-  - position: in parallel with SA block p (option ``glca_block``, Python index into the blocks, default -1:
-    the last block). It reads the output of block p-1 and the rollout over blocks 1..p-1, i.e. the
-    attention that produced its input (the paper rolls out "up to the i-th layer"; with GLCA beside block p
-    this is the information that reached block p). Its output goes only to its own classifier, never back
-    into SA.
-  - weights: its own (not shared with SA); a full pre-norm block (norm, cross-attention, residual from each
-    query's own input token, norm, MLP, residual), **initialised as a copy of SA block p** so that
-    pretrained weights help from the first step.
-  - classifier: its own LayerNorm (initialised as a copy of the backbone's final norm) applied to every GLCA
-    output token, then the **mean over the R query tokens** (no CLS among the queries, so exactly
-    ``ceil(R * N)`` queries), then its own linear head. ``glca_cls_token=True`` adds the CLS token as one
-    more query (first, R + 1 queries) and classifies its output alone (after the norm) instead of the mean:
-    the paper's re-identification text speaks of "the final class tokens of SA and GLCA", which implies a
-    CLS query; its FGVC text selects the R local queries only, and no official code settles it, so the
-    default stays the mean of the R local queries (the FGVC description, and the checkpoints trained so far).
-* **PWCA** (pair-wise cross-attention), T = all L blocks by default (the paper's T = 12 for 12-block
-  models), **training only** (not run at inference, zero cost there), shares every SA weight (no new
-  parameters): SA norm and head classify its output. ``pwca_blocks=T`` runs it in the last T blocks only:
-  before block L-T+1 the PWCA stream is the SA stream itself (same tensors, so no second pass and the PWCA
-  loss's gradient flows through SA's early blocks), and the first PWCA block takes SA's q, k, v.
-  - pairing: inside the model, a uniformly random derangement of the batch (a permutation without fixed
-    points, so an image is never its own distractor), drawn from torch's global generator (so ``fgvc.fit``'s
-    seed makes it reproducible). Batches of one image skip PWCA (no distractor exists).
-  - in every block, the queries of image 1 attend over the keys and values of image 1 concatenated with
-    those of image 2: one softmax over the 2T keys (T = N + prefix tokens, 2N + 2 for a ViT). Image 1's
-    tokens come from the PWCA stream; image 2's keys and values are those of the SA branch at the same
-    block (image 2 itself is not contaminated; the paper does not say which stream image 2's keys and
-    values come from).
-  - target: image 1's label.
-* **Loss** (training): the uncertainty weighting of Kendall et al. used by the paper,
-  ``0.5 * sum_i (exp(-w_i) L_i + w_i)`` over the cross-entropies of SA, GLCA and PWCA (PWCA omitted when it
-  did not run). ``w`` (``loss_weights``, 3 parameters, start at 0) are trained with the model; it is 1-D,
-  so ``fgvc.fit`` does not decay it. Label smoothing goes to every cross-entropy.
-* **Weight decay** (AdamW 0.05 in the recipes, as DeiT's code the paper builds on): timm's rule, through
-  ``model.no_weight_decay()``: besides the 1-D parameters, the position embedding and the class (and
-  distillation) tokens are not decayed.
-* **Prediction** (training and evaluation alike): ``logits = log(0.5 * (softmax(SA) + softmax(GLCA)))``:
-  log-probabilities of the averaged prediction, so ``argmax`` / top-k are those of the summed probabilities
-  (the paper's rule), what ``fit`` reports as train top-1 is the prediction evaluation scores, and the
-  evaluation loss (cross-entropy of ``logits`` in eval mode) is the NLL of that prediction. The branches' raw
-  logits are always in ``extras``: ``sa_logits``, ``glca_logits``, and in training ``pwca_logits`` (when
-  PWCA ran); the training loss reads those. ``embedding`` = ``[SA feature, GLCA feature]`` (B, 2D) for
-  retrieval. ``similarity`` is the rollout map (B, rows, cols) that chose the GLCA queries.
-* **Other outputs**: ``extras`` also holds ``pwca_pairs`` (training, the distractor index of each image),
-  ``glca_queries`` (B, R) patch indices (0 = first patch token); ``glca_attention`` (B, heads, R, T) in
-  ``explain`` (the rows of the R local queries, also with ``glca_cls_token``) or when
-  ``model.return_glca_attention`` is set.
-
-Implementation: the blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``;
-EVA-02's ``EvaBlock`` too, every probability that of q and k after its rotary embedding, GLCA's queries each
-rotated for its own patch), attention by ``F.scaled_dot_product_attention`` (fused) except where the rollout
-needs a whole map:
-
-* blocks 1..p-2 (all rows of their head-mean attention enter the rollout): one explicit attention
-  (``softmax(q k^T * scale) @ v``) gives the output and the probabilities, so q k^T is computed once. At
-  inference always; in training on the devices in ``EXPLICIT_TRAINING_DEVICES`` (CPU, where explicit
-  attention with its backward costs about what fused attention does). Elsewhere (CUDA) training keeps fused
-  attention and computes the probabilities apart under ``no_grad``, so no (B, heads, T, T) map is kept for
-  backward. Either way the probabilities are detached and only their head mean, (B, 1, T, T) float32, is kept
-  for the rollout (on CPU without gradient it is taken one image at a time, while that image's map is in
-  the caches);
-* block p-1: fused attention plus the CLS row of its probabilities only, the one row of the last layer the
-  CLS row of the rollout uses;
-* blocks p..L, GLCA (queries projected for its R tokens only) and PWCA (over the concatenated keys and
-  values; image 2's are the SA block's own k, v, not projected again) use fused attention. In block 1 the
-  PWCA stream's input is the SA stream's (the embedded image), so its q, k, v are SA's, not projected again.
-
-The rollout map is propagated as a vector (``fgvc.layers.rollout.rollout_map``): no (T, T) product.
-
-Cost, as ratios of matmul MACs to the plain ViT's (exact; ``benchmarks/method_cost.py`` measures them and
-the times, deit_tiny with 12 blocks): inference adds the rollout over blocks 1..p-1 and one GLCA block over R
-queries, 1.02x at 224 and 448 px. Training adds PWCA, a second pass through every PWCA block with its
-backward over twice the keys: the ViT's training step again plus the attention's share (1.11x at 224, 1.38x
-at 448), so with PWCA in every block (the default, as the paper) a training step has more than twice the
-ViT's MACs (2.13x / 2.39x) whatever GLCA and the rollout cost. ``pwca_blocks=T`` keeps PWCA in the last T
-blocks only: T = 6 gives 1.57x / 1.70x, T = 3 1.28x / 1.35x.
-
-Paper, Table 1 (448 px, top-1 %, baseline -> DCAL): CUB-200-2011: DeiT-T 82.1 -> 84.6, DeiT-S 85.8 ->
-87.6, DeiT-B 88.0 -> 88.8, ViT-B 90.8 -> 91.4; Stanford Cars ViT-B 92.5 -> 93.4; FGVC-Aircraft ViT-B
-90.0 -> 91.5.
+The blocks are computed from the timm block's modules (``fgvc.layers.blocks.block_forward``, EVA-02 too),
+with fused attention wherever the rollout does not need a block's whole map: the rollout's blocks give
+their probabilities once (explicit attention at inference and, on ``EXPLICIT_TRAINING_DEVICES``, in
+training; elsewhere fused attention plus the probabilities apart under ``no_grad``), detached and kept as
+their head mean only; block p-1 gives its CLS row only; and the rollout is propagated as a vector
+(``rollout_map``), never as a (T, T) product. What this costs beside the plain ViT: docs/results.md.
 """
 
 from __future__ import annotations
@@ -110,6 +47,7 @@ from torch import Tensor, nn
 from ..layers.blocks import ProbsRequest, block_forward, check_timm_block
 from ..layers.rollout import attention_rollout, rollout_map
 from .base import FGVCModel, ModelOutput, register_model
+from .declare import IMAGENET_MEAN, IMAGENET_STD, MethodRecipes
 from .explain import (
     Explanation,
     GridMap,
@@ -152,7 +90,7 @@ class DCAL(FGVCModel):
     Options: ``glca_ratio`` (0.1: share of patch tokens used as GLCA queries), ``glca_block`` (-1: the SA
     block GLCA runs beside, at least the second), ``pwca`` (True; False turns the PWCA branch off, an
     ablation; it adds no parameters either way), ``pwca_blocks`` (the paper's T: PWCA in the last T blocks;
-    None, the default, is all L as the paper; fewer blocks make the training step cheaper, see the module doc),
+    None, the default, is all L as the paper; fewer blocks make the training step cheaper, docs/results.md),
     ``glca_cls_token`` (False: GLCA's feature is the mean of its R local query outputs; True: CLS is one more
     GLCA query and its output is the feature, the reading of the paper's re-identification text).
     """
@@ -267,7 +205,7 @@ class DCAL(FGVCModel):
         sa_feature = bb.pool(bb.norm(sa))  # (B, D)
         sa_logits = self.head(sa_feature)
         rows, cols = bb.grid_size
-        similarity = score.reshape(b, rows, cols) if rows * cols == n else None
+        selection_map = score.reshape(b, rows, cols) if rows * cols == n else None
         embedding = torch.cat([sa_feature, glca_feature], dim=-1)  # (B, 2D)
         extras = dict(sa_logits=sa_logits, glca_logits=glca_logits, glca_queries=queries)
         if glca_probs is not None:  # the R local queries' rows (the CLS query's row left out)
@@ -276,7 +214,7 @@ class DCAL(FGVCModel):
             extras.update(pwca_logits=self.head(bb.pool(bb.norm(pw))), pwca_pairs=pairs)
         logp = torch.stack([sa_logits.float().log_softmax(-1), glca_logits.float().log_softmax(-1)])
         logits = torch.logsumexp(logp, dim=0) - math.log(2.0)  # log(0.5 (p_SA + p_GLCA)), (B, C)
-        return ModelOutput(logits=logits, embedding=embedding, similarity=similarity, extras=extras)
+        return ModelOutput(logits=logits, embedding=embedding, selection_map=selection_map, extras=extras)
 
     def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
         """Training: ``0.5 * sum_i (exp(-w_i) CE_i + w_i)`` over SA, GLCA, PWCA (the branches' raw logits in
@@ -320,3 +258,49 @@ class DCAL(FGVCModel):
             SelectionStep(f"full rollout of blocks 1-{p} (T x T products) + top-{r}",
                           lambda: attention_rollout(maps[:p])[:, 0, prefix:].topk(r, -1), reference=True),
         ]
+
+
+# ------------------------------------------------------------------------------------------- recipes
+PAPER = "Zhu et al.: Dual Cross-Attention Learning for Fine-Grained Visual Categorization and Object Re-Identification, CVPR 2022, Table 1"
+
+
+def recipe_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str]]:
+    """DCAL has no official code: the paper's implementation details (448 px, FGVC); the rest fgvc's choice."""
+    model = dict(
+        drop_path_rate=0.1,  # fgvc's choice (the paper follows DeiT, whose recipe uses stochastic depth 0.1)
+        # fgvc's choice: the paper is silent; DeiT's pipeline (which it follows) and both official codes of the
+        # other methods normalize with the ImageNet statistics
+        backbone_kwargs=dict(
+            pretrained_cfg_overlay=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic")
+        ),
+    )
+    # paper: resized to 550 x 550, randomly cropped to 448 x 448; 224 px: S / 0.875 short side (fgvc's choice)
+    resize: Any = [550, 550] if size == 448 else int(size / 0.875)
+    data = dict(resize=resize, trivial_augment=False, random_erasing=0.0)
+    train = dict(
+        epochs=100,  # paper
+        batch_size=16,  # paper
+        optimizer="adamw",  # paper: Adam with weight decay 0.05 (decoupled, as DeiT's AdamW)
+        lr=5e-4,  # paper: lr 5e-4 / 512 x batch
+        lr_base_batch_size=512,
+        weight_decay=0.05,  # paper
+        label_smoothing=0.0,  # fgvc's choice (the paper mentions none)
+        grad_clip=None,  # fgvc's choice (the paper mentions none)
+    )  # cosine decay: paper; warmup (one epoch) and the final lr (1e-6): fgvc's defaults
+    notes = [
+        "DCAL paper (no official code): Adam with weight decay 0.05 (AdamW), lr 5e-4 / 512 x batch (batch 16),",
+        "cosine decay, 100 epochs, images resized to 550 x 550 and cropped to 448. fgvc's choice where the paper",
+        "is silent: warmup one epoch, stochastic depth 0.1, ImageNet mean / std, the 224 px resize (S / 0.875).",
+    ]
+    return model, data, train, notes
+
+
+RECIPES = MethodRecipes(
+    settings=recipe_settings,
+    expected={
+        ("cub", 448): (91.4, f"{PAPER} (ViT-B/16: 90.8 -> 91.4)"),
+        ("cars", 448): (93.4, f"{PAPER} (ViT-B/16: 92.5 -> 93.4)"),
+        ("aircraft", 448): (91.5, f"{PAPER} (ViT-B/16: 90.0 -> 91.5)"),
+    },
+    not_reported=lambda dataset, size: f"{PAPER}: reports 448 px only (CUB, Cars, Aircraft)",
+)

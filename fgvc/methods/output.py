@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -18,21 +19,29 @@ class ModelOutput:
     logits: (B, C) class scores used for prediction.
     embedding: (B, D) the image embedding (for retrieval and analysis), when the method has one.
     boxes: (B, 4) selected region as (x0, y0, x1, y1) input pixels, exclusive ends, for methods that crop.
-    similarity: (B, rows, cols) the selection map over patches, for methods that have one.
+    selection_map: (B, rows, cols) the map over patches the method selects with (GLSim's CLS-patch
+        similarity, DCAL's attention rollout), for methods that select; ``evaluate`` scores its peak
+        (the pointing game).
     extras: method-specific tensors that the method's own loss reads (never the training loop).
     """
 
     logits: Tensor
     embedding: Tensor | None = None
     boxes: Tensor | None = None
-    similarity: Tensor | None = None
+    selection_map: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def similarity(self) -> Tensor | None:
+        """Deprecated name of ``selection_map`` (read-only), kept so that code written for it still reads."""
+        warnings.warn("ModelOutput.similarity is deprecated: use ModelOutput.selection_map",
+                      DeprecationWarning, stacklevel=2)
+        return self.selection_map
 
     def __repr__(self) -> str:
         """Shapes, not values: ``ModelOutput(logits=(2, 10), embedding=(2, 64), extras={features: (2, 64)})``."""
-        parts = [f"{f}={shape_repr(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "similarity")]
+        parts = [f"{f}={shape_repr(getattr(self, f))}" for f in ("logits", "embedding", "boxes", "selection_map")]
         parts = [p for p in parts if not p.endswith("=None")]
         if self.extras:
             parts.append("extras={" + ", ".join(f"{k}: {shape_repr(v)}" for k, v in self.extras.items()) + "}")
         return "ModelOutput(" + ", ".join(parts) + ")"
-

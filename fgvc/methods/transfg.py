@@ -45,6 +45,7 @@ Outputs: ``logits``, ``embedding`` (the pooled feature, also ``extras["features"
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.blocks import ProbsRequest, block_forward, check_timm_block, gather_tokens
-from .base import FGVCModel, ModelOutput, register_model
+from .base import FGVCModel, ModelOutput, create_model, register_model
+from .declare import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VIT_HEADS_BY_WIDTH,
+    MethodRecipes,
+    OfficialFormat,
+    block_count,
+    strip_prefixes,
+)
 from .explain import (
     Explanation,
     GridMap,
@@ -64,7 +74,10 @@ from .explain import (
     scatter_to_grid,
 )
 
-__all__ = ["TransFG", "contrastive_loss", "part_selection", "reset_block_official", "set_official_dropout"]
+__all__ = [
+    "TransFG", "contrastive_loss", "convert_transfg_official", "part_selection", "reset_block_official",
+    "set_official_dropout",
+]
 
 
 def part_selection(attentions: Sequence[Tensor], num_prefix_tokens: int = 1, class_token: bool = True) -> Tensor:
@@ -193,7 +206,7 @@ class TransFG(FGVCModel):
             tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest(), **rope)
             maps.append(probs)
         parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
-        prefix_tokens, patches = bb.split_tokens(tokens)  # (B, prefix, D), (B, N, D)
+        prefix_tokens, patches = bb.patch_grid.split(tokens)  # (B, prefix, D), (B, N, D)
         seq = torch.cat([prefix_tokens, gather_tokens(patches, parts)], dim=1)  # (B, prefix + H, D)
         if rope:  # each part keeps its patch's rotary embedding: (B, 1, H parts, 2 hd)
             rope = dict(rope=rope["rope"][parts][:, None])
@@ -249,3 +262,170 @@ class TransFG(FGVCModel):
             SelectionStep(f"part selection of blocks 1-{depth - 1} (CLS row)", lambda: part_selection(part_maps, prefix)),
             SelectionStep(f"official full product of blocks 1-{depth - 1} (T x T)", full_product, reference=True),
         ]
+
+
+# ------------------------------------------------------------------------- the official code's checkpoints
+# ``transfg-official``: ``torch.save`` of ``TACJu/TransFG``'s ``train.py::save_model``: ``{"model": state dict}``
+# (plus ``"amp"`` with ``--fp16``: apex O2 half-precision weights, converted to float32), keys
+# ``transformer.embeddings.patch_embeddings.weight``, ``transformer.encoder.layer.0.attn.query.weight``, ...,
+# ``transformer.encoder.part_layer``, ``part_norm``, ``part_head``. No config is stored: the width, depth and
+# MLP size come from the shapes, the heads from the ViT family of that width (ViT-B: 12), and the image size
+# and patch stride from the number of position embeddings (``--split overlap --slide_step 12`` at 448 px:
+# 37 x 37 patches; non-overlapping 16 px patches: 28 x 28).
+# The official TransFG's strides (--slide_step, default 12) and the image sizes tried, in that order, when
+# inferring (image size, stride) from the position embeddings: the first pair giving that grid wins.
+TRANSFG_STRIDES = (12,)
+TRANSFG_SIZES = (448, 224, 384, 512, 336, 320, 288, 256, 600)
+
+
+def _transfg_geometry(side: int, patch: int, img_size: int | None, patch_stride: int | None) -> tuple[int, int]:
+    """(image size, stride) whose grid is ``side`` x ``side``: given, or inferred as the module docstring says."""
+    strides = [patch_stride] if patch_stride else [*TRANSFG_STRIDES, patch]
+    sizes = [img_size] if img_size else list(TRANSFG_SIZES)
+    for size in sizes:
+        for stride in strides:
+            if (size - patch) // stride + 1 == side:
+                return size, stride
+    raise ValueError(
+        f"cannot tell the image size and patch stride of a {side}x{side} grid of {patch} px patches; pass "
+        f"img_size= and patch_stride= to fgvc.methods.transfg.convert_transfg_official"
+    )
+
+
+def _transfg_block(state: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    """One official TransFG ``Block`` (query / key / value / out, attention_norm, ffn_norm) as a timm ``Block``."""
+    out = {
+        f"{dst}attn.qkv.weight": torch.cat([state[f"{src}attn.{n}.weight"] for n in ("query", "key", "value")]),
+        f"{dst}attn.qkv.bias": torch.cat([state[f"{src}attn.{n}.bias"] for n in ("query", "key", "value")]),
+    }
+    for a, b in (("attn.out", "attn.proj"), ("attention_norm", "norm1"), ("ffn_norm", "norm2"),
+                 ("ffn.fc1", "mlp.fc1"), ("ffn.fc2", "mlp.fc2")):
+        out[f"{dst}{b}.weight"] = state[f"{src}{a}.weight"]
+        out[f"{dst}{b}.bias"] = state[f"{src}{a}.bias"]
+    return out
+
+
+def convert_transfg_official(
+    obj: dict[str, Any], *, img_size: int | None = None, patch_stride: int | None = None
+) -> FGVCModel:
+    """An official TransFG checkpoint, already loaded, as an fgvc ``transfg`` model (float32)."""
+    state = strip_prefixes(dict(obj["model"] if isinstance(obj.get("model"), dict) else obj), "module.")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # apex O2: fp16 weights
+    emb = "transformer.embeddings."
+    conv = state[f"{emb}patch_embeddings.weight"]  # (D, 3, P, P)
+    dim, patch = conv.shape[0], conv.shape[-1]
+    layers = block_count(state, "transformer.encoder.layer.")  # the first L-1 blocks
+    mlp = state["transformer.encoder.layer.0.ffn.fc1.weight"].shape[0]
+    heads = VIT_HEADS_BY_WIDTH.get(dim, max(dim // 64, 1))
+    tokens = state[f"{emb}position_embeddings"].shape[1] - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} position embeddings are not a square grid")
+    size, stride = _transfg_geometry(side, patch, img_size, patch_stride)
+    mapped: dict[str, Tensor] = {
+        "backbone.vit.patch_embed.proj.weight": conv,
+        "backbone.vit.patch_embed.proj.bias": state[f"{emb}patch_embeddings.bias"],
+        "backbone.vit.cls_token": state[f"{emb}cls_token"],
+        "backbone.vit.pos_embed": state[f"{emb}position_embeddings"],
+        "backbone.vit.norm.weight": state["transformer.encoder.part_norm.weight"],
+        "backbone.vit.norm.bias": state["transformer.encoder.part_norm.bias"],
+        "head.weight": state["part_head.weight"],
+        "head.bias": state["part_head.bias"],
+    }
+    for i in range(layers):
+        mapped.update(_transfg_block(state, f"transformer.encoder.layer.{i}.", f"backbone.vit.blocks.{i}."))
+    mapped.update(_transfg_block(state, "transformer.encoder.part_layer.", f"backbone.vit.blocks.{layers}."))
+    model = create_model(
+        "transfg",
+        backbone="vit_base_patch16_224",
+        num_classes=state["part_head.weight"].shape[0],
+        img_size=size,
+        patch_stride=None if stride == patch else stride,
+        backbone_kwargs=dict(patch_size=patch, embed_dim=dim, depth=layers + 1, num_heads=heads, mlp_ratio=mlp / dim),
+    )
+    used = {f"{emb}patch_embeddings.weight", f"{emb}patch_embeddings.bias", f"{emb}cls_token",
+            f"{emb}position_embeddings", "transformer.encoder.part_norm.weight", "transformer.encoder.part_norm.bias",
+            "part_head.weight", "part_head.bias"}
+    used |= {k for k in state if k.startswith(("transformer.encoder.layer.", "transformer.encoder.part_layer."))}
+    unknown = set(state) - used
+    if unknown:
+        raise ValueError(f"official TransFG checkpoint has weights fgvc does not know: {sorted(unknown)[:5]}")
+    model.load_state_dict(mapped, strict=True)
+    return model
+
+
+OFFICIAL_FORMAT = OfficialFormat(
+    name="transfg-official",
+    description="the official TransFG train.py's ('model': transformer.embeddings... keys)",
+    keys=("transformer.embeddings.",),
+    convert=convert_transfg_official,
+)
+
+
+# ------------------------------------------------------------------------------------------- recipes
+PAPER = "He et al.: TransFG: A Transformer Architecture for Fine-Grained Recognition, AAAI 2022"
+
+
+def recipe_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str]]:
+    """TransFG, from TACJu/TransFG (README.md:51: train.py --dataset ... --split overlap --num_steps 10000 --fp16)."""
+    r = 600 if size == 448 else 300  # 448 px: Resize((600, 600)) (utils/data_utils.py:21); 224 px: fgvc's choice
+    model = dict(
+        patch_stride=12,  # --split overlap (README.md:51), slide_step 12 (train.py:356-358, models/modeling.py:151-156)
+        part_block_init="random",  # the part layer is not loaded from the npz (models/modeling.py:348-351)
+        # dropout_rate 0.1 (models/configs.py:30) on the embeddings (modeling.py:160, 174) and in every Mlp
+        # (modeling.py:118, 131, 133); attention_dropout_rate 0.0 (configs.py:29)
+        dropout=0.1,
+        # position embeddings resampled to the overlapping grid: ndimage.zoom(order=1) (models/modeling.py, load_from)
+        pos_embed_interpolation="scipy_zoom",
+        backbone_kwargs=dict(
+            pretrained_cfg_overlay=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
+        ),  # Normalize(ImageNet) and Image.BILINEAR (utils/data_utils.py:21-29, 38-43, 50-53, 78-86)
+    )
+    data = dict(
+        resize=[r, r],  # square Resize((600, 600)) then RandomCrop / CenterCrop 448 (utils/data_utils.py:21-29)
+        # AutoAugImageNetPolicy on Cars only (utils/data_utils.py:41; CUB :21-25 and NABirds :78-82 have none).
+        # fgvc uses torchvision's AutoAugment with the ImageNet policy (the official copies DeepVoltaire's).
+        auto_augment=dataset == "cars",
+        trivial_augment=False,
+        random_erasing=0.0,
+    )
+    train = dict(
+        steps=10000,  # num_steps 10000 (train.py:328); fgvc rounds up to whole epochs
+        batch_size=16,  # train_batch_size 16 (train.py:316; the paper: batch size 16)
+        optimizer="momentum",  # torch.optim.SGD(momentum=0.9), no Nesterov (train.py:180-183): timm's "momentum"
+        momentum=0.9,
+        lr=0.03,  # learning_rate 3e-2 (train.py:324)
+        weight_decay=0.0,  # train.py:326
+        warmup_steps=500,  # train.py:332
+        min_lr=0.0,  # WarmupCosineSchedule decays to 0 (train.py:185-186, utils/scheduler.py:46-63)
+        label_smoothing=0.0,  # smoothing_value 0.0 (train.py:353)
+        grad_clip=1.0,  # max_grad_norm 1.0 (train.py:334, 253-255)
+    )
+    aug = " + AutoAugment (ImageNet policy)" if dataset == "cars" else ""
+    notes = [
+        f"TransFG, official code (TACJu/TransFG): square resize {r} x {r} then crop {size}, bilinear, ImageNet",
+        f"mean / std, flip{aug}, overlapping patches (stride 12), dropout 0.1, plain SGD (no Nesterov)",
+        "momentum 0.9, lr 0.03, batch 16, 10k steps (rounded up to whole epochs), 500 warmup steps, cosine to 0,",
+        "weight decay 0, gradient clipping 1.0, cross-entropy + contrastive loss (cross-entropy alone at",
+        "evaluation).",
+    ]
+    if size == 224:
+        notes.append("224 px: the paper reports 448 px only; the resize is scaled alike (300 x 300): fgvc's choice.")
+    if dataset == "aircraft":
+        notes.append("FGVC-Aircraft: no official setting (not in the paper or code); CUB's pipeline: fgvc's choice.")
+    return model, data, train, notes
+
+
+RECIPES = MethodRecipes(
+    settings=recipe_settings,
+    expected={
+        ("cub", 448): (
+            91.7,
+            f"{PAPER} (CUB-200-2011, 448 px). Users of the official code report 90.8-91.2 (90.8 without, 91.0-91.2 "
+            "with overlapping patches) in github.com/TACJu/TransFG issues #2, #14 and #30",
+        ),
+        ("cars", 448): (94.8, f"{PAPER} (Stanford Cars, 448 px)"),
+        ("nabirds", 448): (90.8, f"{PAPER} (NABirds, 448 px)"),
+    },
+    not_reported=lambda dataset, size: f"{PAPER}: reports 448 px only (CUB, Cars, Dogs, NABirds, iNat2017)",
+)

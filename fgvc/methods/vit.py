@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .base import FGVCModel, ModelOutput, register_model
+from .declare import MethodRecipes
 
 
 @register_model("vit")
@@ -33,3 +34,19 @@ class ViT(FGVCModel):
         tokens = self.backbone(x).tokens  # (B, T, D)
         feature = self.backbone.pool(tokens)  # (B, D)
         return ModelOutput(logits=self.head(feature), embedding=feature)
+
+
+# ------------------------------------------------------------------------------------------- recipes
+DCAL_PAPER = "Zhu et al.: Dual Cross-Attention Learning for Fine-Grained Visual Categorization and Object Re-Identification, CVPR 2022, Table 1"
+_DCAL_BASELINE = f"{DCAL_PAPER}, its ViT-B/16 baseline (trained with DCAL's settings, which this recipe uses)"
+
+RECIPES = MethodRecipes(
+    settings_of="dcal",
+    notes=("Plain ViT baseline, trained with DCAL's settings (the baseline DCAL's table reports).",),
+    expected={
+        ("cub", 448): (90.8, _DCAL_BASELINE),
+        ("cars", 448): (92.5, _DCAL_BASELINE),
+        ("aircraft", 448): (90.0, _DCAL_BASELINE),
+    },
+    not_reported=lambda dataset, size: "no paper number for this plain ViT-B/16 setting at this size / on this dataset",
+)

@@ -44,7 +44,7 @@ from ..io import (
     tensor_checksum,
     write_safetensors,
 )
-from ..methods.base import FGVCModel, create_model, list_models, model_options
+from ..methods.base import FGVCModel, UnknownMethodError, create_model, list_models, model_options
 from ..version import __version__
 
 __all__ = [
@@ -279,8 +279,8 @@ def _rebuild_arguments(path: str | os.PathLike, meta: dict[str, Any]) -> dict[st
 
     method = meta["method"]
     if method not in list_models():
-        raise ValueError(f"{path}: the checkpoint holds a {method!r} model, which fgvc does not know; available: "
-                         f"{', '.join(list_models())}")
+        raise UnknownMethodError(f"{path}: the checkpoint holds a {method!r} model, which fgvc does not know; "
+                                 f"available: {', '.join(list_models())}", str(method))
     _check_backbone_name(path, meta["backbone"])
     if not positive_int(meta["num_classes"]):
         raise bad("num_classes", "a positive int")

@@ -1,12 +1,12 @@
 """What is built on the engine: ``recipe`` (the paper recipes, ``fgvc train`` / ``fgvc eval``), ``demo``,
-``pretrain`` (the shipped backbone), ``profile`` and ``memory`` (``fgvc benchmark``), ``report`` (result
+``pretrain`` (the shipped backbone), ``benchmark`` and ``memory`` (``fgvc benchmark``), ``report`` (result
 tables, the evaluation report and prediction maps), ``notebook`` (what the notebooks need).
 
 The recipes themselves are YAML files in ``fgvc/recipes/``.
 """
 
-from .profile import ProfileResult
+from .benchmark import BenchmarkResult
 from .recipe import RecipeResult, list_recipes, load_recipe, train_recipe
 from .report import save_evaluation
 
-__all__ = ["ProfileResult", "RecipeResult", "list_recipes", "load_recipe", "save_evaluation", "train_recipe"]
+__all__ = ["BenchmarkResult", "RecipeResult", "list_recipes", "load_recipe", "save_evaluation", "train_recipe"]

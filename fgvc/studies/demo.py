@@ -14,11 +14,14 @@ detail; and ``hard=True``, a 7 px detail on the same 128 px image (smaller than 
 legible pixels), the fine-grained regime in which reading a magnified crop should pay.
 
 Reproducible: a fixed thread count (``threads``), deterministic algorithms and seeded everything, so a given
-seed prints the same numbers on every run of the same machine type and torch version.
+seed prints the same numbers on every run of the same machine type and torch version. The methods are
+independent runs: with ``workers`` > 1 they train side by side in spawned processes, each at the same
+``threads``, so the table does not depend on how many run at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -27,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 import torch
@@ -36,39 +39,64 @@ from ..data import synthetic_splits
 from ..engine.evaluate import evaluate
 from ..engine.train import fit, reproducible, seed_everything
 from ..methods.base import create_model, list_models, method_variants, resolve_method
+from ..settings import Settings, TrainConfig, at_least, flag, like, option, text
 from ..storage.checkpoint import load_model
+from ..version import __version__
 
-__all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "format_table", "run_demo", "summarize_seeds"]
+__all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "demo_settings", "format_table", "run_demo", "summarize_seeds"]
+
+
+def _method_names(name: str, value: Any) -> None:
+    """Methods of ``fgvc.list_models()`` or their named variants (``method_variants``), at least one."""
+    variants = method_variants()  # named option sets of a method, e.g. ``glsim_top2``
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name} must be a list of method names, got {value!r}")
+    unknown = [m for m in value if m not in list_models() and m not in variants]
+    if unknown or not value:
+        raise ValueError(f"unknown {name} {unknown}; available: {', '.join(list_models())}; "
+                         f"variants: {', '.join(variants)}")
 
 
 @dataclass(frozen=True)
-class DemoSettings:
-    """Everything the demo trains with (one place, printed with the results)."""
+class DemoSettings(Settings):
+    """Everything the demo trains with (one place, printed with the results; ``fgvc demo`` has a flag for
+    each). The training options mean what ``fgvc.TrainConfig``'s of the same name mean, checked alike."""
 
-    #: GLSim twice: as published (top-8 patches, the box's last row and column dropped) and with the box's last
-    #: row and column kept (``glsim_inclusive``), whose crop covers the detail (the README gives the arithmetic).
-    #: TransFG without dropout: the official 0.1 matches the pretraining of Google's ViT, and fgvc's backbone was
-    #: pretrained without it (the official setting: 69.0 % top-1 against 76.3 %, seed 0).
-    methods: tuple[str, ...] = ("vit", "glsim", "glsim_inclusive", "dcal", "transfg_nodropout")
-    backbone: str = "fgvc_synth_vit_tiny"
-    pretrained: bool = True
-    img_size: int = 128
-    detail_px: int = 31  # side of the detail in pixels at img_size
-    num_classes: int = 10
-    num_distractors: int = 4
-    train: int = 2000
-    val: int = 300
-    test: int = 1000
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 1e-3  # the layers each method adds (heads, aggregator, GLCA, TransFG's part block)
-    weight_decay: float = 0.05
-    # The pretrained backbone at 1e-7, nearly frozen: the new layers learn on the selection pretraining taught.
-    # (fgvc trained it at lr x scale^2 until a fix: 0.01 ran as 1e-4 does now, and every figure was measured so.
-    # At 1e-5, 0.01, the demo's top-1 rises a little and GLSim's pointing game drops a little: see the README.)
-    backbone_lr_scale: float = 1e-4
-    seed: int = 0
-    threads: int = 2
+    section: ClassVar[str] = "demo"
+
+    #: The four methods; GLSim as published (top-8 patches, the box's last row and column dropped). TransFG
+    #: without dropout: the official 0.1 matches the pretraining of Google's ViT, and fgvc's backbone was
+    #: pretrained without it (docs/results.md compares the two). The variants, such as ``glsim_inclusive``
+    #: (the box's last row and column kept, so that its crop covers the detail), run with ``--methods``.
+    methods: tuple[str, ...] = option(("vit", "glsim", "dcal", "transfg_nodropout"),
+                                      _method_names, "methods or variants such as glsim_top2 (fgvc list methods)")
+    backbone: str = option("fgvc_synth_vit_tiny", text("fgvc_synth_vit_tiny"), "the backbone fine-tuned")
+    pretrained: bool = option(True, flag(), "start from the backbone's pretrained weights")
+    img_size: int = option(128, at_least(16), "image side in pixels")
+    detail_px: int = option(31, at_least(1), "side of the class-deciding detail in pixels at img_size")
+    num_classes: int = option(10, at_least(2), "classes")
+    num_distractors: int = option(4, at_least(0), "distractor shapes per image")
+    train: int = option(1500, at_least(1), "training images")
+    val: int = option(300, at_least(1), "validation images (the checkpoint is chosen on them)")
+    test: int = option(1000, at_least(1), "test images")
+    epochs: int = like(TrainConfig, "epochs", 2)
+    batch_size: int = like(TrainConfig, "batch_size", 32)
+    lr: float = like(TrainConfig, "lr", 1e-3, help="learning rate of the layers each method adds (heads, "
+                     "aggregator, GLCA, TransFG's part block)")
+    weight_decay: float = like(TrainConfig, "weight_decay", 0.05)
+    #: The pretrained backbone at 1e-7, nearly frozen: the new layers learn on the selection pretraining
+    #: taught (docs/results.md: "The backbone's rate").
+    backbone_lr_scale: float = like(TrainConfig, "backbone_lr_scale", 1e-4)
+    seed: int = like(TrainConfig, "seed", 0)
+    threads: int = option(2, at_least(1), "CPU threads (fixed, so that the numbers repeat on the same machine)")
+
+    def fit_options(self) -> dict[str, Any]:
+        """The settings that are ``fgvc.fit`` options (``TrainConfig``'s names): a recipe's ``train`` section."""
+        return {name: getattr(self, name) for name in self.names() if name in TrainConfig.names()}
+
+    def model_options(self) -> dict[str, Any]:
+        """The settings that are ``fgvc.create_model`` options: a recipe's ``model`` section, less the method."""
+        return dict(backbone=self.backbone, pretrained=self.pretrained, img_size=self.img_size)
 
     @property
     def detail_fraction(self) -> float:
@@ -91,7 +119,14 @@ FULL = DemoSettings()
 QUICK = replace(FULL, train=600, val=100, test=300, epochs=1)
 #: A 7 px detail: GLSim also with fgvc's compact-box variant (top-2 patches), since the default top-8 box of a
 #: detail one or two patches wide is mostly background and the crop is hardly magnified.
-HARD = replace(FULL, detail_px=7, methods=("vit", "glsim", "glsim_top2", "dcal", "transfg"))
+HARD = replace(FULL, train=2000, detail_px=7, methods=("vit", "glsim", "glsim_top2", "dcal", "transfg"))
+
+
+def demo_settings(*, quick: bool = False, hard: bool = False, base: DemoSettings | None = None) -> DemoSettings:
+    """The settings ``run_demo`` trains with: ``base`` (default ``HARD`` or ``FULL``), with ``QUICK``'s data
+    sizes and epochs when ``quick``."""
+    s = base or (HARD if hard else FULL)
+    return replace(s, train=QUICK.train, val=QUICK.val, test=QUICK.test, epochs=QUICK.epochs) if quick else s
 
 
 def run_demo(
@@ -105,6 +140,7 @@ def run_demo(
     device: str | None = None,
     progress: bool = True,
     backbone_lr_scale: float | None = None,
+    workers: int | None = 1,
 ) -> list[dict[str, Any]]:
     """Fine-tune and compare the demo's methods; writes checkpoints, ``results.md``/``.json`` and a figure.
 
@@ -115,18 +151,15 @@ def run_demo(
     ``glsim_top2``: ``fgvc.methods.base.method_variants()``); ``seeds`` runs every method
     once per seed (data and training both follow the seed) and adds a mean +- std table.
     ``backbone_lr_scale`` overrides the settings' (the pretrained backbone's rate over the new layers').
+    ``workers``: how many methods train at once, each in a spawned process at the settings' ``threads`` (the
+    same numbers as one at a time); ``None`` picks one per ``threads`` CPU cores on the CPU and 1 on a GPU.
+    A script that calls this with several workers needs the ``if __name__ == "__main__":`` guard that
+    spawned processes need.
     """
-    s = settings or (HARD if hard else FULL)
+    s = demo_settings(quick=quick, hard=hard, base=settings)
     if backbone_lr_scale is not None:
         s = replace(s, backbone_lr_scale=float(backbone_lr_scale))
-    if quick:
-        s = replace(s, train=QUICK.train, val=QUICK.val, test=QUICK.test, epochs=QUICK.epochs)
     if methods is not None:
-        variants = method_variants()  # named option sets of a method, e.g. ``glsim_top2``
-        unknown = [m for m in methods if m not in list_models() and m not in variants]
-        if unknown or not methods:
-            raise ValueError(f"unknown demo methods {unknown}; available: {', '.join(list_models())}; "
-                             f"variants: {', '.join(variants)}")
         s = replace(s, methods=tuple(methods))
     seeds = [s.seed] if seeds is None else [int(x) for x in seeds]
     out = Path(out_dir)
@@ -139,17 +172,21 @@ def run_demo(
         f"seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(map(str, seeds))}; writing to {out}/"
     )
-    rows: list[dict[str, Any]] = []
+    runs = {seed: (replace(s, seed=seed), out if len(seeds) == 1 else out / f"seed{seed}") for seed in seeds}
+    jobs = [(method, run, run_dir) for run, run_dir in runs.values() for method in run.methods]
+    workers = _count_workers(workers, len(jobs), s.threads, device)
     with reproducible(s.threads):
-        for seed in seeds:
-            run = replace(s, seed=seed)
-            data = run.splits()
-            models = {}
-            run_dir = out if len(seeds) == 1 else out / f"seed{seed}"
-            for method in run.methods:
-                row, models[method] = _train_one(method, run, data, run_dir, device, progress)
-                rows.append(row)
-                print(format_table(rows[-1:], header=rows[-1] is rows[0]), flush=True)
+        rows = [] if workers == 1 else _train_in_workers(jobs, device, workers)
+        for run, run_dir in runs.values():
+            if workers == 1:  # one method after another in this process, on splits drawn once per seed
+                data, models = run.splits(), {}
+                for method in run.methods:
+                    row, models[method] = _train_one(method, run, data, run_dir, device, progress)
+                    rows.append(row)
+                    print(format_table([row], header=len(rows) == 1), flush=True)
+            else:
+                data = {"test": run.splits()["test"]}
+                models = {method: _load_best(run_dir, method, device) for method in run.methods}
             figure = run_dir / "where_they_look.png"
             save_looks_figure(models, data["test"], figure)
             print(f"figure: {figure} (where each method looks on the same test images; green: the true detail)")
@@ -160,13 +197,66 @@ def run_demo(
     print("\n" + text)
     (out / "results.md").write_text(text + "\n")
     versions = dict(
-        fgvc=_version(), torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
+        fgvc=__version__, torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         machine=platform.machine(), threads=s.threads,
     )
     (out / "results.json").write_text(
-        json.dumps(dict(settings=asdict(s), seeds=seeds, versions=versions, results=rows), indent=2)
+        json.dumps(dict(settings=asdict(s), seeds=seeds, versions=versions, workers=workers, results=rows),
+                   indent=2)
     )
     return rows
+
+
+def _count_workers(workers: int | None, jobs: int, threads: int, device: str | None) -> int:
+    """The number of processes to train in: ``workers``, or (``None``) one per ``threads`` usable CPU cores,
+    1 on a GPU; never more than there are runs."""
+    if workers is None:
+        on_gpu = torch.device(device).type != "cpu" if device else torch.cuda.is_available()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = 1 if on_gpu else cores // max(1, threads)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    return max(1, min(workers, jobs))
+
+
+Job = tuple[str, DemoSettings, Path]  # (method, settings with the run's seed, the run's folder)
+
+
+def _train_in_workers(jobs: list[Job], device: str | None, workers: int) -> list[dict[str, Any]]:
+    """The runs in ``workers`` spawned processes, each row printed as it finishes; the rows in ``jobs``'
+    order."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from ..methods.plugins import import_plugins, plugin_modules
+
+    rows: list[dict[str, Any] | None] = [None] * len(jobs)
+    plugins = plugin_modules(resolve_method(method)[0] for method, _, _ in jobs)  # a spawned worker imports them
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=import_plugins,
+                             initargs=(plugins,)) as pool:
+        futures = {pool.submit(_train_in_worker, *job, device): i for i, job in enumerate(jobs)}
+        for done, future in enumerate(as_completed(futures)):
+            rows[futures[future]] = row = future.result()
+            print(format_table([row], header=done == 0), flush=True)
+    return rows  # type: ignore[return-value]
+
+
+def _train_in_worker(method: str, run: DemoSettings, run_dir: Path, device: str | None) -> dict[str, Any]:
+    """One run in a worker process, at the settings' thread count (no progress bars: the runs print side by
+    side)."""
+    with reproducible(run.threads):
+        return _train_one(method, run, _worker_splits(run), run_dir, device, progress=False)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_splits(s: DemoSettings) -> dict[str, Any]:
+    """``s.splits()`` once per worker process for the runs it trains on them (the images are cached as drawn);
+    the worker's cache goes with the worker."""
+    return s.splits()
+
+
+def _load_best(run_dir: Path, method: str, device: str | None) -> Any:
+    return load_model(run_dir / method / "best.safetensors", device=device or "cpu")
 
 
 def _train_one(
@@ -174,28 +264,20 @@ def _train_one(
 ) -> tuple[dict[str, Any], Any]:
     seed_everything(s.seed)  # the new layers' initialisation does not depend on what ran before
     registered, options = resolve_method(method)  # a variant is a method with named options
-    model = create_model(
-        registered, backbone=s.backbone, pretrained=s.pretrained, num_classes=s.num_classes, img_size=s.img_size,
-        **options,
-    )
+    model = create_model(registered, num_classes=s.num_classes, **s.model_options(), **options)
     start = time.perf_counter()
     fit(
         model,
         data["train"],
         data["val"],
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        weight_decay=s.weight_decay,
-        backbone_lr_scale=s.backbone_lr_scale,
-        seed=s.seed,
+        **s.fit_options(),
         device=device,
         out_dir=out / method,
         progress=progress,
         overwrite=True,  # the demo's own folder: a new demo replaces the method's earlier run there
     )
     train_seconds = time.perf_counter() - start
-    best = load_model(out / method / "best.safetensors", device=device or "cpu")
+    best = _load_best(out, method, device)
     result = evaluate(best, data["test"])
     row = dict(
         method=method,
@@ -249,59 +331,72 @@ def summarize_seeds(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _version() -> str:
-    from ..version import __version__
+def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike, n: int = 6) -> None:
+    """Write ``looks_figure(models, data, n)`` to ``path`` (PNG)."""
+    fig = looks_figure(models, data, n)
+    import matplotlib.pyplot as plt
 
-    return __version__
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 @torch.no_grad()
-def save_looks_figure(models: dict[str, Any], data: Any, path: str | os.PathLike, n: int = 6) -> None:
-    """Rows: methods; columns: the same test images. Each panel (``fgvc.viz.overlay_map``): the image in grey
-    under the map the method selects with (its ``similarity`` output: GLSim's CLS-patch similarity, DCAL's
-    rollout) or, for methods without one, its attention rollout, normalised per panel; the true detail box in
-    green, the model's crop box in blue (methods whose output has ``boxes``), and the prediction in the title
-    (green when right, red when wrong)."""
+def looks_figure(models: dict[str, Any], data: Any, n: int = 6) -> Any:
+    """Where each method looks, as a matplotlib Figure.
+
+    Rows: the same ``n`` test images. First column: the image in colour (its colour decides the class, so the
+    reader must see it), its true class and the true detail box in green. Then one column per method
+    (``fgvc.viz.overlay_map``): the map the method selects with (its ``selection_map`` output: GLSim's CLS-patch
+    similarity, DCAL's rollout) or, for methods without one, its attention rollout, normalised per panel, over
+    a grey copy of the image; the true detail box in green, the model's crop box in blue (methods whose output
+    has ``boxes``) and the prediction below (green when right, red when wrong)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from ..viz import attention_maps, denormalize, overlay_map
-    from ..viz.core import heat_colorbar
+    from ..viz.core import TRUE_COLOR, draw_box, heat_colorbar
 
     images = torch.stack([data[i][0] for i in range(n)])
     targets = [data[i][1] for i in range(n)]
     names = list(data.classes)
-    fig, axes = plt.subplots(len(models), n, figsize=(1.9 * n + 1.0, 2.1 * len(models)), squeeze=False)
+    first = next(iter(models.values()))
+    rgb = denormalize(images, first.data_config["mean"], first.data_config["std"])  # (n, H, W, 3) in [0, 1]
+    h, w = first.img_size
+    gt = (data.input_boxes[:n] * torch.tensor([w, h, w, h])).tolist()
+    cols = 1 + len(models)
+    fig, axes = plt.subplots(n, cols, figsize=(1.75 * cols + 0.9, 1.95 * n + 0.5), squeeze=False)
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(rgb[i])
+        draw_box(ax, gt[i], TRUE_COLOR)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"true: {names[targets[i]]}", fontsize=7.5)
+    axes[0, 0].set_title("test image\n(in colour)", fontsize=8)
     croppers = []  # the methods that crop a box (drawn in blue)
-    for row, (method, model) in enumerate(models.items()):
+    for col, (method, model) in enumerate(models.items(), start=1):
         model.eval()
         maps = attention_maps(model, images)
         if maps.output.boxes is not None:
-            croppers.append(method)  # the row's label: variants of one method stay apart
-        selects = maps.output.similarity is not None  # GLSim's similarity, DCAL's rollout
-        heat = maps.output.similarity if selects else maps.get("rollout")
+            croppers.append(method)  # the column's label: variants of one method stay apart
+        selects = maps.output.selection_map is not None  # GLSim's similarity, DCAL's rollout
+        heat = maps.output.selection_map if selects else maps.get("rollout")
         label = "CLS-patch similarity" if "similarity" in maps.kinds else "attention rollout"
         preds = maps.output.logits.argmax(-1).tolist()
-        rgb = denormalize(images, model.data_config["mean"], model.data_config["std"])  # (n, H, W, 3)
-        h, w = model.img_size
-        gt = data.input_boxes[:n] * torch.tensor([w, h, w, h])
-        for col in range(n):
-            ok = preds[col] == targets[col]
+        for i in range(n):
+            ax = axes[i, col]
             overlay_map(
-                rgb[col], heat[col], ax=axes[row, col], patch_size=model.backbone.patch_size, colorbar=False,
-                true_box=gt[col].tolist(),
-                model_box=None if maps.output.boxes is None else maps.output.boxes[col].tolist(),
+                rgb[i], heat[i], ax=ax, patch_size=model.backbone.patch_size, colorbar=False, true_box=gt[i],
+                model_box=None if maps.output.boxes is None else maps.output.boxes[i].tolist(),
             )
-            axes[row, col].set_title(
-                f"{names[preds[col]]}" + ("" if ok else f"\n(true {names[targets[col]]})"),
-                fontsize=7.5, color="green" if ok else "red",
-            )
-        axes[row, 0].set_ylabel(f"{method}\n{label}", fontsize=8)
+            ok = preds[i] == targets[i]
+            ax.set_xlabel(names[preds[i]], fontsize=7.5, color="green" if ok else "red")
+        axes[0, col].set_title(f"{method}\n{label}", fontsize=8)
     boxes = f"; blue: the crop box of {', '.join(croppers)}" if croppers else ""
-    fig.suptitle(f"Where each method looks (green: true detail{boxes})", fontsize=9)
+    fig.suptitle(f"Where each method looks (green: true detail{boxes}; below each map: its prediction, "
+                 "green when right, red when wrong)", fontsize=8.5)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     heat_colorbar(fig, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -85,20 +85,21 @@ def recipe_for_here(
 
 
 def _synthetic_overrides(smoke: bool) -> dict[str, Any]:
-    """Recipe overrides that fine-tune from the shipped synthetic backbone on synthetic data, with
-    ``fgvc.studies.demo.FULL``'s model, schedule and data (``smoke``: a few images, one epoch)."""
+    """Recipe overrides that fine-tune from the shipped synthetic backbone on synthetic data with
+    ``fgvc.studies.demo.FULL``'s settings (``smoke``: a few images, one epoch): its model and fit options
+    under their recipe keys, the recipe's own paper settings (SGD, warmup, batch-scaled lr, steps, resize,
+    stochastic depth) switched off."""
     from dataclasses import replace
 
     from .demo import FULL
 
     run = replace(FULL, train=64, val=32, test=32, epochs=1) if smoke else FULL
+    fit_options = {k: v for k, v in run.fit_options().items() if k != "seed"}  # the recipe's seeds say which
     return {
-        "model.backbone": run.backbone, "model.pretrained": run.pretrained, "model.img_size": run.img_size,
+        **{f"model.{k}": v for k, v in run.model_options().items()},
         "model.drop_path_rate": 0.0, "model.backbone_kwargs": {},  # the shipped weights' own mean and std
-        "train.epochs": run.epochs, "train.batch_size": run.batch_size,
-        "train.optimizer": "adamw", "train.lr": run.lr, "train.weight_decay": run.weight_decay,
-        "train.backbone_lr_scale": run.backbone_lr_scale, "train.warmup_steps": None,
-        "train.lr_base_batch_size": None, "train.steps": None,
+        **{f"train.{k}": v for k, v in fit_options.items()},
+        "train.optimizer": "adamw", "train.warmup_steps": None, "train.lr_base_batch_size": None, "train.steps": None,
         "data.dataset": "synthetic", "data.resize": None,
         "data.options": {k: v for k, v in run.data_options().items() if k != "image_size"},  # drawn at img_size
     }

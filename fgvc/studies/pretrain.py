@@ -8,10 +8,9 @@ download (``fgvc demo``).
 **Why a classifier alone is not enough.** A small ViT trained only with cross-entropy on its CLS token can
 learn the task while its *final* patch tokens stay unsupervised: nothing asks them to resemble the CLS token,
 and their cosine similarity with it is set by whatever the last block leaves in them (positions, colours).
-GLSim fine-tuned from the previous demo's from-scratch ViT (64 px, 10 px detail) put the peak of that
-similarity inside the detail for 2.3 % of test images, about chance for a detail covering 2.5 % of the
-image, while the rollout of the same backbone found it for 71 %. GLSim's selection reads exactly that similarity, so it needs a backbone in
-which the CLS token and the patches it draws on agree.
+GLSim's selection reads exactly that similarity, so it needs a backbone in which the CLS token and the
+patches it draws on agree; DCAL's and TransFG's read the attention rollout, which classification alone does
+not put on the detail either (docs/results.md has the measurements).
 
 **Objective** (the model card states it): cross-entropy on the CLS token (label smoothing 0.1), plus
 ``token_label_weight`` times a token-labelling term (the same head on the patch tokens of the detail's region
@@ -23,8 +22,7 @@ the share of each patch covered by the detail's true box (grown about its centre
 than that the most similar patches form one compact region around it rather than the detail plus
 scattered patches), plus ``rollout_weight`` times the same cross-entropy for the attention rollout's CLS row
 over the patches, renormalised to sum to one (the map DCAL selects its local queries with; TransFG's part
-selection multiplies out the same attention). In a backbone trained only to classify, the rollout of the
-previous shipped weights found the detail for about half of the demo's images (DCAL's pointing game 49-53%).
+selection multiplies out the same attention).
 The localization terms are an auxiliary signal, the synthetic counterpart of part annotations; they train,
 openly, the property the methods' selection relies on. Fine-tuning (``fgvc demo``) uses no box at all.
 
@@ -35,35 +33,54 @@ the detail or as a distractor, as ImageNet pretraining does not see a user's pri
 several sizes (``detail_sides``), and with probability ``zoom_p`` a zoomed view: a random crop that holds
 the detail, resized to full size as GLSim's crop pass resizes its box (bilinear, ``align_corners=True``).
 Pretraining uses its own seeds, disjoint from the demo's.
+
+**Training** is ``fgvc.fit``'s: the objective is an ``FGVCModel`` (``_Pretrainer``) whose loss takes each
+image's box (``loss_inputs``), the views a dataset of ``(image, label, {"boxes": box})`` items whose zoom and
+flip are drawn from fit's per-sample seeded RNG, the schedule timm's warmup + cosine over ``steps``
+optimizer steps. One fit epoch is one validation period (``eval_every`` steps at most), so ``log.jsonl``,
+``train_state.safetensors``, ``last`` / ``best.safetensors``, the guards against non-finite values and
+``resume=True`` (``fgvc pretrain --resume``) are fit's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import re
-import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..backbones.shipped import SHIPPED_BACKBONES
-from ..backbones.vit import ViTBackbone
 from ..data.synthetic import SyntheticFGVC, all_class_names, grid_class_names
 from ..engine.evaluate import pointing_game
-from ..engine.run_folder import claim_run_folder
-from ..engine.train import reproducible
+from ..engine.run_folder import FIT_FILES, claim_run_folder, run_files
+from ..engine.train import fit, reproducible
 from ..io import cpu_tensors, write_safetensors
 from ..layers.geometry import PatchGrid, box_iou_pairs
 from ..layers.rollout import rollout_map
+from ..methods.base import FGVCModel, ModelOutput
+from ..settings import (
+    Settings,
+    TrainConfig,
+    at_least,
+    fraction,
+    integers,
+    like,
+    non_negative,
+    option,
+    positive,
+    text,
+)
 
 __all__ = [
     "HELD_OUT_CLASSES",
@@ -81,32 +98,40 @@ PRETRAIN_VOCABULARY: tuple[str, ...] = tuple(c for c in all_class_names() if c n
 
 
 @dataclass(frozen=True)
-class PretrainSettings:
-    """Everything pretraining uses (written to the model card)."""
+class PretrainSettings(Settings):
+    """Everything pretraining uses (written to the model card; ``fgvc pretrain`` has a flag for each). The
+    training options mean what ``fgvc.TrainConfig``'s of the same name mean, checked alike."""
 
-    backbone: str = "fgvc_synth_vit_tiny"
-    img_size: int = 128
-    detail_sides: tuple[int, ...] = (7, 14, 20, 31, 40)  # px at img_size: from the hard demo's to past the demo's
-    images_per_side: int = 5000  # rendered once, seen again under fresh zoom / flip draws
-    num_distractors: int = 4
-    zoom_p: float = 0.5
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1.5e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 150
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.1
-    loc_weight: float = 1.0
-    tau: float = 0.1
-    rollout_weight: float = 1.0  # the attention rollout's CLS row (DCAL's / TransFG's selection) on the detail
-    token_label_weight: float = 1.0
-    min_region: float = 3.0  # patches: small details' target region grows to min_region x min_region patches
-    seed: int = 1000  # the demo uses seeds 0-2
-    val_per_side: int = 400
-    threads: int = 2
-    init: str | None = None  # start from these backbone weights (a timm state dict) instead of at random
+    section: ClassVar[str] = "pretrain"
+
+    backbone: str = option("fgvc_synth_vit_tiny", text("fgvc_synth_vit_tiny"), "the backbone pretrained")
+    img_size: int = option(128, at_least(16), "image side in pixels")
+    detail_sides: tuple[int, ...] = option((7, 14, 20, 31, 40), integers(1), "detail sides in px at img_size: "
+                                           "from the hard demo's to past the demo's")
+    images_per_side: int = option(5000, at_least(1), "images per detail side (rendered once, seen again under "
+                                  "fresh zoom / flip draws)")
+    num_distractors: int = option(4, at_least(0), "distractor shapes per image")
+    zoom_p: float = option(0.5, fraction(closed=True), "probability of a zoomed view")
+    steps: int = option(2000, at_least(1), "optimizer steps")
+    batch_size: int = like(TrainConfig, "batch_size", 128)
+    lr: float = like(TrainConfig, "lr", 1.5e-3, help="peak AdamW learning rate")
+    min_lr: float = like(TrainConfig, "min_lr", 1e-5)
+    warmup_steps: int = like(TrainConfig, "warmup_steps", 150)
+    weight_decay: float = like(TrainConfig, "weight_decay", 0.05)
+    grad_clip: float = like(TrainConfig, "grad_clip", 1.0)
+    label_smoothing: float = like(TrainConfig, "label_smoothing", 0.1)
+    loc_weight: float = option(1.0, non_negative, "weight of the localization loss")
+    tau: float = option(0.1, positive(), "temperature of the softmax over cos(CLS, patch) in the localization loss")
+    rollout_weight: float = option(1.0, non_negative, "weight of the attention rollout's CLS row (DCAL's / "
+                                   "TransFG's selection) on the detail")
+    token_label_weight: float = option(1.0, non_negative, "weight of token labelling: the class head on the detail region's patch tokens")
+    min_region: float = option(3.0, positive(), "small details' target region grows to min_region x "
+                               "min_region patches")
+    seed: int = like(TrainConfig, "seed", 1000, help="seeds data and training (the demo uses seeds 0-2)")
+    val_per_side: int = option(400, at_least(1), "validation images per detail side")
+    threads: int = option(2, at_least(1), "CPU threads")
+    init: str | None = option(None, text("runs/pretrain/fgvc_synth_vit_tiny.safetensors", optional=True),
+                              "start from these backbone weights (a timm state dict) instead of at random")
 
 
 def detail_coverage(boxes: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
@@ -126,7 +151,7 @@ def grow_boxes(boxes: Tensor, min_side: float, img_size: tuple[int, int]) -> Ten
 
 
 class _Views:
-    """Pretraining images: several detail sizes, rendered once; zoomed / flipped views drawn per batch."""
+    """Pretraining images: several detail sizes, rendered once; zoomed / flipped views drawn per image."""
 
     def __init__(self, s: PretrainSettings, split: str, n_per_side: int) -> None:
         h = w = s.img_size
@@ -146,35 +171,40 @@ class _Views:
         ]
         self.n_per_side = n_per_side
         # One preallocated block for every picture, filled on first use: tens of thousands of small cached
-        # arrays between the large activation buffers fragment the heap (RSS grew ~50 MB per step).
+        # arrays between the large activation buffers would fragment the heap.
         self.pixels = np.empty((len(self), h, w, 3), dtype=np.uint8)
         self.rendered = np.zeros(len(self), dtype=bool)
 
     def __len__(self) -> int:
         return self.n_per_side * len(self.parts)
 
-    def batch(self, index: np.ndarray, rng: np.random.Generator | None, zoom_p: float) -> tuple[Tensor, ...]:
-        """Images (B, 3, S, S) normalised to [-1, 1], labels (B,), true boxes (B, 4) in pixels of the view."""
-        images, labels, boxes = [], [], []
-        for i in index:
-            part, j = self.parts[i // self.n_per_side], int(i % self.n_per_side)
-            if not self.rendered[i]:
-                self.pixels[i] = part._array(j)
-                self.rendered[i] = True
-            img = torch.from_numpy(self.pixels[i]).permute(2, 0, 1).float()  # (3, S, S), 0..255
-            box = torch.tensor(part.box_pixels(j), dtype=torch.float32)
-            if rng is not None and rng.random() < zoom_p:
-                img, box = self._zoom(img, box, rng)
-            if rng is not None and rng.random() < 0.5:  # every shape is left-right symmetric
-                img = img.flip(-1)
-                box = torch.stack([self.size - box[2], box[1], self.size - box[0], box[3]])
-            images.append(img)
-            labels.append(part.targets[j])
-            boxes.append(box)
-        x = torch.stack(images).div_(127.5).sub_(1.0)
-        return x, torch.tensor(labels), torch.stack(boxes)
+    @property
+    def targets(self) -> list[int]:
+        """The label of every image, in order."""
+        return [int(t) for part in self.parts for t in part.targets]
 
-    def _zoom(self, img: Tensor, box: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    def view(self, i: int, rng: Any, zoom_p: float) -> tuple[Tensor, int, Tensor]:
+        """Image ``i`` (3, S, S) normalised to [-1, 1], its label and its true box (4,) in pixels of the view;
+        zoomed and flipped by draws from ``rng`` (a numpy ``Generator`` or ``np.random``; None: as rendered)."""
+        part, j = self.parts[i // self.n_per_side], int(i % self.n_per_side)
+        if not self.rendered[i]:
+            self.pixels[i] = part._array(j)
+            self.rendered[i] = True
+        img = torch.from_numpy(self.pixels[i]).permute(2, 0, 1).float()  # (3, S, S), 0..255
+        box = torch.tensor(part.box_pixels(j), dtype=torch.float32)
+        if rng is not None and rng.random() < zoom_p:
+            img, box = self._zoom(img, box, rng)
+        if rng is not None and rng.random() < 0.5:  # every shape is left-right symmetric
+            img = img.flip(-1)
+            box = torch.stack([self.size - box[2], box[1], self.size - box[0], box[3]])
+        return img.div_(127.5).sub_(1.0), int(part.targets[j]), box
+
+    def batch(self, index: np.ndarray, rng: Any, zoom_p: float) -> tuple[Tensor, ...]:
+        """Images (B, 3, S, S) normalised to [-1, 1], labels (B,), true boxes (B, 4) in pixels of the view."""
+        images, labels, boxes = zip(*(self.view(int(i), rng, zoom_p) for i in index), strict=True)
+        return torch.stack(images), torch.tensor(labels), torch.stack(boxes)
+
+    def _zoom(self, img: Tensor, box: Tensor, rng: Any) -> tuple[Tensor, Tensor]:
         """A crop that holds (most of) the detail, resized to full size: what GLSim's second pass sees."""
         s = self.size
         x0, y0, x1, y1 = box.tolist()
@@ -196,35 +226,120 @@ class _Views:
         return out, new
 
 
-class _Pretrainer(nn.Module):
-    """Backbone + a linear head on CLS; returns the classification and localization losses."""
+class _TrainViews(Dataset):
+    """One validation period of training views: ``steps_per_epoch * batch_size`` items
+    ``(image, label, {"boxes": box})`` drawn from the images of ``views``.
+
+    Item ``k`` is image ``k mod N`` for the whole passes over the N images an epoch holds, and an image drawn
+    at random for the rest, so every image is seen about equally often however the period and N compare. The
+    draw, the zoom and the flip read ``np.random``, which fit seeds per (seed, epoch, item).
+    """
+
+    def __init__(self, views: _Views, length: int, zoom_p: float) -> None:
+        self.views, self.length, self.zoom_p = views, length, zoom_p
+        self.classes = list(PRETRAIN_VOCABULARY)
+        self.targets = views.targets  # the images' labels (what a resume checks the data by)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> tuple[Tensor, int, dict[str, Tensor]]:
+        n = len(self.views)
+        i = k % n if k < self.length // n * n else int(np.random.randint(n))
+        image, label, box = self.views.view(i, np.random, self.zoom_p)
+        return image, label, {"boxes": box}
+
+
+class _ValViews(Dataset):
+    """The validation images as rendered, items ``(image, label)``, with their boxes (``input_boxes``)."""
+
+    def __init__(self, views: _Views) -> None:
+        self.views = views
+        self.classes = list(PRETRAIN_VOCABULARY)
+        self.targets = views.targets
+        boxes = [torch.tensor(p.box_pixels(j), dtype=torch.float32) for p in views.parts for j in range(len(p))]
+        self.input_boxes = torch.stack(boxes) / views.size  # fractions of the input: fgvc.evaluate's pointing game
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image, label, _ = self.views.view(i, None, 0.0)
+        return image, label
+
+
+@dataclass(repr=False)
+class _Output(ModelOutput):
+    """The objective's forward: a ``ModelOutput`` (``similarity`` (B, rows, cols), which ``fgvc.evaluate``'s
+    pointing game reads) that also unpacks as its terms read it."""
+
+    def __iter__(self) -> Iterator[Tensor | None]:
+        """``logits, similarity (B, N), patches (B, N, D), rollout (B, N) or None``."""
+        return iter((self.logits, self.extras["similarity"], self.extras["patches"], self.extras.get("rollout")))
+
+
+class _Pretrainer(FGVCModel):
+    """Backbone + a linear head on CLS, trained by ``fit``; its loss is the pretraining objective, which takes
+    each image's box (``loss_inputs``) and leaves its two terms in ``loss_terms``."""
+
+    method = "fgvc_pretrain"  # not registered: only ``pretrain`` builds it
+    loss_inputs = ("boxes",)
 
     def __init__(self, s: PretrainSettings, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = ViTBackbone(s.backbone, img_size=s.img_size, pretrained=False, checkpoint_path=s.init)
+        objective = {k: v for k, v in asdict(s).items() if k not in ("threads", "init")}
+        super().__init__(backbone=s.backbone, num_classes=num_classes, img_size=s.img_size, checkpoint_path=s.init,
+                         options=objective)
         self.head = nn.Linear(self.backbone.embed_dim, num_classes)
         self.s = s
+        self.loss_terms: dict[str, Tensor] = {}
 
-    def forward(self, x: Tensor, *, rollout: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """CLS logits (B, C), GLSim's similarity (B, N), final patch tokens (B, N, D), and with ``rollout``
-        the attention rollout's CLS row over the patches (B, N) (what DCAL selects its queries with)."""
+    def no_weight_decay(self) -> set[str]:
+        """None besides the 1-D parameters: the position embedding and CLS token decay too, as the shipped
+        weights were trained."""
+        return set()
+
+    def forward(self, x: Tensor, *, rollout: bool | None = None) -> _Output:
+        """CLS logits (B, C), GLSim's similarity, the final patch tokens (B, N, D), and with ``rollout``
+        (default: in training, when the objective weighs it) the attention rollout's CLS row over the patches
+        (B, N) (what DCAL selects its queries with)."""
+        if rollout is None:
+            rollout = self.training and self.s.rollout_weight > 0
         enc = self.backbone(x, return_attention=rollout)  # tokens after the final norm: CLS (B, D), patches
-        logits = self.head(enc.cls)  # (B, C)
-        sim = F.cosine_similarity(enc.cls[:, None], enc.patches, dim=-1)  # (B, N): GLSim's similarity
-        roll = rollout_map(enc.attentions, self.backbone.num_prefix_tokens) if rollout else None
-        return logits, sim, enc.patches, roll
+        cls = self.backbone.global_token(enc.tokens)  # (B, D)
+        _, patches = self.backbone.patch_grid.split(enc.tokens)  # (B, N, D)
+        logits = self.head(cls)  # (B, C)
+        sim = F.cosine_similarity(cls[:, None], patches, dim=-1)  # (B, N): GLSim's similarity
+        extras = dict(similarity=sim, patches=patches)
+        if rollout:
+            extras["rollout"] = rollout_map(enc.attentions, self.backbone.num_prefix_tokens)
+        return _Output(logits=logits, selection_map=sim.reshape(-1, *self.backbone.grid_size), extras=extras)
+
+    def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0,
+             boxes: Tensor | None = None) -> Tensor:
+        """``loss_cls + loc_weight * loss_loc`` for true ``boxes`` (B, 4) in pixels; without boxes (evaluation)
+        the cross-entropy of the CLS logits."""
+        if boxes is None:
+            return F.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+        loss_cls, loss_loc = self._terms(output, targets, boxes, label_smoothing)
+        self.loss_terms = dict(loss_cls=loss_cls.detach(), loss_loc=loss_loc.detach())
+        return loss_cls + self.s.loc_weight * loss_loc
 
     def losses(self, x: Tensor, y: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Classification (CLS + token labels) and localization losses; also the CLS logits and similarity.
 
         The localization loss is the similarity term plus ``rollout_weight`` times the rollout term.
         """
-        logits, sim, patches, roll = self(x, rollout=self.s.rollout_weight > 0)
+        out = self(x, rollout=self.s.rollout_weight > 0)
+        loss_cls, loss_loc = self._terms(out, y, boxes, self.s.label_smoothing)
+        return loss_cls, loss_loc, out.logits, out.extras["similarity"]
+
+    def _terms(self, out: ModelOutput, y: Tensor, boxes: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+        logits, sim, patches, roll = out
         bb = self.backbone
         region = grow_boxes(boxes, self.s.min_region * bb.patch_size[0], bb.img_size)
         cover = detail_coverage(region, bb.grid_size, bb.patch_size[0]).flatten(1)  # (B, N)
         target = cover / cover.sum(-1, keepdim=True).clamp(min=1e-6)  # (B, N), rows sum to 1
-        loss_cls = F.cross_entropy(logits, y, label_smoothing=self.s.label_smoothing)
+        loss_cls = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         if self.s.token_label_weight:  # the patches of the detail's region carry its label (same head)
             token_ce = F.cross_entropy(
                 self.head(patches).flatten(0, 1), y.repeat_interleave(patches.shape[1]), reduction="none"
@@ -234,7 +349,11 @@ class _Pretrainer(nn.Module):
         if roll is not None:  # the rollout's mass over the patches, as a distribution, matched to the same target
             share = roll / roll.sum(-1, keepdim=True)  # (B, N)
             loss_loc = loss_loc - self.s.rollout_weight * (target * share.clamp(min=1e-8).log()).sum(-1).mean()
-        return loss_cls, loss_loc, logits, sim
+        return loss_cls, loss_loc
+
+    def validation_metrics(self, data: Dataset) -> dict[str, float]:
+        """Per detail size of ``data`` (a ``_ValViews``): the numbers of the model card (``_evaluate``)."""
+        return _evaluate(self, data.views)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
@@ -242,15 +361,18 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
     """Per detail size: CLS top-1, the pointing game (peak inside the box) of GLSim's similarity and of the
     attention rollout, and the IoU of GLSim's top-8 box."""
 
+    was_training = model.training
     model.eval()
     out: dict[str, float] = {}
     bb = model.backbone
+    device = next(model.parameters()).device
     for k, part in enumerate(views.parts):
         idx = np.arange(k * views.n_per_side, (k + 1) * views.n_per_side)
         correct = hit = roll_hit = iou_sum = 0.0
         for lo in range(0, len(idx), batch_size):
             x, y, boxes = views.batch(idx[lo : lo + batch_size], None, 0.0)
-            logits, sim, _, roll = model(x, rollout=True)
+            logits, sim, _, roll = model(x.to(device), rollout=True)
+            logits, sim, roll = logits.cpu(), sim.cpu(), roll.cpu()
             correct += (logits.argmax(-1) == y).sum().item()
             sim, roll = sim.reshape(-1, *bb.grid_size), roll.reshape(-1, *bb.grid_size)  # (B, rows, cols)
             hit += pointing_game(sim, boxes, bb.patch_size).sum().item()  # as fgvc.evaluate and the demo count it
@@ -262,8 +384,20 @@ def _evaluate(model: _Pretrainer, views: _Views, batch_size: int = 200) -> dict[
         out[f"pointing_{part.side}px"] = 100.0 * hit / n
         out[f"glsim_box_iou_{part.side}px"] = iou_sum / n
         out[f"rollout_pointing_{part.side}px"] = 100.0 * roll_hit / n
-    model.train()
+    model.train(was_training)
     return out
+
+
+def validation_period(steps: int, eval_every: int) -> int:
+    """The steps between validations: the largest divisor of ``steps`` up to ``eval_every`` (fit's epochs are
+    all of one length); refused when it is under half of ``eval_every``, which would validate far more often."""
+    period = max(d for d in range(1, min(steps, eval_every) + 1) if steps % d == 0)
+    if period < min(steps, eval_every) / 2:
+        raise ValueError(
+            f"steps={steps} has no divisor between {eval_every // 2} and eval_every={eval_every}: validation "
+            f"runs every steps / k steps; choose steps with one (e.g. {steps // eval_every * eval_every})"
+        )
+    return period
 
 
 def pretrain(
@@ -273,80 +407,54 @@ def pretrain(
     progress: bool = True,
     eval_every: int = 400,
     overwrite: bool = False,
+    resume: bool = False,
+    save_every: int | None = 100,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
-    """Pretrain the backbone; writes ``NAME.safetensors`` (timm state dict), ``NAME.md`` and ``log.jsonl``.
+    """Pretrain the backbone with ``fgvc.fit``; writes ``NAME.safetensors`` (timm state dict of the backbone)
+    and ``NAME.md`` (the model card) beside fit's ``log.jsonl``, ``train_state.safetensors`` and ``last`` /
+    ``best.safetensors``. Returns the final validation metrics (per detail size).
 
     ``out_dir`` is locked while it runs, and one holding an earlier run's files is refused unless
-    ``overwrite=True``, which deletes them first (``fgvc.engine.run_folder``). Returns the final validation metrics.
-    Deterministic for given settings and thread count.
+    ``overwrite=True``, which deletes them first, or ``resume=True``, which continues the run saved there
+    (fit's checkpoint every ``save_every`` steps and at every validation, every ``eval_every`` steps at most).
+    Deterministic for given settings, thread count and ``device``; a resumed run ends with the weights of an
+    uninterrupted one.
     """
     s = settings or PretrainSettings()
     if s.backbone not in SHIPPED_BACKBONES:
         raise ValueError(f"unknown backbone {s.backbone!r}; fgvc pretrains {sorted(SHIPPED_BACKBONES)}")
-    files = ("log.jsonl", f"{s.backbone}.safetensors", f"{s.backbone}.md")
-    if overwrite and s.init is not None and Path(s.init).resolve() in {(Path(out_dir) / f).resolve() for f in files}:
+    period = validation_period(s.steps, eval_every)
+    patterns = (*FIT_FILES, f"{s.backbone}.safetensors", f"{s.backbone}.md")
+    if overwrite and s.init is not None and Path(s.init).resolve() in {f.resolve() for f in run_files(out_dir, patterns)}:
         raise ValueError(f"--init {s.init} is one of the files --overwrite deletes in {out_dir}: copy it elsewhere first")
-    with claim_run_folder(out_dir, overwrite=overwrite, patterns=files) as folder, reproducible(s.threads):
-        folder.clear()  # fixed threads and deterministic algorithms, restored afterwards
-        return _pretrain(out_dir, s, progress, eval_every)
-
-
-def _pretrain(out_dir: str | os.PathLike, s: PretrainSettings, progress: bool, eval_every: int) -> dict[str, Any]:
-    torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train = _Views(s, "train", s.images_per_side)
-    val = _Views(s, "val", s.val_per_side)
-    model = _Pretrainer(s, len(PRETRAIN_VOCABULARY))
-    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=s.lr, weight_decay=s.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < s.warmup_steps:
-            return s.lr * (step + 1) / s.warmup_steps
-        t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-        return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1 + math.cos(math.pi * t))
-
-    from tqdm.auto import tqdm
-
-    log = (out / "log.jsonl").open("w")
-    start = time.perf_counter()
-    order = np.empty(0, dtype=np.int64)
-    bar = tqdm(range(s.steps), desc="pretrain", disable=not progress)
-    metrics: dict[str, float] = {}
-    for step in bar:
-        if len(order) < s.batch_size:
-            order = np.concatenate([order, rng.permutation(len(train))])
-        index, order = order[: s.batch_size], order[s.batch_size :]
-        x, y, boxes = train.batch(index, rng, s.zoom_p)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss_cls, loss_loc, logits, _ = model.losses(x, y, boxes)
-        loss = loss_cls + s.loc_weight * loss_loc
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        if step % 20 == 0:
-            acc = (logits.argmax(-1) == y).float().mean().item() * 100
-            bar.set_postfix(cls=f"{loss_cls.item():.2f}", loc=f"{loss_loc.item():.2f}", acc=f"{acc:.0f}")
-            rec = dict(step=step, loss_cls=loss_cls.item(), loss_loc=loss_loc.item(), train_top1=acc)
-            rec["seconds"] = time.perf_counter() - start
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if (step + 1) % eval_every == 0 or step + 1 == s.steps:
-            metrics = _evaluate(model, val)
-            log.write(json.dumps(dict(step=step + 1, seconds=time.perf_counter() - start, **metrics)) + "\n")
-            log.flush()
-            tqdm.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-            _save_weights(model, out / f"{s.backbone}.safetensors", step + 1)
-    seconds = time.perf_counter() - start
-    log.close()
-    state = _save_weights(model, out / f"{s.backbone}.safetensors", s.steps)
-    _write_card(out / f"{s.backbone}.md", s, metrics, seconds, sum(v.numel() for v in state.values()))
+    with claim_run_folder(out_dir, resume=resume, overwrite=overwrite, patterns=patterns) as folder, \
+            reproducible(s.threads):  # fixed threads and deterministic algorithms, restored afterwards
+        folder.clear()
+        torch.manual_seed(s.seed)
+        train = _TrainViews(_Views(s, "train", s.images_per_side), period * s.batch_size, s.zoom_p)
+        val = _ValViews(_Views(s, "val", s.val_per_side))
+        model = _Pretrainer(s, len(PRETRAIN_VOCABULARY))
+        history = fit(
+            model, train, val, epochs=s.steps // period, batch_size=s.batch_size, optimizer="adamw", lr=s.lr,
+            min_lr=s.min_lr, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, grad_clip=s.grad_clip,
+            label_smoothing=s.label_smoothing, amp=None, device=device, seed=s.seed, out_dir=out_dir,
+            resume=resume, progress=progress, log_every_steps=20, save_every_steps=save_every,
+        )
+        model.to("cpu")
+        last = history.epochs[-1]
+        metrics = {k: last[k] for k in _evaluate_keys(s)}
+        seconds = sum(e["seconds"] for e in history.epochs)
+        state = _save_weights(model, Path(out_dir) / f"{s.backbone}.safetensors", s.steps)
+        _write_card(Path(out_dir) / f"{s.backbone}.md", s, metrics, seconds, sum(v.numel() for v in state.values()),
+                    period=period, device=str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))))
     return metrics
+
+
+def _evaluate_keys(s: PretrainSettings) -> list[str]:
+    """The names of ``_evaluate``'s metrics, in its order."""
+    kinds = ("top1", "pointing", "glsim_box_iou", "rollout_pointing")
+    return [f"{kind}_{side}px" for side in s.detail_sides for kind in kinds]
 
 
 def _save_weights(model: _Pretrainer, path: Path, step: int) -> dict[str, Tensor]:
@@ -356,7 +464,8 @@ def _save_weights(model: _Pretrainer, path: Path, step: int) -> dict[str, Tensor
     return state
 
 
-def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seconds: float, n: int) -> None:
+def _write_card(path: Path, s: PretrainSettings, metrics: dict[str, float], seconds: float, n: int, *,
+                period: int, device: str = "cpu") -> None:
     from ..version import __version__
 
     shipped = SHIPPED_BACKBONES[s.backbone]
@@ -402,11 +511,12 @@ The localization terms are an auxiliary signal (the synthetic counterpart of par
 train the property the methods' selection relies on. Fine-tuning uses no boxes.
 
 ## Settings
-AdamW, lr {s.lr} (warmup {s.warmup_steps} steps, cosine to {s.min_lr}), weight decay {s.weight_decay},
-batch {s.batch_size}, {s.steps} steps, gradient clipping {s.grad_clip}, seed {s.seed}, {s.threads} threads,
-deterministic algorithms.
+Trained by `fgvc.fit`: AdamW, lr {s.lr} (timm's schedule: linear warmup from {s.min_lr} over {s.warmup_steps}
+steps, then cosine to {s.min_lr} over all {s.steps} steps), weight decay {s.weight_decay}, batch {s.batch_size},
+{s.steps} steps, gradient clipping {s.grad_clip}, seed {s.seed}, {s.threads} threads, deterministic algorithms,
+validation every {period} steps.
 
-Time: {seconds / 60:.1f} min on {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__},
+Time: {seconds / 60:.1f} min on {_machine(device)}, torch {torch.__version__},
 timm {timm.__version__}, fgvc {__version__}.{earlier}
 
 ## Validation (pretraining vocabulary, {s.val_per_side} images per detail size, no zoom)
@@ -423,6 +533,13 @@ Pointing game: the peak patch's centre inside the detail's box, as `fgvc.evaluat
 then copy `runs/pretrain/{s.backbone}.safetensors` and `.md` into `fgvc/weights/`.
 """
     path.write_text(text)
+
+
+def _machine(device: str) -> str:
+    """The device the run trained on, as the card names it."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.machine()} CPU ({os.cpu_count()} cores)"
 
 
 def _recreate(s: PretrainSettings, changed: str) -> tuple[str, str]:

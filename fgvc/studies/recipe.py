@@ -57,11 +57,14 @@ from torch.utils.data import Dataset
 
 from ..hints import did_you_mean
 from ..settings import (
+    DataConfig,
+    RecipeSettings,
+    RecipeTrainOptions,
     TrainConfig,
-    check_data_settings,
-    check_fit_settings,
     check_model_settings,
+    describe,
     number_from_text,
+    refuse_unknown,
 )
 from ..storage.checkpoint import run_config  # re-exported: fgvc.studies.recipe.run_config
 
@@ -73,33 +76,14 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "parse_sweep",
+    "recipe_keys",
     "recipe_splits",
     "run_config",
     "train_recipe",
 ]
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # fgvc/recipes/ (package data)
-TOP_LEVEL = {"name", "description", "expected_top1", "source", "seeds", "protocol", "model", "data", "train"}
-PROTOCOLS = ("val", "paper")  # see the module doc; val is the default
-SAVED_ONLY = {"resolved_fit_arguments", "run_info"}  # what train_recipe adds to a run's config.yaml
-DATA_KEYS = {
-    "dataset",
-    "root",
-    "train_split",
-    "test_split",
-    "val_fraction",
-    "split_seed",
-    "classes",
-    "resize",
-    "test_resize",
-    "trivial_augment",
-    "auto_augment",
-    "random_erasing",
-    "random_erasing_scale",
-    "options",
-}
-TRAIN_EXTRA_KEYS = {"steps", "lr_base_batch_size"}  # read by the recipe, not passed to fit as such
-RECIPE_ONLY_FIT_ARGS = {"seed", "out_dir"}  # TrainConfig options set by train_recipe itself
+SAVED_ONLY = set(RecipeSettings.SAVED_ONLY)  # what train_recipe adds to a run's config.yaml
 TEXT_KEYS = {
     "method", "backbone", "checkpoint_path", "dataset", "root", "train_split", "test_split", "classes", "optimizer",
     "device",
@@ -109,6 +93,28 @@ TEXT_KEYS = {
 def list_recipes() -> list[str]:
     """Names of the recipes shipped with fgvc (``fgvc/recipes/*.yaml``)."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_keys() -> list[str]:
+    """Every key a recipe (or ``--set``) takes, one line each with its default and help: the fields of
+    ``fgvc.settings``' classes, and ``model.*``, the methods' keyword arguments (``fgvc list settings``)."""
+    import inspect
+
+    from ..methods.base import FGVCModel, list_models, model_class
+
+    def signature_defaults(fn: Any) -> dict[str, Any]:
+        return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+                if p.name not in ("self", "num_classes", "options") and p.default is not inspect.Parameter.empty
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+    lines = describe(RecipeSettings) + [f"{'model.method':<34}  the method (required): {', '.join(list_models())}"]
+    lines += [f"{f'model.{k} = {_value_text(v)}':<34}  every method" for k, v in signature_defaults(FGVCModel.__init__).items()]
+    for method in list_models():
+        own = signature_defaults(model_class(method).__init__)
+        lines += [f"{f'model.{k} = {_value_text(v)}':<34}  {method}" for k, v in own.items()]
+    lines += describe(DataConfig)
+    lines += describe(TrainConfig, prefix="train.", skip=RecipeTrainOptions.SET_PER_RUN) + describe(RecipeTrainOptions)
+    return lines
 
 
 def _recipe_path(name_or_path: str | os.PathLike) -> Path:
@@ -127,10 +133,6 @@ def _recipe_path(name_or_path: str | os.PathLike) -> Path:
             f"(fgvc list recipes)"
         )
     return shipped
-
-
-def _fit_parameters() -> set[str]:
-    return set(TrainConfig.names()) - RECIPE_ONLY_FIT_ARGS
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -159,13 +161,10 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] | Mapping[s
 
 
 def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
-    """Unknown keys and missing sections are named before anything is built (a typo never runs silently)."""
-    unknown = set(recipe) - TOP_LEVEL - SAVED_ONLY
-    if unknown:
-        raise ValueError(
-            f"{origin}: unknown top-level keys {sorted(unknown)}{_near(unknown, TOP_LEVEL)}; allowed: {sorted(TOP_LEVEL)}"
-        )
-    for section in ("model", "data", "train"):
+    """Unknown keys and missing sections are named before anything is built (a typo never runs silently):
+    each section's keys and values are checked by its settings class (``fgvc.settings``)."""
+    RecipeSettings.check_top_level(recipe, origin)
+    for section in RecipeSettings.SECTIONS:
         if not isinstance(recipe.get(section), dict):
             raise ValueError(f"{origin}: section {section!r} is missing (a mapping of options)")
     if "method" not in recipe["model"]:
@@ -173,29 +172,13 @@ def validate_recipe(recipe: Mapping[str, Any], origin: str = "recipe") -> None:
     _validate_model_section(recipe["model"], origin)
     if "dataset" not in recipe["data"]:
         raise ValueError(f"{origin}: data.dataset is missing (one of fgvc.data.list_datasets())")
-    unknown = set(recipe["data"]) - DATA_KEYS
-    if unknown:
-        raise ValueError(
-            f"{origin}: unknown data keys {sorted(unknown)}{_near(unknown, DATA_KEYS)}; allowed: {sorted(DATA_KEYS)}"
-        )
-    allowed = _fit_parameters() | TRAIN_EXTRA_KEYS
-    unknown = set(recipe["train"]) - allowed
-    if unknown:
-        raise ValueError(
-            f"{origin}: unknown train keys {sorted(unknown)}{_near(unknown, allowed)}; allowed: {sorted(allowed)}"
-        )
-    if recipe["train"].get("steps") is not None and recipe["train"].get("epochs") is not None:
-        raise ValueError(f"{origin}: give train.steps or train.epochs, not both")
-    try:  # the values themselves, with the checks fit applies to its arguments
-        check_fit_settings(recipe["train"], prefix="train.")
-        check_data_settings(recipe["data"], prefix="data.")
+    DataConfig.from_mapping(recipe["data"], origin)
+    RecipeTrainOptions.check_section(recipe["train"], origin)
+    try:
         check_model_settings(recipe["model"], prefix="model.")
         _check_split_names(recipe["data"])
     except ValueError as err:
         raise ValueError(f"{origin}: {err}") from None
-    if recipe.get("protocol", "val") not in PROTOCOLS:
-        raise ValueError(f"{origin}: protocol must be one of {list(PROTOCOLS)}, got {recipe.get('protocol')!r}")
-    _check_seeds(recipe.get("seeds", [0]), f"{origin}: seeds")
 
 
 def recipe_splits(data: Mapping[str, Any]) -> tuple[str, str]:
@@ -203,7 +186,8 @@ def recipe_splits(data: Mapping[str, Any]) -> tuple[str, str]:
     dataset's defaults (``DatasetDef.train_split``: ``trainval`` for FGVC-Aircraft, ``train`` elsewhere; ``test``)."""
     from ..data import dataset_definition
 
-    return (data.get("train_split") or dataset_definition(data["dataset"]).train_split, data.get("test_split") or "test")
+    config = DataConfig.from_mapping(data)
+    return (config.train_split or dataset_definition(data["dataset"]).train_split, config.test_split)
 
 
 def _check_split_names(data: Mapping[str, Any]) -> None:
@@ -211,9 +195,6 @@ def _check_split_names(data: Mapping[str, Any]) -> None:
     do not depend on the folder; otherwise the reader names a missing one when the data is built)."""
     from ..data import dataset_definition
 
-    for key in ("train_split", "test_split"):
-        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
-            raise ValueError(f"data.{key} must be a split name such as 'train' or 'test', got {data[key]!r}")
     definition = dataset_definition(data["dataset"])
     train, test = recipe_splits(data)
     if train == test:
@@ -236,18 +217,6 @@ def _check_split_names(data: Mapping[str, Any]) -> None:
             )
 
 
-def _check_seeds(seeds: Any, name: str) -> None:
-    """One run per seed: a repeated seed would overwrite its run and count twice in the mean +- std."""
-    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise ValueError(f"{name} must be a non-empty list of integers without repeats, got {seeds!r}")
-
-
-def _near(unknown: set[str], allowed: set[str] | list[str]) -> str:
-    """The near misses of the first unknown key that has one (``""`` otherwise)."""
-    return next((h for h in (did_you_mean(k, sorted(allowed)) for k in sorted(unknown)) if h), "")
-
-
 def _validate_model_section(model: Mapping[str, Any], origin: str) -> None:
     """``model.*`` keys against the method's options (those of ``create_model``), like ``data.*`` and ``train.*``."""
     from ..methods.base import list_models, model_options
@@ -261,12 +230,7 @@ def _validate_model_section(model: Mapping[str, Any], origin: str) -> None:
     if "num_classes" in model:
         raise ValueError(f"{origin}: model.num_classes comes from the data; remove it (data.classes picks a subset)")
     allowed = set(model_options(method)) - {"num_classes"} | {"method"}
-    unknown = set(model) - allowed
-    if unknown:
-        raise ValueError(
-            f"{origin}: unknown model keys {sorted(unknown)} for method {method!r}{_near(unknown, allowed)}; "
-            f"allowed: {sorted(allowed)}"
-        )
+    refuse_unknown(model, allowed, "model", origin, context=f" for method {method!r}")
 
 
 def load_recipe(
@@ -309,10 +273,10 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     """
     from ..data import build_dataset, build_transforms, dataset_definition, subset_classes, train_val_split
 
-    data = recipe["data"]
-    options = dict(data.get("options") or {})
-    val_fraction = 0.0 if recipe.get("protocol", "val") == "paper" else float(data.get("val_fraction", 0.1))
-    draw_splits = dataset_definition(data["dataset"]).draw_splits
+    data = DataConfig.from_mapping(recipe["data"])
+    options = dict(data.options or {})
+    val_fraction = 0.0 if RecipeSettings.of(recipe).protocol == "paper" else float(data.val_fraction)
+    draw_splits = dataset_definition(data.dataset).draw_splits
     if draw_splits is not None:
         splits: dict[str, Dataset] = dict(draw_splits(None if model is None else model.img_size, **options))
         if not val_fraction:
@@ -321,31 +285,27 @@ def build_recipe_data(recipe: Mapping[str, Any], model: Any = None) -> dict[str,
     if model is None:
         raise ValueError("build_recipe_data needs the model for the transforms (its mean, std and input size)")
     img_size = tuple(model.img_size)
-    resize = data.get("resize")
-    resize = tuple(resize) if isinstance(resize, list) else resize
-    test_resize = data.get("test_resize", resize)
-    test_resize = tuple(test_resize) if isinstance(test_resize, list) else test_resize
+    resize, test_resize = _size(data.resize), _size(data.test_resize_value())
     train_tf = build_transforms(
         model,
         train=True,
         img_size=img_size,
         resize=resize,
-        trivial_augment=bool(data.get("trivial_augment", False)),
-        auto_augment=bool(data.get("auto_augment", False)),
-        random_erasing=float(data.get("random_erasing", 0.0)),
-        random_erasing_scale=tuple(data.get("random_erasing_scale", (0.02, 0.33))),
+        trivial_augment=data.trivial_augment,
+        auto_augment=data.auto_augment,
+        random_erasing=float(data.random_erasing),
+        random_erasing_scale=tuple(data.random_erasing_scale),
     )
     test_tf = build_transforms(model, train=False, img_size=img_size, resize=test_resize)
-    root = data.get("root")
-    train_split, test_split = recipe_splits(data)
-    train = build_dataset(data["dataset"], root, train_split, **options)
-    test = build_dataset(data["dataset"], root, test_split, test_tf, **options)
-    _check_disjoint(train, test, data)
-    if data.get("classes") is not None:
-        train, test = subset_classes(train, data["classes"]), subset_classes(test, data["classes"])
+    train_split, test_split = recipe_splits(recipe["data"])
+    train = build_dataset(data.dataset, data.root, train_split, **options)
+    test = build_dataset(data.dataset, data.root, test_split, test_tf, **options)
+    _check_disjoint(train, test, recipe["data"])
+    if data.classes is not None:
+        train, test = subset_classes(train, data.classes), subset_classes(test, data.classes)
     if val_fraction > 0:
         train, val = train_val_split(
-            train, val_fraction, seed=int(data.get("split_seed", 0)), train_transform=train_tf, val_transform=test_tf
+            train, val_fraction, seed=int(data.split_seed), train_transform=train_tf, val_transform=test_tf
         )
         return {"train": train, "val": val, "test": test}
     from ..data import SubsetDataset
@@ -373,15 +333,16 @@ def fit_arguments(recipe: Mapping[str, Any], train_size: int) -> dict[str, Any]:
     """
     from ..engine.distributed import get_world_size
 
-    args = {k: v for k, v in recipe["train"].items() if k not in TRAIN_EXTRA_KEYS}
+    own = RecipeTrainOptions.from_mapping({k: v for k, v in recipe["train"].items() if k in RecipeTrainOptions.names()})
+    args = {k: v for k, v in recipe["train"].items() if k not in RecipeTrainOptions.names()}
     batch_size = int(args.get("batch_size", TrainConfig.batch_size))
     # the images per optimizer update: batch_size is per process (torchrun) and per accumulated step
     total = batch_size * int(args.get("accumulate_steps", TrainConfig.accumulate_steps)) * get_world_size()
-    if recipe["train"].get("lr_base_batch_size") is not None:  # null (e.g. --set train.lr_base_batch_size=null): off
-        args["lr"] = float(args.get("lr", TrainConfig.lr)) * total / float(recipe["train"]["lr_base_batch_size"])
-    if recipe["train"].get("steps") is not None:
+    if own.lr_base_batch_size is not None:  # null (e.g. --set train.lr_base_batch_size=null): off
+        args["lr"] = float(args.get("lr", TrainConfig.lr)) * total / float(own.lr_base_batch_size)
+    if own.steps is not None:
         steps_per_epoch = max(train_size // total, 1)  # optimizer updates per epoch
-        args["epochs"] = max(math.ceil(int(recipe["train"]["steps"]) / steps_per_epoch), 1)
+        args["epochs"] = max(math.ceil(int(own.steps) / steps_per_epoch), 1)
     return args
 
 
@@ -428,7 +389,8 @@ class RecipeResult:
         """One row per seed, then mean +- std; the paper's number, compared only under ``protocol: paper``."""
         if not self.runs:
             return "(no runs)"
-        protocol = self.recipe.get("protocol", "val")
+        top = RecipeSettings.of(self.recipe)
+        protocol = top.protocol
         keys = [k for k in self.runs[0] if k.startswith("test_")]
         if self.num_classes is not None and self.num_classes <= 5:
             keys = [k for k in keys if k != "test_top5"]  # 100% by construction with 5 classes or fewer
@@ -446,8 +408,7 @@ class RecipeResult:
             cells = [_fmt(chance.get(k)) for k in keys]
             lines.append(f"| chance ({self.num_classes} classes) | | {_fmt(chance['test_top1'])} | "
                          + " | ".join(cells) + " |")
-        expected = self.recipe.get("expected_top1")
-        source = self.recipe.get("source", "no source")
+        expected, source = top.expected_top1, top.source or "no source"
         lines.append("")
         if protocol == "paper":
             lines.append(
@@ -459,7 +420,7 @@ class RecipeResult:
             else:
                 lines.append(f"Paper top-1: {expected if expected is not None else 'not reported'} ({source})")
         else:
-            held_out = float((self.recipe.get("data") or {}).get("val_fraction", 0.1))
+            held_out = float(DataConfig.from_mapping(self.recipe.get("data") or {}).val_fraction)
             lines.append(
                 f"Protocol: val ({held_out:.0%} of the training split held out, checkpoint chosen on it): not the "
                 "papers' setting, so not compared with them."
@@ -529,13 +490,15 @@ def train_recipe(
     from ..storage.checkpoint import load_weights
 
     if not isinstance(recipe, Mapping):
-        recipe = load_recipe(recipe, overrides)
-    elif overrides:
-        recipe = apply_overrides(dict(recipe), overrides)
-    recipe = read_numbers(copy.deepcopy(dict(recipe)))
-    validate_recipe(recipe)
-    seeds = list(seeds) if seeds is not None else list(recipe.get("seeds", [0]))
-    _check_seeds(seeds, "seeds")
+        recipe = load_recipe(recipe, overrides)  # read, overridden and validated
+    else:
+        recipe = read_numbers(apply_overrides(dict(recipe), overrides))  # a copy: the caller's is untouched
+        validate_recipe(recipe)
+    if seeds is None:
+        seeds = list(RecipeSettings.of(recipe).seeds)  # checked with the recipe
+    else:
+        seeds = list(seeds)
+        RecipeSettings.check_values({"seeds": seeds})
     for key, split in zip(("train_split", "test_split"), recipe_splits(recipe["data"]), strict=True):
         recipe["data"].setdefault(key, split)  # config.yaml names the splits used
     out_dir = Path(out_dir)
@@ -602,8 +565,8 @@ def train_recipe(
     (out_dir / "results.json").write_text(
         json.dumps(
             dict(
-                name=recipe.get("name"), protocol=recipe.get("protocol", "val"), expected_top1=recipe.get("expected_top1"),
-                source=recipe.get("source"), splits=dict(zip(("train", "test"), recipe_splits(recipe["data"]), strict=True)),
+                name=recipe.get("name"), protocol=RecipeSettings.of(recipe).protocol,
+                expected_top1=recipe.get("expected_top1"), source=recipe.get("source"), splits=dict(zip(("train", "test"), recipe_splits(recipe["data"]), strict=True)),
                 runs=result.runs, summary=summary, **({"sweep": swept} if swept else {}),
             ),
             indent=2,
@@ -682,7 +645,7 @@ def _run_sweep(
     import itertools
 
     grid = parse_sweep(sweep)
-    held_out = recipe["data"].get("val_fraction", 0.1)
+    held_out = DataConfig.from_mapping(recipe["data"]).val_fraction
     if not float(held_out) > 0:
         raise ValueError(f"a sweep chooses on the validation split: data.val_fraction must be above 0, got {held_out}")
     keys = [key for key, _ in grid]
@@ -719,14 +682,12 @@ def _num_classes(recipe: Mapping[str, Any]) -> int:
     """The class count the data will have, read without decoding any image."""
     from ..data import dataset_definition
 
-    data = recipe["data"]
-    classes = data.get("classes")
-    if isinstance(classes, int):
-        return classes
-    if isinstance(classes, list):
-        return len(classes)
-    options = dict(data.get("options") or {})
-    return dataset_definition(data["dataset"]).num_classes(data.get("root"), options)
+    data = DataConfig.from_mapping(recipe["data"])
+    if isinstance(data.classes, int):
+        return data.classes
+    if isinstance(data.classes, (list, tuple)):
+        return len(data.classes)
+    return dataset_definition(data.dataset).num_classes(data.root, dict(data.options or {}))
 
 
 def _plain(x: Any) -> Any:
@@ -771,8 +732,7 @@ def test_transform_for(model: Any, checkpoint: str | os.PathLike | None = None) 
     from ..data import build_transforms
 
     config = run_config(checkpoint) if checkpoint is not None else None
-    data = (config or {}).get("data", {})
-    resize = _size(data.get("test_resize", data.get("resize")))
+    resize = _size(DataConfig.from_mapping((config or {}).get("data") or {}).test_resize_value())
     return build_transforms(model, train=False, img_size=tuple(model.img_size), resize=resize)
 
 
@@ -825,7 +785,7 @@ def checkpoint_split(
     _check_splits_not_empty({split: test}, dict(data if same else {}, dataset=name, root=root))
     check_same_classes(model, test, data_name=f"{root} ({name}, {split})", model_name=f"checkpoint {checkpoint}")
     if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
-        resize = _size(data.get("test_resize", data.get("resize")))
+        resize = _size(DataConfig.from_mapping(data).test_resize_value())
         test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
     return model, test
 
@@ -870,7 +830,7 @@ def _evaluate_split(model: Any, test: Dataset, data: Mapping[str, Any], **evalua
     from ..engine.evaluate import evaluate
 
     if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
-        resize = _size(data.get("test_resize", data.get("resize")))
+        resize = _size(DataConfig.from_mapping(data).test_resize_value())
         test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
     # Retrieval needs a class with two images or more (each query must have something to find).
     targets = targets_of(test)

@@ -26,11 +26,10 @@ from .figures import (
     pretty_name,
 )
 from .gradcam import grad_cam
-from .maps import MAP_KINDS, AttentionMaps, attention_maps, available_maps, map_box
+from .maps import AttentionMaps, attention_maps, available_maps, map_box
 from .plots import plot_histories, plot_per_class
 
 __all__ = [
-    "MAP_KINDS",
     "AttentionMaps",
     "ConfusedPair",
     "attention_maps",

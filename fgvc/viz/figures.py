@@ -405,7 +405,7 @@ def plot_selection(
 
     images: (B, 3, H, W) normalized as the model expects. gt_boxes: (B, 4) in input pixels (the true box,
     green, on the image and the map); the model's selected box is drawn in blue. Each row is titled with the
-    prediction, the truth and whether it is right. Works for any model whose output has ``similarity`` and
+    prediction, the truth and whether it is right. Works for any model whose output has ``selection_map`` and
     ``boxes``.
     """
     was_training = model.training
@@ -413,7 +413,7 @@ def plot_selection(
     device = next(model.parameters()).device
     out = model(images.to(device))
     model.train(was_training)
-    if out.similarity is None or out.boxes is None:
+    if out.selection_map is None or out.boxes is None:
         raise ValueError(f"{model.method} outputs no selection map / boxes to plot")
     cfg = model.data_config
     mean = cfg["mean"] if mean is None else mean
@@ -434,7 +434,7 @@ def plot_selection(
         if gt is not None:
             draw_box(ax_img, gt, TRUE_COLOR)
         draw_box(ax_img, boxes[i], MODEL_COLOR)
-        overlay_map(shown[i], out.similarity[i].float().cpu(), ax=ax_map, input_size=(h, w), true_box=gt,
+        overlay_map(shown[i], out.selection_map[i].float().cpu(), ax=ax_map, input_size=(h, w), true_box=gt,
                     model_box=boxes[i], colorbar=False)
         ax_crop.imshow(crops[i])
         if i == 0:

@@ -26,11 +26,7 @@ from ..layers.geometry import PatchGrid
 from ..methods.base import FGVCModel, ModelOutput
 from ..methods.explain import COMMON_MAPS, GridMap, MapInfo
 
-__all__ = ["MAP_KINDS", "AttentionMaps", "attention_maps", "available_maps", "map_box"]
-
-#: The kinds every model has, with what they show (a model's own: ``model.map_info()``).
-MAP_KINDS: dict[str, str] = {kind: info.description for kind, info in COMMON_MAPS.items()}
-
+__all__ = ["AttentionMaps", "attention_maps", "available_maps", "map_box"]
 
 def available_maps(model: FGVCModel) -> list[str]:
     """The map kinds ``model`` has: ``attention`` and ``rollout`` always, then its method's own."""

@@ -1,4 +1,4 @@
-"""``fgvc.profile`` / ``fgvc benchmark``: the figures are produced and consistent (never how fast they are)."""
+"""``fgvc.benchmark`` / ``fgvc benchmark``: the figures are produced and consistent (never how fast they are)."""
 
 import csv
 import importlib.util
@@ -12,7 +12,7 @@ from conftest import TINY
 
 import fgvc
 from fgvc.cli import main
-from fgvc.studies.profile import MethodCost, count_macs, vit_macs
+from fgvc.studies.benchmark import MethodCost, count_macs, vit_macs
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 QUICK = dict(backbone=TINY["backbone"], backbone_kwargs=TINY["backbone_kwargs"], batch_size=2, warmup=0,
@@ -45,13 +45,13 @@ def test_vit_macs_formula_by_hand():
 
 
 @pytest.fixture(scope="module")
-def tiny_profile():
+def tiny_benchmark():
     torch.manual_seed(0)
-    return fgvc.profile(["glsim", "dcal", "transfg", "dcal_nopwca"], img_sizes=[64, (64, 96)], memory=False, **QUICK)
+    return fgvc.benchmark(["glsim", "dcal", "transfg", "dcal_nopwca"], img_sizes=[64, (64, 96)], memory=False, **QUICK)
 
 
-def test_profile_rows_and_ratios(tiny_profile):
-    r = tiny_profile
+def test_benchmark_rows_and_ratios(tiny_benchmark):
+    r = tiny_benchmark
     labels = ["vit", "timm", "glsim", "dcal", "transfg", "dcal_nopwca"]  # the ViT is added, timm beside it
     assert [(row.method, row.img_size) for row in r.rows] == [(m, s) for s in ("64", "64x96") for m in labels]
     for size in (64, (64, 96)):
@@ -72,28 +72,28 @@ def test_profile_rows_and_ratios(tiny_profile):
         assert math.isnan(vit.select_macs_pct) and glsim.select_macs_pct > 0
 
 
-def test_selection_table(tiny_profile):
-    steps = {(c.img_size, c.method, c.reference) for c in tiny_profile.selection}
+def test_selection_table(tiny_benchmark):
+    steps = {(c.img_size, c.method, c.reference) for c in tiny_benchmark.selection}
     for size in ("64", "64x96"):
         assert {(size, "", False), (size, "glsim", False), (size, "dcal", False), (size, "dcal", True),
                 (size, "transfg", False), (size, "transfg", True)} == {s for s in steps if s[0] == size}
-    encoder = [c for c in tiny_profile.selection if c.step == "encoder forward"]
+    encoder = [c for c in tiny_benchmark.selection if c.step == "encoder forward"]
     assert all(c.time_pct == c.macs_pct == 100.0 and c.mmacs > 0 for c in encoder)
 
 
-def test_markdown_csv_and_plot(tiny_profile, tmp_path):
-    md = tiny_profile.to_markdown()
+def test_markdown_csv_and_plot(tiny_benchmark, tmp_path):
+    md = tiny_benchmark.to_markdown()
     assert "| method | size |" in md and "| glsim | 64x96 |" in md and "torch threads" in md
     assert "Targets" not in md and ": met" not in md and "NOT met" not in md  # no verdicts in users' reports
-    path = tiny_profile.to_csv(tmp_path / "m.csv")
+    path = tiny_benchmark.to_csv(tmp_path / "m.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(tiny_profile.rows) and {"method", "img_size", "gmacs", "throughput_ratio"} <= set(rows[0])
-    written = tiny_profile.save(tmp_path / "out", accuracies={"vit": 80.0, "glsim@64": 82.0})
+    assert len(rows) == len(tiny_benchmark.rows) and {"method", "img_size", "gmacs", "throughput_ratio"} <= set(rows[0])
+    written = tiny_benchmark.save(tmp_path / "out", accuracies={"vit": 80.0, "glsim@64": 82.0})
     assert {p.name for p in written} == {"methods.csv", "selection.csv", "benchmark.md", "accuracy_vs_throughput.png"}
     assert all(p.stat().st_size > 0 for p in written)
     with pytest.raises(ValueError, match="match no measured"):
-        tiny_profile.plot({"resnet": 70.0})
+        tiny_benchmark.plot({"resnet": 70.0})
 
 
 def _benchmark_targets():
@@ -105,21 +105,21 @@ def _benchmark_targets():
     return module
 
 
-def test_benchmarks_check_their_targets_on_the_ratios(tiny_profile):
+def test_benchmarks_check_their_targets_on_the_ratios(tiny_benchmark):
     targets = _benchmark_targets()
-    checks = targets.check_targets(tiny_profile.rows)
+    checks = targets.check_targets(tiny_benchmark.rows)
     names = {(t.name, t.img_size) for t in checks}
     assert ("glsim inference throughput x ViT", "64") in names
     assert ("dcal inference MACs x ViT", "64x96") in names
     assert ("fgvc vit throughput x timm's model", "64") in names
     assert all(t.met in (True, False) for t in checks)
-    assert targets.targets_markdown(tiny_profile.rows).startswith("\n\nTargets (ratios of this run):\n\n- ")
+    assert targets.targets_markdown(tiny_benchmark.rows).startswith("\n\nTargets (ratios of this run):\n\n- ")
 
 
 def test_glsim_selection_is_under_a_thousandth_of_the_encoder():
     """At a realistic size (DeiT-Ti, 224 px) GLSim's selection is < 0.1% of the encoder's MACs, while the
     rollout over full T x T maps and TransFG's official product are much larger shares."""
-    r = fgvc.profile(["glsim", "dcal", "transfg"], backbone="deit_tiny_patch16_224", img_sizes=[224], batch_size=2,
+    r = fgvc.benchmark(["glsim", "dcal", "transfg"], backbone="deit_tiny_patch16_224", img_sizes=[224], batch_size=2,
                      warmup=0, repeats=1, train=False, memory=False, timm_reference=False)
     shares = {(c.method, c.reference): c.macs_pct for c in r.selection}
     assert 0 < r.row("glsim", 224).select_macs_pct == shares[("glsim", False)] < 0.1
@@ -129,18 +129,18 @@ def test_glsim_selection_is_under_a_thousandth_of_the_encoder():
 
 
 def test_memory_is_measured():
-    r = fgvc.profile(["vit"], img_sizes=[64], timm_reference=False, **QUICK)
+    r = fgvc.benchmark(["vit"], img_sizes=[64], timm_reference=False, **QUICK)
     row = r.row("vit", 64)
     if math.isnan(row.train_mem_mib):
         pytest.skip("no /proc on this system: CPU memory is not measured")
     assert row.train_mem_mib > 0 and row.infer_mem_mib >= 0
 
 
-def test_profile_rejects_bad_arguments():
+def test_benchmark_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown method 'resnet'"):
-        fgvc.profile(["resnet"], **QUICK)
+        fgvc.benchmark(["resnet"], **QUICK)
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
-        fgvc.profile(["vit"], **dict(QUICK, batch_size=1))
+        fgvc.benchmark(["vit"], **dict(QUICK, batch_size=1))
 
 
 def test_cli_benchmark(tmp_path, capsys):
@@ -169,7 +169,7 @@ def test_cli_benchmark_rejects_bad_values(capsys):
 def test_ranges_bracket_the_medians_and_options_are_rows():
     """Each timing is a median with the range of its runs; each ratio the median of the rounds' own ratios;
     GLSim's cheaper crop passes and DCAL's PWCA in fewer blocks are rows like the methods."""
-    r = fgvc.profile(["glsim", "glsim_half", "glsim_tokens", ("dcal_T1", "dcal", dict(pwca_blocks=1))],
+    r = fgvc.benchmark(["glsim", "glsim_half", "glsim_tokens", ("dcal_T1", "dcal", dict(pwca_blocks=1))],
                      img_sizes=[64], memory=False, selection=False, timm_reference=False,
                      **dict(QUICK, repeats=3))
     assert [row.method for row in r.rows] == ["vit", "glsim", "glsim_half", "glsim_tokens", "dcal_T1"]
@@ -191,8 +191,8 @@ def test_ranges_bracket_the_medians_and_options_are_rows():
     assert len(load) == 2 and "load average" in r.to_markdown()
 
 
-def test_profile_under_bf16_autocast():
-    r = fgvc.profile(["glsim"], img_sizes=[64], memory=False, selection=False, timm_reference=False, amp="bf16",
+def test_benchmark_under_bf16_autocast():
+    r = fgvc.benchmark(["glsim"], img_sizes=[64], memory=False, selection=False, timm_reference=False, amp="bf16",
                      **QUICK)
     assert {row.amp for row in r.rows} == {"bfloat16"} and "bfloat16" in r.to_markdown()
     assert all(math.isfinite(row.throughput) and math.isfinite(row.train_ms) for row in r.rows)

@@ -1,7 +1,7 @@
 """Cost of the methods, measured the same way for every one and set beside the plain ViT's (``fgvc benchmark``).
 
 Users choose a method by accuracy *and* cost, and the methods' papers argue by cost (GLSim: its selection is
-almost free next to attention-based selection). ``profile`` measures, for every method and input size, on one
+almost free next to attention-based selection). ``benchmark`` measures, for every method and input size, on one
 backbone with the same random weights (cost needs no pretrained weights):
 
 * **parameters**;
@@ -66,11 +66,11 @@ __all__ = [
     "VARIANTS",
     "method_variants",
     "MethodCost",
-    "ProfileResult",
+    "BenchmarkResult",
     "SelectionCost",
     "count_macs",
     "count_train_macs",
-    "profile",
+    "benchmark",
     "timed_rounds",
     "vit_macs",
 ]
@@ -303,8 +303,8 @@ class SelectionCost:
 
 
 @dataclass
-class ProfileResult:
-    """What ``profile`` measured: one ``MethodCost`` per method and size, and the selection steps."""
+class BenchmarkResult:
+    """What ``benchmark`` measured: one ``MethodCost`` per method and size, and the selection steps."""
 
     rows: list[MethodCost]
     selection: list[SelectionCost]
@@ -436,7 +436,7 @@ def _kwargs_label(kwargs: Mapping[str, Any] | None) -> str:
     return f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else ""
 
 
-# ------------------------------------------------------------------------------------------- profile
+# ------------------------------------------------------------------------------------------ benchmark
 @dataclass(frozen=True)
 class _Spec:
     """A row: its label, the registered method (or ``TIMM``) and the method's options."""
@@ -605,7 +605,7 @@ def _measure_selection(
     return selection
 
 
-def profile(
+def benchmark(
     methods: Sequence[str | tuple[str, str, dict[str, Any]]] = DEFAULT_METHODS,
     *,
     backbone: str = "deit_tiny_patch16_224",
@@ -624,7 +624,7 @@ def profile(
     amp: str | None = None,
     threads: int | None = None,
     progress: bool = False,
-) -> ProfileResult:
+) -> BenchmarkResult:
     """Measure the cost of ``methods`` beside the plain ViT on one backbone at each of ``img_sizes``.
 
     Args:
@@ -644,7 +644,7 @@ def profile(
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: inference and training step under ``torch.autocast``.
         threads: torch CPU threads during the run (default: as set).
         progress: print what is being measured to stderr.
-    Returns a ``ProfileResult``: ``.rows``, ``.selection``, ``.to_markdown()``, ``.to_csv()``,
+    Returns a ``BenchmarkResult``: ``.rows``, ``.selection``, ``.to_markdown()``, ``.to_csv()``,
     ``.plot()``, ``.save()``.
     """
     if batch_size < 2:
@@ -685,7 +685,7 @@ def profile(
     finally:
         torch.set_num_threads(saved_threads)
     setup["loadavg"][1] = _loadavg()
-    return ProfileResult(rows=rows, selection=steps, setup=setup)
+    return BenchmarkResult(rows=rows, selection=steps, setup=setup)
 
 
 def _loadavg() -> float:
