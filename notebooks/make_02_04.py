@@ -97,7 +97,7 @@ print(result.to_markdown())
     ("md", """
 The chance row is what guessing scores on these classes; the last line compares with the paper. Only a run
 of the unmodified recipe on the official data (on GPUs, over the recipe's seeds) is a reproduction; fgvc's
-README keeps a table of those, left empty until someone runs them. The test split was looked at once per seed, after the checkpoint was chosen on validation.
+docs/results.md keeps a table of those, left empty until someone runs them. The test split was looked at once per seed, after the checkpoint was chosen on validation.
 
 ## 4. Training curves
 

@@ -33,8 +33,8 @@ the detail.
 5. Grad-CAM and FinerCAM (optional package).
 6. The interactive explorer and the error analysis.
 
-**Time:** about 2 minutes in full mode on an idle 2-core CPU (131 s, the notebook executed end to end with
-`FGVC_SMOKE=0`; the four fine-tuning cells take 19-43 s each); seconds in small mode (`FGVC_SMOKE=1`).
+**Time:** minutes in full mode on a CPU (measured in `docs/results.md`, "The notebooks' full-mode run times");
+seconds in small mode (`FGVC_SMOKE=1`).
 """),
     ("params", """
 # Parameters. SMOKE=True runs a tiny version (what the test suite executes); set FGVC_SMOKE=0 or edit below.

@@ -9,7 +9,7 @@ of the official code it comes from (arkel23/GLSim at commit 99cc474, TACJu/Trans
 has no official code, so its settings come from the paper), or says "fgvc's choice" where paper and code are
 both silent. Where paper and code disagree, the code is followed and the comment says so. Where fgvc
 deliberately differs, the difference is an option whose default is the official behaviour, listed in the
-README's deviations table.
+deviations table of docs/recipes.md.
 
 ``expected_top1`` is the paper's reported top-1 for exactly that method, dataset and resolution, or null
 where the paper reports none (never guessed). It is compared with a run only under ``protocol: paper``.

@@ -114,7 +114,7 @@ def test_similarity_is_cosine_between_cls_and_each_patch():
 def test_the_official_box_of_a_perfect_top8_cannot_reach_half_the_demo_detail(capsys, monkeypatch):
     """``benchmarks/glsim_box_arithmetic.py``: the official box drops the selection's last row and column, so
     even a perfect similarity's top-8 gives a crop IoU far below 0.5 on the demo's 31 px detail; keeping them
-    (``glsim_inclusive``) gives about 0.6. The README's crop-IoU discussion quotes these figures."""
+    (``glsim_inclusive``) gives about 0.6. docs/results.md's crop-IoU discussion quotes these figures."""
     import importlib.util
     import sys
     from pathlib import Path

@@ -79,3 +79,59 @@ def test_fgvc_pretrain_resume_continues_the_run_in_out(tmp_path, monkeypatch):
     monkeypatch.setattr(pretraining, "pretrain", lambda out, s, **kw: seen.update(kw) or {})
     args = build_parser().parse_args(["pretrain", "--out", str(tmp_path), "--resume", "--no-progress"])
     assert args.func(args) == 0 and seen["resume"] is True
+
+
+KILLABLE = r'''
+import sys, time
+from dataclasses import replace
+
+import fgvc.studies.pretrain as P
+
+out, pause_at, marker, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+settings = replace(P.PretrainSettings(), detail_sides=(7, 31), images_per_side=6, val_per_side=2, steps=6,
+                   batch_size=4, warmup_steps=2, threads=1)
+getitem, calls = P._TrainViews.__getitem__, [0]
+
+
+def item(self, k):  # counts the training items read; sleeps at the pause_at-th: the test kills the process there
+    calls[0] += 1
+    if calls[0] == pause_at:
+        open(marker, "w").close()
+        time.sleep(600)
+    return getitem(self, k)
+
+
+P._TrainViews.__getitem__ = item
+P.pretrain(out, settings, progress=False, eval_every=3, save_every=1, resume=resume)
+print("items read:", calls[0])
+'''
+
+
+def test_a_pretraining_killed_with_sigkill_resumes_in_a_new_process_to_the_uninterrupted_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert (TINY.detail_sides, TINY.steps, TINY.batch_size) == ((7, 31), 6, 4)  # the runner's settings
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    script, marker = tmp_path / "run.py", tmp_path / "paused"
+    script.write_text(KILLABLE)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(run), str(2 + 4 * 4 + 2), str(marker), "0"], env=env)
+    whole = pretrain(tmp_path / "whole", TINY, **RUN)  # meanwhile, in this process
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the run to kill never reached its fifth step"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_train_state(run / "train_state.safetensors")[1]["step"] == 4  # four steps were saved
+    done = subprocess.run([sys.executable, str(script), str(run), "0", str(marker), "1"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "items read: 10\n" in done.stdout  # fit's two checks, then the last two steps only: resumed at step 4
+    a, b = (load_file(str(folder / f"{NAME}.safetensors")) for folder in (tmp_path / "whole", run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole  # the uninterrupted run's metrics

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     demo = sub.add_parser(
         "demo",
-        help="fine-tune every method from fgvc's shipped backbone on synthetic data (CPU, ~5 min)",
+        help="fine-tune every method from fgvc's shipped backbone on synthetic data (CPU, about 2.5 min)",
         description="Fine-tunes every method from fgvc's shipped pretrained backbone (fgvc_synth_vit_tiny) on "
         "the built-in synthetic fine-grained dataset, prints a results table (top-1, crop IoU, pointing game, "
         "params, time) and writes checkpoints and a figure of where each method looks.",

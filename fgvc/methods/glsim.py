@@ -500,7 +500,7 @@ def recipe_settings(dataset: str, size: int) -> tuple[dict, dict, dict, list[str
         lr=0.01,
         weight_decay=0.0,  # build_args.py:186
         warmup_steps=500,  # build_args.py:210; cosine per step (:193, glsim/train_utils/scheduler.py:23-32)
-        min_lr=1e-5,  # build_args.py:205 (the warmup starts at warmup_lr 1e-6, :203: see the README deviations)
+        min_lr=1e-5,  # build_args.py:205 (the warmup starts at warmup_lr 1e-6, :203: see docs/recipes.md, the deviations)
         label_smoothing=0.1,  # ls: True (configs/augs/medaugs.yaml:3), smoothing 0.1 (build_args.py:361)
         grad_clip=1.0,  # clip_grad 1.0 (build_args.py:182)
     )

@@ -4,8 +4,8 @@ CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus ``memory
 a process's peak RSS (``getrusage``) only grows, so the RSS high-water mark is reset through
 ``/proc/self/clear_refs`` right before the call, after freed heap memory has been returned to the system
 (``malloc_trim``), and the RSS just before is subtracted: the figure is that call's own growth, whatever ran
-before it in the process. Checked against a fresh process per model (deit_tiny, 448 px, batch 4): within about
-20 MiB for inference and 5% for training. Where /proc is missing the CPU figure is NaN.
+before it in the process (docs/results.md compares it with a fresh process per model). Where /proc is missing
+the CPU figure is NaN.
 """
 
 from __future__ import annotations
