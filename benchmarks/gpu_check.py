@@ -15,10 +15,15 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
    GPU), then a fresh model resumes it for a second epoch from ``train_state.safetensors``; passes when the
    losses are finite, the resumed history keeps epoch 1 as trained and the resumed run trained the second
    epoch only (the images it fetched are counted).
+3. Activation checkpointing (run second): ``fgvc benchmark --grad-checkpointing both`` for vit, glsim, dcal and
+   transfg at the largest size, first dtype and batch (bf16, batch 32, 448 px): each method's training step
+   with it off and on, taking turns; peak memory and step time side by side.
 
 Writes, into the output folder: ``summary.csv`` / ``summary.md`` (every configuration's rows, with amp and batch),
 ``<amp>_b<batch>_<size>/`` (each benchmark's own methods.csv, selection.csv, benchmark.md) and ``train_resume.csv`` /
-``train_resume.md``. The summary is rewritten after each configuration, so an interrupted run keeps what it did.
+``train_resume.md``, ``grad_checkpointing.csv`` / ``grad_checkpointing.md`` (step 3; its benchmark's own files in
+``grad_checkpointing_<amp>_b<batch>_<size>/``). The summary is rewritten after each configuration, so an
+interrupted run keeps what it did.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from fgvc.cli import main as fgvc_main
 
 METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "dcal_T6", "transfg")
 TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg")
+CKPT_METHODS = ("vit", "glsim", "dcal", "transfg")  # measured with activation checkpointing off and on
 MIN_START_S = 30  # a benchmark configuration starts only with this much of the time budget left
 
 
@@ -99,12 +105,13 @@ def run_benchmarks(plan: Plan, device: str, out: Path, deadline: float, log: lis
     return rows
 
 
-def benchmark_one(plan: Plan, device: str, sub: Path, amp: str, b: int, size: str,
-                  log: list[str]) -> list[dict[str, Any]]:
-    """One ``fgvc benchmark`` call (the CLI's code, in this process); its rows, or one row saying why not."""
-    args = ["benchmark", "--methods", ",".join(METHODS), "--backbone", plan.backbone, "--img-size", size,
+def benchmark_one(plan: Plan, device: str, sub: Path, amp: str, b: int, size: str, log: list[str],
+                  methods: tuple[str, ...] = METHODS, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One ``fgvc benchmark`` call (the CLI's code, in this process); its rows, or one row saying why not.
+    ``extra``: more of the command's flags."""
+    args = ["benchmark", "--methods", ",".join(methods), "--backbone", plan.backbone, "--img-size", size,
             "--batch-size", str(b), "--amp", amp, "--device", device, "--repeats", str(plan.repeats),
-            "--warmup", str(plan.warmup), "--out", str(sub), "--no-progress"]
+            "--warmup", str(plan.warmup), "--out", str(sub), "--no-progress", *extra]
     if plan.depth is not None:
         args += ["--depth", str(plan.depth)]
     start = time.monotonic()
@@ -123,6 +130,30 @@ def benchmark_one(plan: Plan, device: str, sub: Path, amp: str, b: int, size: st
             torch.cuda.empty_cache()
     log.append(f"{amp} batch {b} {size} px: {status} ({time.monotonic() - start:.0f} s)")
     print(log[-1], flush=True)
+    return rows
+
+
+def run_checkpointing(plan: Plan, device: str, out: Path, log: list[str]) -> list[dict[str, Any]]:
+    """Step 3: ``fgvc benchmark --grad-checkpointing both`` for ``CKPT_METHODS`` at the largest size, first dtype
+    and batch; writes ``grad_checkpointing.csv`` (its rows) and ``grad_checkpointing.md`` (off against on)."""
+    amp, b, size = plan.amps[0], plan.batches[0], plan.sizes[-1]
+    sub = out / f"grad_checkpointing_{amp}_b{b}_{size}"
+    rows = benchmark_one(plan, device, sub, amp, b, size, log, methods=CKPT_METHODS,
+                         extra=("--grad-checkpointing", "both", "--no-timm", "--no-selection"))
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / "grad_checkpointing.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Activation checkpointing: {ENV.get('device')}", "",
+             f"{plan.backbone}{'' if plan.depth is None else f' (depth {plan.depth})'} (random weights), {amp}, batch "
+             f"{b}, {size} px: fgvc benchmark --grad-checkpointing both", ""]
+    table = (sub / "benchmark.md").read_text() if (sub / "benchmark.md").is_file() else ""
+    pair = table.partition("Activation checkpointing, training step")[2].strip()
+    lines += ["Training step " + pair if pair else f"not measured: {rows[0]['status']}"]
+    (out / "grad_checkpointing.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
@@ -263,18 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     log: list[str] = []
     rows: list[dict[str, Any]] = []
     resume: list[dict[str, Any]] = []
+    ckpt: list[dict[str, Any]] = []
     try:  # correctness first (train, resume), then the figures in the time left
         with tempfile.TemporaryDirectory(prefix="fgvc_resume_") as work:
             resume = train_and_resume(plan, device, Path(work))
         write_train_resume(out, resume, plan)
+        ckpt = run_checkpointing(plan, device, out, log)
         rows = run_benchmarks(plan, device, out, deadline, log)
     except KeyboardInterrupt:  # the shell script's 8-minute limit: keep what was measured
         log.append("interrupted (time limit): the configurations above are complete, the rest did not run")
     log.append(f"total {time.monotonic() - start:.0f} s")
     write_summary(out, rows, log)
     failed = [r for r in rows if r["status"].startswith("failed")] + [r for r in resume if r["status"] != "ok"]
-    print(f"written: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'train_resume.md'}; "
-          f"{len(failed)} failed; {time.monotonic() - start:.0f} s", flush=True)
+    failed += [r for r in ckpt if r["status"].startswith("failed")]
+    print(f"written: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'train_resume.md'}, "
+          f"{out / 'grad_checkpointing.md'}; {len(failed)} failed; {time.monotonic() - start:.0f} s", flush=True)
     return 1 if any(r["status"] != "ok" for r in resume) or not any(r["status"] == "ok" for r in rows) else 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-GPU check of fgvc, bounded at 8 minutes: `fgvc benchmark` for every method on ViT-B/16 at 224 and 448 px
-# (bf16 autocast and fp32, batch 32 and 64, inference and training step, peak memory) and a train-then-resume
-# of each method; CSV and markdown into benchmarks/results/gpu_<device name>/ (see benchmarks/gpu_check.py).
+# (bf16 autocast and fp32, batch 32 and 64, inference and training step, peak memory), a train-then-resume
+# of each method and the training step with activation checkpointing off and on (bf16, batch 32, 448 px); CSV
+# and markdown into benchmarks/results/gpu_<device name>/ (see benchmarks/gpu_check.py).
 #
 #   bash benchmarks/gpu_check.sh              # on a machine with one CUDA GPU
 #   bash benchmarks/gpu_check.sh --dry-run    # on any machine: a tiny model on the CPU, the same code paths

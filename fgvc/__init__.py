@@ -8,7 +8,7 @@
 """
 
 from .backbones.vit import EncoderOutput, ViTBackbone
-from .engine.evaluate import EvalResult, evaluate
+from .engine.evaluate import EvalResult, calibrate, evaluate
 from .engine.predict import Prediction, predict
 from .engine.retrieval import RetrievalResult, retrieval_metrics
 from .engine.train import History, fit, plot_log, seed_everything
@@ -25,20 +25,20 @@ from .version import __version__
 profile, ProfileResult = benchmark, BenchmarkResult
 
 __all__ = [
-    "EncoderOutput",
     "BenchmarkResult",
+    "EncoderOutput",
     "EvalResult",
     "FGVCModel",
     "History",
     "ModelOutput",
     "Prediction",
-    "BenchmarkResult",
     "RecipeResult",
     "RetrievalResult",
     "TrainConfig",
     "ViTBackbone",
     "__version__",
     "benchmark",
+    "calibrate",
     "create_model",
     "evaluate",
     "export_timm",

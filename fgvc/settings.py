@@ -410,6 +410,8 @@ class TrainConfig(Settings):
     accumulate_steps: int = option(1, at_least(1), "forward passes per optimizer step (gradient accumulation)")
     compile: bool = option(False, flag(), "torch.compile the training forward (evaluation stays eager)")
     channels_last: bool = option(False, flag(), "NHWC images and weights")
+    grad_checkpointing: bool = option(False, flag(), "activation checkpointing in training: the blocks' activations "
+                                      "recomputed in backward (less memory, slower steps, the same gradients)")
     tf32: bool | None = option(None, flag(optional=True), "on CUDA: allow TF32 (true), forbid it (false), or leave "
                                "PyTorch's setting (null); restored when fit returns")
     log_every_steps: int = option(50, at_least(1), "a log.jsonl line every N optimizer steps (plus one per epoch)")

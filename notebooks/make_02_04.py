@@ -252,6 +252,22 @@ classes or fewer, where it is 100% by construction.
 print(results_table(runs.results, runs.tests))
 """),
     ("md", """
+### Are the confidences honest?
+
+A reliability diagram bins the test images by the model's top-1 confidence and plots each bin's accuracy
+against it: a calibrated model's line follows the diagonal (of the images it is 80% sure of, 80% are right);
+below it, the model is over-confident. The strip below counts the images per bin, and each line's label gives
+its expected calibration error (ECE, 15 bins). `fgvc.calibrate(model, val_data)` fits one temperature on the
+validation split (`fgvc eval --calibrate val` in a terminal); `fgvc.evaluate` then reports ECE, NLL and Brier
+before and after (`result.ece_calibrated`, ...), and top-1 does not move.
+"""),
+    ("code", """
+for name in runs.tests:
+    by_method = {method: r for (data, method), r in runs.results.items() if data == name}
+    fig = viz.plot_reliability(by_method, title=f"{name}: reliability, one line per method")
+    plt.show()
+"""),
+    ("md", """
 ## 4. Per-class accuracy
 
 The mean hides the classes a model cannot tell apart: the hardest classes of each dataset, every method side

@@ -9,6 +9,11 @@ with overlapping patches (``patch_stride``).
 Fused attention (``F.scaled_dot_product_attention``) stays on unless attention maps are asked for: it never
 forms the (T, T) probability map, the costly part at 448 px. Maps are recorded by switching the blocks to timm's explicit attention path for
 that one call and reading the softmax output, then switching back (the model itself is never edited).
+
+Activation checkpointing (``set_grad_checkpointing``): the adapter runs the blocks itself, so timm's flag alone
+would not reach them; each block call goes through ``run_checkpointed`` instead, which keeps only the block's
+input in training and recomputes the rest in backward (``torch.utils.checkpoint``, non-reentrant: the same
+autograd graph and RNG state, so the gradients are bitwise those without it).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..io import backbone_state_dict, load_timm_state
 from ..layers.geometry import PatchGrid
@@ -34,8 +40,8 @@ from ..settings import POS_EMBED_INTERPOLATIONS
 from .shipped import shipped_backbone
 
 __all__ = [
-    "POS_EMBED_INTERPOLATIONS", "EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "resample_pos_embed", "shape_repr",
-    "to_2tuple",
+    "POS_EMBED_INTERPOLATIONS", "EncoderOutput", "OverlapPatchEmbed", "ViTBackbone", "resample_pos_embed",
+    "run_checkpointed", "shape_repr", "to_2tuple",
 ]
 
 
@@ -47,6 +53,18 @@ def to_2tuple(size: int | Sequence[int]) -> tuple[int, int]:
     if len(size) != 2:
         raise ValueError(f"size must be an int or (height, width), got {size!r}")
     return size  # type: ignore[return-value]
+
+
+def run_checkpointed(fn: Any, *args: Any, enabled: bool, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; with ``enabled``, under activation checkpointing when gradients are recorded.
+
+    Non-reentrant ``torch.utils.checkpoint.checkpoint``: only the inputs are kept, the activations inside ``fn``
+    are recomputed in backward (RNG state restored, so dropout and drop-path draw the same), and the autograd
+    graph is the one without checkpointing: gradients are bitwise the same. Any outputs (tuples, None) pass.
+    """
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def shape_repr(x: Any) -> str:
@@ -305,6 +323,24 @@ class ViTBackbone(nn.Module):
             self.load_report = load_timm_state(self.vit, state, checkpoint_path, name, filter_fn=filter_fn)
             self.load_report["left_aside"] += aside
         self._pos_embed_cache: dict[Any, Tensor] = {}  # pos_embed_at without gradients: one resampled size
+        #: activation checkpointing of the blocks in training (``set_grad_checkpointing``)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of keeping them: less memory, more time.
+
+        Sets timm's flag where the timm model has one (its own ``forward_features``), and checkpoints the
+        blocks this adapter runs (``encode``, ``forward``) in training mode; the methods' own block calls go
+        through ``FGVCModel.run_block``, switched with it by ``FGVCModel.set_grad_checkpointing``.
+        """
+        self.grad_checkpointing = bool(enable)
+        if callable(getattr(self.vit, "set_grad_checkpointing", None)):
+            self.vit.set_grad_checkpointing(self.grad_checkpointing)
+
+    def run_block(self, block: Any, *args: Any, **kwargs: Any) -> Any:
+        """``block(*args, **kwargs)`` (a block, or a function of one such as ``block_forward``), checkpointed
+        when ``grad_checkpointing`` is on, in training mode with gradients (evaluation never checkpoints)."""
+        return run_checkpointed(block, *args, enabled=self.grad_checkpointing and self.training, **kwargs)
 
     @torch.no_grad()
     def _resample_npz_pos_embed(self, npz: str) -> None:
@@ -489,10 +525,10 @@ class ViTBackbone(nn.Module):
         extra = self.block_kwargs()
         if attn_mask is not None:
             extra["attn_mask"] = attn_mask
-        if not extra:
+        if not extra and not self.grad_checkpointing:
             return self.norm(self.blocks(tokens))
         for block in self.blocks:
-            tokens = block(tokens, **extra)
+            tokens = self.run_block(block, tokens, **extra)
         return self.norm(tokens)
 
     def block_kwargs(self) -> dict[str, Any]:
@@ -541,8 +577,8 @@ class ViTBackbone(nn.Module):
         extra = self.block_kwargs()
         hidden: list[Tensor] = []
         with self.record_attention(enabled=return_attention) as maps:
-            for block in self.blocks:
-                tokens = block(tokens, **extra)
+            for block in self.blocks:  # recorded maps would be recorded again by a recomputation: not checkpointed
+                tokens = block(tokens, **extra) if return_attention else self.run_block(block, tokens, **extra)
                 hidden.append(tokens)
         return EncoderOutput(
             tokens=self.norm(tokens),

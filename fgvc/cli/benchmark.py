@@ -20,6 +20,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         warmup=args.warmup, repeats=args.repeats, train=not args.no_train, memory=not args.no_memory,
         timm_reference=not args.no_timm, threads=args.threads, progress=not args.no_progress,
         selection=not args.no_selection, amp=None if args.amp == "fp32" else args.amp,
+        grad_checkpointing=args.grad_checkpointing,
     )
     print(result.to_markdown())
     if args.accuracy and not args.out:
@@ -32,7 +33,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``fgvc benchmark`` (``fgvc.studies.benchmark``)."""
-    from ..studies.benchmark import DEFAULT_METHODS, VARIANTS
+    from ..studies.benchmark import DEFAULT_METHODS, GRAD_CHECKPOINTING, VARIANTS
 
     bench = sub.add_parser(
         "benchmark",
@@ -80,6 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--amp", choices=("fp32", "bf16", "fp16"), default="fp32",
         help="run inference and the training step under torch.autocast to this dtype (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--grad-checkpointing", choices=GRAD_CHECKPOINTING, default="off",
+        help="activation checkpointing in the training step: off, on (every model, rows LABEL+ckpt) or both (each "
+        "model without and with it, taking turns, and a table of the two: memory saved, time paid) "
+        "(default: %(default)s)",
     )
     bench.add_argument(
         "--out", default=None, help="folder for methods.csv, selection.csv, benchmark.md (and the plot)"

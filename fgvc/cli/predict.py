@@ -18,7 +18,10 @@ def _predict(args: argparse.Namespace) -> int:
     for prediction in predictions:
         print(prediction)
     if args.out:
-        path = save_predictions(predictions, args.out, info=dict(checkpoint=str(args.checkpoint), tta=args.tta))
+        info = dict(checkpoint=str(args.checkpoint), tta=args.tta)
+        if getattr(model, "temperature", 1.0) != 1.0:  # calibrated (fgvc eval --save-calibrated)
+            info["temperature"] = model.temperature
+        path = save_predictions(predictions, args.out, info=info)
         print(f"{len(predictions)} predictions written to {path}")
     if args.maps:
         for path in save_maps(model, images, args.maps, transform=transform):
@@ -33,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="top-5 classes with names for image files, folders or globs",
         description="Classifies images with an fgvc checkpoint and prints the top classes with their names "
         "(from the checkpoint) and probabilities (test transform: resize, center crop, the backbone's "
-        "normalization); --out writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
+        "normalization; calibrated when the checkpoint has a temperature: fgvc eval --save-calibrated); --out "
+        "writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
     )
     pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
     pred.add_argument(

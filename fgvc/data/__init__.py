@@ -32,6 +32,7 @@ from .definition import DatasetDef
 from .find import cub_subset, find_dataset
 from .flowers import Flowers102
 from .folder import ImageFolderDataset
+from .hierarchy import class_hierarchy, load_hierarchy
 from .nabirds import NABirds
 from .splits import SubsetDataset, subset_classes, train_val_split
 from .synthetic import SyntheticFGVC, synthetic_splits
@@ -61,6 +62,7 @@ __all__ = [
     "build_transforms",
     "check_dataset",
     "check_image",
+    "class_hierarchy",
     "classes_of",
     "cub_subset",
     "dataset_definition",
@@ -70,6 +72,7 @@ __all__ = [
     "default_resize",
     "display_names_of",
     "list_datasets",
+    "load_hierarchy",
     "load_rgb",
     "map_boxes",
     "num_classes_of",

@@ -6,6 +6,10 @@ exclusive ends) and removes the 20-pixel copyright banner at the bottom of every
 README asks (``remove_banner=False`` keeps it). Splits: ``train``, ``val``, ``trainval``, ``test`` (recipes
 train on ``trainval`` and test on ``test``, as the papers do); the label level is ``annotation_level``:
 ``"variant"`` (100 classes), ``"family"`` (70) or ``"manufacturer"`` (30).
+
+``FGVCAircraft.hierarchy`` maps each class up to the coarser levels (a variant's family and manufacturer,
+read from the same images' lines in the official files, ``aircraft_hierarchy``): ``fgvc.evaluate`` then
+also scores a variant-level model's predictions at the family and manufacturer levels.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import torch
 
 from .common import ImageDataset, Records, missing_annotation, read_table
 from .definition import DatasetDef
+from .hierarchy import Hierarchy, coarse_function
 
-__all__ = ["AIRCRAFT_LAYOUT", "DEFINITION", "AIRCRAFT_SPLITS", "FGVCAircraft", "read_aircraft"]
+__all__ = [
+    "AIRCRAFT_LAYOUT", "DEFINITION", "AIRCRAFT_SPLITS", "FGVCAircraft", "aircraft_hierarchy", "read_aircraft",
+]
 
 AIRCRAFT_SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
+# The label levels, fine to coarse (dict order).
 _LEVEL_FILES = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 _FOLDER = "fgvc-aircraft-2013b"
 BANNER_PIXELS = 20
@@ -91,8 +99,60 @@ def read_aircraft(
     )
 
 
+def aircraft_hierarchy(
+    root: str | os.PathLike, classes: list[str], annotation_level: str = "variant"
+) -> Hierarchy:
+    """The coarser levels of each of ``classes`` (names at ``annotation_level``, in label order).
+
+    ``{"family": [...], "manufacturer": [...]}`` for variants (``{"manufacturer": [...]}`` for families):
+    the coarse label of a class is that of its images, read from the ``images_<level>_<split>.txt`` lines of
+    the same image ids in every split the folder has. A level without its files is left out; a class given
+    two labels at a level, an image listed at one level but not the other, or a class no image maps is an
+    error naming it. ``root``: the ``fgvc-aircraft-2013b`` folder or its parent.
+    """
+    levels = list(_LEVEL_FILES)
+    if annotation_level not in levels:
+        raise ValueError(f"annotation_level must be one of {levels}, got {annotation_level!r}")
+    root = Path(root).expanduser()
+    data = (root if root.name == _FOLDER else root / _FOLDER) / "data"
+    out: Hierarchy = {}
+    for level in levels[levels.index(annotation_level) + 1 :]:
+        pairs: list[tuple[str, str]] = []
+        for split in AIRCRAFT_SPLITS:
+            fine_file = data / f"images_{annotation_level}_{split}.txt"
+            coarse_file = data / f"images_{level}_{split}.txt"
+            if not (fine_file.is_file() and coarse_file.is_file()):
+                continue
+            fine, coarse = (  # image id -> class name
+                {r[0]: r[1] for r in read_table(f, 2, "aircraft", AIRCRAFT_LAYOUT, unique={0: "image id"})}
+                for f in (fine_file, coarse_file)
+            )
+            unpaired = sorted(set(fine) ^ set(coarse))
+            if unpaired:
+                where = fine_file.name if unpaired[0] in fine else coarse_file.name
+                raise ValueError(
+                    f"aircraft: {len(unpaired)} images are listed in only one of {fine_file.name} and "
+                    f"{coarse_file.name}, e.g. {unpaired[0]} (in {where})"
+                )
+            pairs += [(fine[image], coarse[image]) for image in sorted(fine)]
+        if not pairs:
+            continue
+        table = coarse_function(pairs, level, f"aircraft ({data}, images_{annotation_level}/{level}_*.txt)")
+        missing = [c for c in classes if c not in table]
+        if missing:
+            raise ValueError(
+                f"aircraft: no image maps {len(missing)} {annotation_level} classes to a {level}, "
+                f"e.g. {missing[0]!r}"
+            )
+        out[level] = [table[c] for c in classes]
+    return out
+
+
 class FGVCAircraft(ImageDataset):
-    """FGVC-Aircraft (see ``AIRCRAFT_LAYOUT``): ``train``, ``val``, ``trainval`` or ``test``."""
+    """FGVC-Aircraft (see ``AIRCRAFT_LAYOUT``): ``train``, ``val``, ``trainval`` or ``test``.
+
+    ``hierarchy``: the coarser levels of every class (``aircraft_hierarchy``), read on first access.
+    """
 
     def __init__(
         self,
@@ -106,6 +166,15 @@ class FGVCAircraft(ImageDataset):
     ) -> None:
         records = read_aircraft(root, split, annotation_level=annotation_level, remove_banner=remove_banner)
         super().__init__(records, transform, skip_corrupt)
+        self.annotation_level = annotation_level
+        self._hierarchy: Hierarchy | None = None
+
+    @property
+    def hierarchy(self) -> Hierarchy | None:
+        """``{level: [coarse label per class]}`` for the levels above ``annotation_level`` (None: none)."""
+        if self._hierarchy is None:
+            self._hierarchy = aircraft_hierarchy(self.root, self.classes, self.annotation_level)
+        return self._hierarchy or None
 
 
 # "trainval" (train + val) is accepted too, but is not a disjoint split. Recipes train on it: the dataset's

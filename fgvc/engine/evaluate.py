@@ -1,7 +1,10 @@
-"""Evaluation: top-1 / top-5, per-class accuracy, confusion matrix, and crop localization where possible."""
+"""Evaluation: top-1 / top-5, per-class accuracy, confusion matrix, calibration (ECE, NLL, Brier, before and
+after temperature scaling), and crop localization where possible."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -13,8 +16,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..data.contract import classes_of, input_boxes_of
+from ..data.hierarchy import Hierarchy, class_hierarchy, hierarchy_top1, load_hierarchy
 from ..layers.geometry import PatchGrid, box_iou_pairs
 from ..methods.base import FGVCModel, ModelOutput
+from .calibration import (
+    Reliability,
+    calibration_metrics,
+    check_temperature,
+    fit_temperature,
+    reliability,
+    temperature_of,
+)
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed
 from .retrieval import RetrievalResult, retrieval_metrics
 
@@ -22,6 +34,7 @@ __all__ = [
     "TTA_MODES",
     "EvalResult",
     "box_iou_pairs",
+    "calibrate",
     "check_labels",
     "check_same_classes",
     "evaluate",
@@ -38,8 +51,12 @@ class EvalResult:
     """Metrics of one pass over a dataset (accuracies in percent).
 
     ``tta`` records the test-time augmentation the numbers were measured with (None: none); ``class_names``
-    are the model's (or the dataset's) names when known. ``fgvc.save_evaluation(result, out_dir)``
-    (``fgvc.studies.report``) writes everything as files.
+    are the model's (or the dataset's) names when known. ``ece`` / ``nll`` / ``brier`` are the calibration of
+    the softmax of the model's class scores (``fgvc.engine.calibration``); ``*_calibrated`` the same after
+    dividing the scores by ``temperature`` (when the model has one other than 1, or
+    ``evaluate(calibrate=True)``). ``fgvc.save_evaluation(result, out_dir)`` (``fgvc.studies.report``) writes
+    everything as files. ``hierarchy_top1``: the top-1 at each coarser level of a class hierarchy
+    (``evaluate(hierarchy=...)``; None without one), also in ``summary()`` as ``<level>_top1``.
     """
 
     top1: float
@@ -56,6 +73,17 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
     tta: str | None = None
     class_names: list[str] | None = None
+    hierarchy_top1: dict[str, float] | None = None  # {level: percent}: fine predictions mapped up
+    hierarchy: Hierarchy | None = None  # the levels scored: {level: [coarse label per class]}
+    ece: float | None = None  # expected calibration error of the top-1 confidence, 15 bins (a fraction)
+    nll: float | None = None  # mean -log p(true class)
+    brier: float | None = None  # mean over images of sum over classes (p - onehot)^2
+    confidence: np.ndarray | None = None  # (N,) top-1 probability
+    temperature: float | None = None  # the temperature of the *_calibrated numbers (None: not reported)
+    ece_calibrated: float | None = None
+    nll_calibrated: float | None = None
+    brier_calibrated: float | None = None
+    confidence_calibrated: np.ndarray | None = None  # (N,) top-1 probability of softmax(logits / temperature)
 
     def __repr__(self) -> str:
         """The headline numbers and the array shapes, not the arrays."""
@@ -72,7 +100,22 @@ class EvalResult:
             out["pointing_game"] = self.pointing_game
         if self.retrieval is not None:
             out.update(self.retrieval.summary())
+        for level, value in (self.hierarchy_top1 or {}).items():
+            out[f"{level}_top1"] = value
+        calibration = ("ece", "nll", "brier", "temperature")
+        for key in calibration + ("ece_calibrated", "nll_calibrated", "brier_calibrated"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
+
+    def reliability(self, *, calibrated: bool = False, bins: int = 15) -> Reliability:
+        """Top-1 confidence against accuracy per bin (``fgvc.viz.plot_reliability`` draws it); ``calibrated``:
+        after temperature scaling."""
+        confidence = self.confidence_calibrated if calibrated else self.confidence
+        if confidence is None:
+            what = "calibrated confidences (evaluate(calibrate=True))" if calibrated else "confidences"
+            raise ValueError(f"this EvalResult holds no {what}")
+        return reliability(confidence, self.predictions == self.targets, bins)
 
     def names(self) -> list[str]:
         """A name per class: ``class_names`` when known, else the label as text."""
@@ -111,6 +154,9 @@ def evaluate(
     distributed: bool | None = None,
     tta: str | None = None,
     check_classes: bool = True,
+    temperature: float | None = None,
+    calibrate: bool | None = None,
+    hierarchy: Mapping[str, Any] | str | os.PathLike | bool | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
@@ -135,12 +181,30 @@ def evaluate(
 
     ``tta="hflip"`` averages the class probabilities of each image and its mirror image (``tta_forward``); off
     by default, and recorded in ``EvalResult.tta``.
+
+    Calibration (``ece``, ``nll``, ``brier``) is always measured on the softmax of ``output.logits``, the
+    scores top-1 reads (DCAL's: the log of its two branches' mean probabilities; with ``tta``: the two views' mean).
+    ``temperature`` (default: the model's, ``model.temperature`` from ``fgvc.calibrate`` or its checkpoint, 1
+    when it has none) divides those scores for the ``*_calibrated`` numbers, reported when it is not 1 or when
+    ``calibrate=True`` (``calibrate=False``: never). Top-1, top-5, the loss and the confusion matrix are the
+    model's own outputs' whatever the temperature (argmax does not change).
+
+    ``hierarchy`` adds ``hierarchy_top1``, the top-1 at coarser levels: a prediction counts at a level when
+    the coarse label of the predicted fine class equals the true class's (the fine top-1 prediction mapped
+    up, never below the fine top-1). None: the data's own hierarchy when it has one (FGVC-Aircraft: family
+    and manufacturer, ``fgvc.data.class_hierarchy``), else none; a dict ``{level: {class name: coarse
+    name}}`` or a CSV / JSON file of one (``fgvc.data.load_hierarchy``) covering every class; True: the
+    data's own, an error when it has none; False: none.
     """
     _check_tta(tta)
+    temperature = temperature_of(model) if temperature is None else check_temperature(temperature)
+    if calibrate is None:
+        calibrate = temperature != 1.0
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be a positive integer, got {batch_size!r}")
     if check_classes:
         check_same_classes(model, data)
+    levels = _hierarchy_levels(model, data, hierarchy)  # checked before the long pass
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
@@ -155,7 +219,82 @@ def evaluate(
         model.train(was_training)
     if sharded:
         seen = seen.gathered()
-    return seen.result(retrieval=retrieval, tta=tta, class_names=lambda n: _class_names(model, data, n))
+    result = seen.result(retrieval=retrieval, tta=tta, class_names=lambda n: _class_names(model, data, n),
+                         temperature=temperature if calibrate else None)
+    if levels:
+        result.hierarchy = levels
+        result.hierarchy_top1 = hierarchy_top1(result.predictions, result.targets, levels)
+    return result
+
+
+def _hierarchy_levels(model: FGVCModel, data: Any, hierarchy: Any) -> Hierarchy | None:
+    """``evaluate``'s ``hierarchy`` as ``{level: [coarse label per class]}`` over the model's classes."""
+    if hierarchy is False:
+        return None
+    n = model.num_classes
+    if hierarchy is None or hierarchy is True:
+        levels = class_hierarchy(data)
+        if levels is None and hierarchy is True:
+            raise ValueError(f"{type(data).__name__} has no class hierarchy: give a mapping or file")
+        if hierarchy is None and any(len(labels) != n for labels in (levels or {}).values()):
+            return None  # the data's own does not cover the model's classes (check_classes=False): not scored
+    else:
+        levels = load_hierarchy(hierarchy, _class_names(model, data, n) or [str(c) for c in range(n)])
+    wrong = [level for level, labels in (levels or {}).items() if len(labels) != n]
+    if wrong:
+        count = len(levels[wrong[0]])
+        raise ValueError(f"the hierarchy's level {wrong[0]!r} has {count} labels, the model {n} classes")
+    return levels
+
+
+def calibrate(model: FGVCModel, val_data: Dataset, **evaluate_options: Any) -> float:
+    """Fit one temperature on ``val_data`` (a validation split, never the test split), set it as
+    ``model.temperature`` and return it.
+
+    The temperature minimises the NLL of ``softmax(logits / T)`` on the validation images
+    (``fit_temperature``) where ``logits`` are what ``evaluate`` scores (``output.logits``; DCAL's averaged
+    log-probabilities; with ``tta=`` the mirrored views' mean, so calibrate with the ``tta`` you evaluate
+    with). The model's outputs are unchanged: ``evaluate`` and ``predict`` apply it, ``fgvc.save_model``
+    stores it and ``load_model`` reads it back. ``evaluate_options``: ``evaluate``'s (``batch_size``, ``device``, ``tta``, ``check_classes``, ...).
+    """
+    known = {"batch_size", "device", "num_workers", "progress", "distributed", "tta", "check_classes"}
+    unknown = sorted(set(evaluate_options) - known)
+    if unknown:
+        raise TypeError(f"calibrate: unknown evaluate options {', '.join(map(repr, unknown))}")
+    logits, targets = _class_scores(model, val_data, **evaluate_options)
+    model.temperature = fit_temperature(logits, targets)
+    return model.temperature
+
+
+@torch.inference_mode()
+def _class_scores(
+    model: FGVCModel, data: Dataset, *, batch_size: int = 64, device: str | torch.device | None = None,
+    num_workers: int = 0, progress: bool = False, distributed: bool | None = None, tta: str | None = None,
+    check_classes: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(N, C) float logits and (N,) labels of every image of ``data``, as ``evaluate`` gathers them."""
+    _check_tta(tta)
+    if check_classes:
+        check_same_classes(model, data)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    sharded = distributed is not False and is_distributed()
+    start, stop = _shard(len(data), batch_size) if sharded else (0, len(data))
+    loader = DataLoader(Subset(data, range(start, stop)) if sharded else data, batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers)
+    batches = tqdm(loader, desc="calibrate", leave=False, disable=not progress)
+    try:
+        seen = _Collected.run(model, batches, None, start, device, tta, False)
+    finally:
+        model.train(was_training)
+    if sharded:
+        seen = seen.gathered()
+    if not seen.targets:
+        raise ValueError("calibrate() got an empty dataset")
+    logits = torch.cat(seen.logits)
+    _check_finite_logits(logits)
+    return logits, torch.cat(seen.targets)
 
 
 @dataclass
@@ -203,8 +342,9 @@ class _Collected:
         parts = all_gather_objects(tuple(getattr(self, f.name) for f in fields(self)))
         return _Collected(*([x for part in parts for x in part[i]] for i in range(len(fields(self)))))
 
-    def result(self, *, retrieval: bool, tta: str | None, class_names: Any) -> EvalResult:
-        """The metrics over every collected image."""
+    def result(self, *, retrieval: bool, tta: str | None, class_names: Any,
+               temperature: float | None = None) -> EvalResult:
+        """The metrics over every collected image (``temperature``: also the calibrated ones, at it)."""
         seen = sum(len(t) for t in self.targets)
         if seen == 0:
             raise ValueError("evaluate() got an empty dataset")
@@ -217,6 +357,10 @@ class _Collected:
         support = cm.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class = np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
+        calibration = _calibration(logits, targets, 1.0, "")
+        if temperature is not None:
+            calibration.update(_calibration(logits, targets, temperature, "_calibrated"))
+            calibration["temperature"] = temperature
         return EvalResult(
             top1=100.0 * preds.eq(targets).float().mean().item(),
             top5=100.0 * top5.float().mean().item(),
@@ -231,7 +375,16 @@ class _Collected:
             retrieval=retrieval_metrics(torch.cat(self.embeddings), targets) if retrieval else None,
             tta=tta,
             class_names=class_names(num_classes),
+            **calibration,
         )
+
+
+def _calibration(logits: Tensor, targets: Tensor, temperature: float, suffix: str) -> dict[str, Any]:
+    """``EvalResult``'s calibration fields of ``softmax(logits / temperature)``, named with ``suffix``."""
+    probs = (logits.double() / temperature).softmax(1)  # (N, C)
+    out: dict[str, Any] = {k + suffix: v for k, v in calibration_metrics(probs, targets).items()}
+    out["confidence" + suffix] = probs.max(1).values.numpy()
+    return out
 
 
 def _check_finite_logits(logits: Tensor) -> None:

@@ -21,14 +21,20 @@ __all__ = ["Prediction", "expand_images", "predict", "save_predictions"]
 
 @dataclass
 class Prediction:
-    """The top-k classes of one image: ``(label, class name, probability)`` in decreasing probability."""
+    """The top-k classes of one image: ``(label, class name, probability)`` in decreasing probability.
+
+    ``temperature``: the calibration temperature the probabilities were divided by (None: none, i.e. 1).
+    """
 
     source: str
     top: list[tuple[int, str, float]]
     tta: str | None = None
+    temperature: float | None = None
 
     def __str__(self) -> str:
-        return self.source + "\n" + "\n".join(f"  {p:6.2%}  {name} ({label})" for label, name, p in self.top)
+        t = self.temperature
+        calibrated = f"  (calibrated, temperature {t:.3g})" if t is not None else ""
+        return self.source + calibrated + "\n" + "\n".join(f"  {p:6.2%}  {name} ({label})" for label, name, p in self.top)
 
 
 @torch.inference_mode()
@@ -41,6 +47,7 @@ def predict(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     tta: str | None = None,
+    temperature: float | None = None,
 ) -> list[Prediction]:
     """Classify image files (or PIL images) with ``model``; class names from ``model.class_names``.
 
@@ -48,9 +55,16 @@ def predict(
     center crop, the backbone's normalization). Unreadable files raise an error naming the file; a model whose
     output is not finite (corrupt or diverged weights) raises ``FloatingPointError`` rather than predicting NaN.
     ``tta="hflip"`` averages the probabilities of each image and its mirror image (``fgvc.engine.evaluate.tta_forward``).
+    The probabilities are ``softmax(logits / temperature)``: ``temperature`` defaults to the model's
+    (``model.temperature``, from ``fgvc.calibrate`` or its checkpoint; 1 when it has none), so a calibrated
+    checkpoint reports calibrated probabilities; ``temperature=1`` gives the raw ones. The ranking never
+    changes.
     """
     from ..data import build_transforms, load_rgb
+    from .calibration import check_temperature, temperature_of
     from .evaluate import tta_forward
+
+    temperature = temperature_of(model) if temperature is None else check_temperature(temperature)
 
     if transform is None:
         transform = build_transforms(model, train=False, img_size=tuple(model.img_size))
@@ -66,7 +80,7 @@ def predict(
         chunk = images[start : start + batch_size]
         pil = [im if isinstance(im, Image.Image) else load_rgb(im) for im in chunk]
         batch = torch.stack([transform(im) for im in pil]).to(device)  # (b, 3, H, W)
-        probs = tta_forward(model, batch, tta).logits.float().softmax(1).cpu()  # (b, C)
+        probs = (tta_forward(model, batch, tta).logits.float() / temperature).softmax(1).cpu()  # (b, C)
         bad = [str(src) for src, ok in zip(chunk, torch.isfinite(probs).all(1).tolist(), strict=True) if not ok]
         if bad:  # a NaN "probability" is no prediction: never print one as a result
             raise FloatingPointError(
@@ -77,7 +91,9 @@ def predict(
         values, labels = probs.topk(k, dim=1)
         for src, v, lab in zip(chunk, values.tolist(), labels.tolist(), strict=True):
             source = str(src) if not isinstance(src, Image.Image) else "<image>"
-            out.append(Prediction(source, [(c, names[c], p) for c, p in zip(lab, v, strict=True)], tta=tta))
+            top = [(c, names[c], p) for c, p in zip(lab, v, strict=True)]
+            calibrated = None if temperature == 1.0 else temperature
+            out.append(Prediction(source, top, tta=tta, temperature=calibrated))
     model.train(was_training)
     return out
 
@@ -116,13 +132,15 @@ def save_predictions(
     predictions: Sequence[Prediction], path: str | os.PathLike, *, info: dict[str, Any] | None = None
 ) -> Path:
     """Write predictions as CSV (one row per image: image, tta, then class, label, probability per rank) or
-    JSON (``{**info, "predictions": [{"image", "tta", "top": [{"label", "class", "probability"}]}]}``),
-    chosen by the file's ending."""
+    JSON (``{**info, "predictions": [{"image", "tta", "top": [{"label", "class", "probability"}]}]}``, and
+    ``"temperature"`` per image when the probabilities are calibrated), chosen by the file's ending."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         items = [
-            dict(image=p.source, tta=p.tta, top=[dict(label=c, **{"class": n}, probability=q) for c, n, q in p.top])
+            dict(image=p.source, tta=p.tta,
+                 top=[dict(label=c, **{"class": n}, probability=q) for c, n, q in p.top],
+                 **({} if p.temperature is None else {"temperature": p.temperature}))
             for p in predictions
         ]
         path.write_text(json.dumps(dict(info or {}, predictions=items), indent=2))

@@ -107,6 +107,21 @@ def reproducible(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
+@contextmanager
+def _grad_checkpointing(model: FGVCModel, enable: bool) -> Iterator[None]:
+    """Within the context, with ``enable``: the model's activation checkpointing on (``set_grad_checkpointing``,
+    the model's own hook: the loop knows no method); its own setting is restored on exit."""
+    if not enable:
+        yield
+        return
+    was = model.grad_checkpointing
+    model.set_grad_checkpointing(True)
+    try:
+        yield
+    finally:
+        model.set_grad_checkpointing(was)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; returns a generator for data shuffling."""
     random.seed(seed)
@@ -153,9 +168,10 @@ def fit(
         folder.clear()  # overwrite=True: the earlier run's files go now, after every check, before any write
         tf32_before = _launch(run)
         try:
-            for epoch in range(run.start_epoch, cfg.epochs + 1):
-                _train_epoch(run, epoch)
-                _end_epoch(run, epoch)
+            with _grad_checkpointing(model, cfg.grad_checkpointing):
+                for epoch in range(run.start_epoch, cfg.epochs + 1):
+                    _train_epoch(run, epoch)
+                    _end_epoch(run, epoch)
         finally:
             run.log.close()
             set_tf32(tf32_before)

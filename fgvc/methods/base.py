@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones.vit import ViTBackbone, to_2tuple
+from ..backbones.vit import ViTBackbone, run_checkpointed, to_2tuple
 from ..settings import check_model_settings
 from .explain import COMMON_MAPS, Explanation, MapInfo, SelectionStep, backbone_attention, explaining
 from .output import ModelOutput  # noqa: F401  (re-exported: ``fgvc.methods.base.ModelOutput``)
@@ -88,6 +88,8 @@ class FGVCModel(nn.Module):
                                   norm_eps=norm_eps, patch_stride=patch_stride, backbone_kwargs=backbone_kwargs))
         self.num_classes = num_classes
         self.class_names: list[str] | None = None  # set by training / loading when known
+        #: activation checkpointing in training (``set_grad_checkpointing``; ``fit(grad_checkpointing=True)``)
+        self.grad_checkpointing = False
         #: LayerNorm epsilon of every norm (backbone and the method's own layers); None: timm's / the method's
         #: defaults. Converted official checkpoints set it (GLSim's official ViT uses 1e-12).
         self.norm_eps = norm_eps
@@ -195,6 +197,28 @@ class FGVCModel(nn.Module):
 
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in training: the backbone's blocks (every pass through the encoder, GLSim's
+        crop pass included) and the blocks a method runs through ``run_block`` (GLSim's aggregator, DCAL's
+        GLCA / PWCA, TransFG's part block) keep only their inputs and recompute the rest in backward. Less
+        activation memory for about one more forward of time; the gradients are unchanged (bitwise on the
+        CPU). Evaluation never checkpoints. The backbone's own switch: ``ViTBackbone.set_grad_checkpointing``
+        (timm's ``set_grad_checkpointing`` for other timm classifiers).
+        """
+        setter = getattr(self.backbone, "set_grad_checkpointing", None)
+        if not callable(setter):
+            setter = getattr(getattr(self.backbone, "vit", None), "set_grad_checkpointing", None)
+        if not callable(setter):
+            raise ValueError(f"{type(self.backbone).__name__} has no set_grad_checkpointing: activation "
+                             f"checkpointing is not supported for backbone {self.config['backbone']}")
+        setter(bool(enable))
+        self.grad_checkpointing = bool(enable)
+
+    def run_block(self, block: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``block(*args, **kwargs)`` for a method's own block (or a function of one, e.g. ``block_forward``):
+        checkpointed when ``grad_checkpointing`` is on, in training mode with gradients."""
+        return run_checkpointed(block, *args, enabled=self.grad_checkpointing and self.training, **kwargs)
 
     def loss(self, output: ModelOutput, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
         """The training loss of this method; by default cross-entropy on ``output.logits``."""

@@ -83,6 +83,21 @@ def random_derangement(n: int, device: torch.device | str | None = None) -> Tens
             return perm.to(device)
 
 
+def _layer(
+    block: nn.Module, sa: Tensor, pw: Tensor, *, probs: ProbsRequest | None, pairs: Tensor | None, first: bool,
+    rope: dict[str, Tensor],
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """One block of the SA stream (B, T, D) and, with ``pairs``, of the PWCA stream: image b's queries over
+    [its own; image pairs[b]'s] keys and values (from SA). One function, so that activation checkpointing
+    (``run_block``) keeps only the two streams' inputs. Returns (SA output, SA probabilities or None, PWCA
+    stream); ``first``: the PWCA stream still is the SA stream, so SA's q, k, v serve both."""
+    sa_next, maps, (q, k, v) = block_forward(block, sa, probs=probs, **rope)
+    if pairs is not None:  # image 1's queries over [image 1; image 2] k, v
+        pw, _, _ = block_forward(block, sa if first else pw, extra_kv=(k[pairs], v[pairs]),
+                                 qkv=(q, k, v) if first else None, **rope)
+    return sa_next, maps, pw
+
+
 @register_model("dcal")
 class DCAL(FGVCModel):
     """Dual cross-attention learning: SA + GLCA (local queries from the rollout) + PWCA (training only).
@@ -172,21 +187,14 @@ class DCAL(FGVCModel):
             if i == p:
                 glca_input = sa
             if i < p - 1:  # the rollout needs all rows: one explicit attention gives output and map
-                sa_next, probs, (q, k, v) = block_forward(
-                    block, sa, probs=ProbsRequest(average_heads=True, explicit=explicit), **rope
-                )
+                request = ProbsRequest(average_heads=True, explicit=explicit)
             else:  # block p-1: only the CLS row (fused output; all rows without CLS); blocks from p on: no map
-                cls_row = ProbsRequest(rows=1 if bb.has_class_token else None, average_heads=True)
-                sa_next, probs, (q, k, v) = block_forward(block, sa, probs=cls_row if i < p else None, **rope)
+                request = ProbsRequest(rows=1 if bb.has_class_token else None, average_heads=True) if i < p else None
+            with_pwca = pairs is not None and i >= self.pwca_start
+            sa, probs, pw = self.run_block(_layer, block, sa, pw, probs=request, pairs=pairs if with_pwca else None,
+                                           first=i == self.pwca_start, rope=rope)
             if probs is not None:
                 maps.append(probs)
-            if pairs is not None and i >= self.pwca_start:  # image 1's queries over [image 1; image 2] k, v
-                first = i == self.pwca_start  # the streams still share their input: q, k, v are SA's
-                pw, _, _ = block_forward(
-                    block, sa if first else pw, extra_kv=(k[pairs], v[pairs]), qkv=(q, k, v) if first else None,
-                    **rope,
-                )
-            sa = sa_next
 
         # GLCA: local queries from the rollout over blocks 1..p-1, global keys / values
         score = rollout_map(maps, prefix, class_token=bb.has_class_token)  # (B, N), no gradient
@@ -195,8 +203,9 @@ class DCAL(FGVCModel):
         query_index = queries + prefix
         if self.glca_cls_token:  # CLS (token 0) as the first query: R + 1 queries
             query_index = torch.cat([torch.zeros_like(query_index[:, :1]), query_index], dim=1)
-        g, glca_probs, _ = block_forward(
-            self.glca, glca_input, query_index=query_index, probs=ProbsRequest() if glca_attention else None, **rope
+        g, glca_probs, _ = self.run_block(
+            block_forward, self.glca, glca_input, query_index=query_index,
+            probs=ProbsRequest() if glca_attention else None, **rope,
         )  # (B, R [+ 1], D), (B, heads, R [+ 1], T) or None
         g = self.glca_norm(g)
         glca_feature = g[:, 0] if self.glca_cls_token else g.mean(dim=1)  # (B, D)

@@ -312,7 +312,7 @@ class GLSim(FGVCModel):
         cls_tokens = [self.backbone.global_token(tokens)]  # global CLS (B, D)
         if self.training or self.crop_at_inference:
             cls_tokens.append(self.crop_pass(x, embedded, boxes))  # crop CLS (B, D)
-        z = self.aggregator(torch.stack(cls_tokens, dim=1))  # (B, 2, D)
+        z = self.run_block(self.aggregator, torch.stack(cls_tokens, dim=1))  # (B, 2, D)
         z = self.aggregator_norm(z)[:, 0]  # (B, D)
         return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, selection_map=similarity)
 

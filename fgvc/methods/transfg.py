@@ -203,14 +203,14 @@ class TransFG(FGVCModel):
         rope = bb.block_kwargs()  # EVA-02's rotary embedding ({"rope": (N, 2 hd)}), else nothing
         maps: list[Tensor] = []  # per block 1..L-1: (B, H, T, T), no gradient
         for block in list(bb.blocks)[:-1]:
-            tokens, probs, _ = block_forward(block, tokens, probs=ProbsRequest(), **rope)
+            tokens, probs, _ = self.run_block(block_forward, block, tokens, probs=ProbsRequest(), **rope)
             maps.append(probs)
         parts = part_selection(maps, prefix, class_token=bb.has_class_token)  # (B, H)
         prefix_tokens, patches = bb.patch_grid.split(tokens)  # (B, prefix, D), (B, N, D)
         seq = torch.cat([prefix_tokens, gather_tokens(patches, parts)], dim=1)  # (B, prefix + H, D)
         if rope:  # each part keeps its patch's rotary embedding: (B, 1, H parts, 2 hd)
             rope = dict(rope=rope["rope"][parts][:, None])
-        seq = self.part_block(seq, **rope)
+        seq = self.run_block(self.part_block, seq, **rope)
         feature = bb.pool(bb.norm(seq))  # (B, D)
         return ModelOutput(
             logits=self.head(feature), embedding=feature, extras=dict(features=feature, part_indices=parts)

@@ -1,7 +1,8 @@
 """Model checkpoints: weights as safetensors, with the JSON needed to rebuild the model in its header.
 
 One file per checkpoint (``.safetensors``); its metadata entry ``"fgvc"`` is a JSON object with the method,
-backbone, options, input size, class names and anything the caller adds (metrics, epoch). It can be read
+backbone, options, input size, class names, the calibration temperature when there is one
+(``fgvc.calibrate``; absent: 1) and anything the caller adds (metrics, epoch). It can be read
 without loading the weights (``read_metadata``). Files are written and read through ``fgvc.io``: atomic
 writes, a CRC-32 of the tensors and a SHA-256 of the metadata checked on every read, ``.pth`` files read
 without running pickled code.
@@ -80,7 +81,8 @@ def save_model(
     """Write ``model``'s weights and rebuild information to ``path`` (atomically). Returns the path.
 
     ``class_names`` default to the model's own (``model.class_names``), so a checkpoint keeps what the model
-    knows; ``extra`` (metrics, epoch, ...) may not replace any of the rebuild information.
+    knows; ``extra`` (metrics, epoch, ...) may not replace any of the rebuild information. A model calibrated
+    by ``fgvc.calibrate`` (``model.temperature`` other than 1) has its temperature saved as ``"temperature"``.
     """
     path = Path(path)
     if class_names is None:
@@ -89,7 +91,11 @@ def save_model(
         raise ValueError(f"{len(class_names)} class names given for a model with {model.num_classes} classes")
     meta = dict(model.config, class_names=None if class_names is None else list(class_names),
                 fgvc_version=__version__, format=FORMAT_VERSION)
-    clash = sorted(set(extra or {}) & set(meta))
+    where = f"{type(model).__name__}.temperature"
+    temperature = _checked_temperature(getattr(model, "temperature", 1.0), where)
+    if temperature != 1.0:
+        meta["temperature"] = temperature
+    clash = sorted(set(extra or {}) & (set(meta) | {"temperature"}))
     if clash:
         raise ValueError(f"save_model: extra may not replace the checkpoint's own {', '.join(map(repr, clash))}")
     meta.update(extra or {})
@@ -111,7 +117,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: {count} class names for {meta['num_classes']} classes in the fgvc metadata")
     if names is not None and not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: the class names in the fgvc metadata are not all text")
+    if "temperature" in meta:
+        _checked_temperature(meta["temperature"], f"{path}: the fgvc metadata's 'temperature'")
     return meta
+
+
+def _checked_temperature(value: Any, where: str) -> float:
+    """A calibration temperature (``fgvc.engine.calibration``): a finite number > 0, else an error."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -240,6 +256,8 @@ def load_model(
     If ``num_classes`` is given it must equal the checkpoint's: a mismatch is an error, not a silent
     re-initialised head. ``model.class_names`` holds the saved class names (or None).
 
+    ``model.temperature`` is the checkpoint's calibration temperature (``fgvc.calibrate``), 1.0 without one.
+
     ``format``: ``"fgvc"`` (a ``.safetensors`` written by fgvc), ``"glsim-official"`` or ``"transfg-official"``
     (``.pth`` files of the official code, converted: ``fgvc.storage.convert``); None detects it (``.safetensors``:
     fgvc's, anything else: an official checkpoint, recognised by its keys).
@@ -265,6 +283,7 @@ def load_model(
         raise ValueError(f"{path}: the fgvc metadata does not describe a model fgvc can build: {e}") from None
     load_weights(model, path)
     model.class_names = meta.get("class_names")
+    model.temperature = float(meta.get("temperature", 1.0))
     return model.to(device).eval()
 
 

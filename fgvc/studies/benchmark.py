@@ -30,6 +30,13 @@ backbone with the same random weights (cost needs no pretrained weights):
   since GLSim's cosine similarity and the rollout's head mean have no matmul; the encoder's count is the
   matmul-only one above, so the shares are if anything overstated.
 
+With ``grad_checkpointing="both"`` every model is also measured with activation checkpointing on
+(``FGVCModel.set_grad_checkpointing``; timm's own for the ``timm`` row), as a row ``<label>+ckpt`` built with
+the same weights, taking its turn in the same rounds: the training step's time, MACs (the recomputation is
+counted) and peak memory with it off and on, and a table of the two side by side (``"on"``: every model
+checkpointed, rows ``<label>+ckpt`` only). Evaluation never checkpoints: those rows' inference figures are
+the same computation measured again.
+
 Every ratio is to the plain ViT measured in the same run; ``timm``'s own model of the same name and options is
 timed beside fgvc's ``vit`` (the wrapper should add nothing). The result prints as markdown, writes CSV and
 plots accuracy against throughput when accuracies are given.
@@ -77,6 +84,9 @@ __all__ = [
 
 DEFAULT_METHODS = SHIPPED_METHODS
 TIMM = "timm"  # the label of timm's own model (reference for the plain ViT)
+#: ``benchmark(grad_checkpointing=...)``: measure the models without it, with it, or both ways in one run
+GRAD_CHECKPOINTING = ("off", "on", "both")
+CKPT = "+ckpt"  # the label suffix of a row measured with activation checkpointing on
 
 
 #: The variants of the methods registered when fgvc is imported (``method_variants()``: also later ones).
@@ -340,7 +350,9 @@ class BenchmarkResult:
             f"{s.get('timm')}; backbone {s.get('backbone')}{_kwargs_label(s.get('backbone_kwargs'))} (random "
             f"weights), batch {s.get('batch_size')}, {s.get('amp') or 'fp32'}, median (range) of "
             f"{s.get('repeats')} runs after {s.get('warmup')} warm-up, models taking turns; load average "
-            f"{_fmt(load[0], '.2f')} before, {_fmt(load[1], '.2f')} after ({s.get('cpus')} CPUs)",
+            f"{_fmt(load[0], '.2f')} before, {_fmt(load[1], '.2f')} after ({s.get('cpus')} CPUs)"
+            + ("" if s.get("grad_checkpointing", "off") == "off" else
+               f"; activation checkpointing {s['grad_checkpointing']} (rows {CKPT}: on)"),
             "",
             "| method | size | params (M) | GMACs/img | x ViT | train GMACs/img | x ViT | img/s | x ViT "
             "| train step (ms) | x ViT | infer mem (MiB) | train mem (MiB) | selection % of encoder (time / MACs) |",
@@ -356,6 +368,7 @@ class BenchmarkResult:
                 f"{_fmt(r.train_ms, '.0f')} | {_ranged(r.train_ratio, r.train_ratio_lo, r.train_ratio_hi, '.2f')} | "
                 f"{_fmt(r.infer_mem_mib, '.0f')} | {_fmt(r.train_mem_mib, '.0f')} | {sel} |"
             )
+        lines += self._checkpointing_lines()
         if self.selection:
             lines += [
                 "",
@@ -368,6 +381,29 @@ class BenchmarkResult:
                              f"{c.macs_pct:.3g} |")
             lines += ["", f"The GLSim paper's shares of backbone FLOPs (224-448 px): {PAPER_SHARES}."]
         return "\n".join(lines)
+
+    def _checkpointing_lines(self) -> list[str]:
+        """The training step of each model with activation checkpointing off and on, where both were measured."""
+        off = {(r.method, r.img_size): r for r in self.rows}
+        pairs = [(off[r.method.removesuffix(CKPT), r.img_size], r) for r in self.rows
+                 if r.method.endswith(CKPT) and (r.method.removesuffix(CKPT), r.img_size) in off]
+        if not pairs:
+            return []
+        lines = [
+            "",
+            "Activation checkpointing, training step (forward, loss, backward, AdamW): off -> on",
+            "",
+            "| method | size | train mem off (MiB) | on | memory saved | train step off (ms) | on | time x |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for off, on in pairs:
+            saved = 1 - on.train_mem_mib / off.train_mem_mib if off.train_mem_mib else math.nan
+            lines.append(
+                f"| {off.method} | {off.img_size} | {_fmt(off.train_mem_mib, '.0f')} | {_fmt(on.train_mem_mib, '.0f')} "
+                f"| {_fmt(100 * saved, '.0f')}% | {_fmt(off.train_ms, '.0f')} | {_fmt(on.train_ms, '.0f')} | "
+                f"{_fmt(on.train_ms / off.train_ms, '.2f')} |"
+            )
+        return lines
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -444,11 +480,14 @@ class _Spec:
     label: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False
 
 
-def _resolve(methods: Sequence[str | tuple[str, str, dict[str, Any]]], timm_reference: bool) -> list[_Spec]:
+def _resolve(methods: Sequence[str | tuple[str, str, dict[str, Any]]], timm_reference: bool,
+             grad_checkpointing: str = "off") -> list[_Spec]:
     """Method names, variant names (``method_variants``) or (label, method, options) -> specs, the plain ViT
-    first."""
+    first; with ``grad_checkpointing`` "on" each spec checkpointed (label ``+ckpt``), "both" each followed by
+    its checkpointed twin."""
     specs = []
     variants = method_variants()
     for m in methods:
@@ -470,7 +509,12 @@ def _resolve(methods: Sequence[str | tuple[str, str, dict[str, Any]]], timm_refe
     specs.sort(key=lambda s: s.label != BASELINE)
     if timm_reference:
         specs.insert(1, _Spec(TIMM, TIMM, {}))
-    return specs
+    if grad_checkpointing == "off":
+        return specs
+    ckpt = [_Spec(s.label + CKPT, s.method, s.options, grad_checkpointing=True) for s in specs]
+    if grad_checkpointing == "on":
+        return ckpt
+    return [s for pair in zip(specs, ckpt, strict=True) for s in pair]  # each model, then its checkpointed twin
 
 
 def _build(spec: _Spec, backbone: str, backbone_kwargs: dict[str, Any] | None, img_size: tuple[int, int],
@@ -483,6 +527,8 @@ def _build(spec: _Spec, backbone: str, backbone_kwargs: dict[str, Any] | None, i
     else:
         model = create_model(spec.method, backbone=backbone, num_classes=num_classes, img_size=img_size,
                              pretrained=False, backbone_kwargs=backbone_kwargs, **spec.options)
+    if spec.grad_checkpointing:  # fgvc's hook (FGVCModel), timm's own for timm's model
+        model.set_grad_checkpointing(True)
     return model.to(device).eval()
 
 
@@ -501,7 +547,7 @@ def _selection_steps(
 ) -> tuple[ViTBackbone, list[tuple[str, str, bool, Callable[[], Any]]]]:
     """The selection steps of the methods present (``FGVCModel.selection_steps``, the first model of each method:
     its options set the step) on one pass of the plain ViT's encoder: (method, step, reference, fn)."""
-    bb: ViTBackbone = models[BASELINE].backbone
+    bb: ViTBackbone = models[specs[0].label].backbone  # the plain ViT (first: ``_resolve``)
     first: dict[str, FGVCModel] = {}
     for s in specs:
         if isinstance(models[s.label], FGVCModel):
@@ -521,6 +567,7 @@ def _measure_size(
 ) -> tuple[list[MethodCost], list[SelectionCost]]:
     """Every figure at one input size."""
     label = _size_label(size)
+    base = specs[0].label  # the plain ViT (``_resolve``): every ratio is to it
     b, repeats, warmup = setup["batch_size"], setup["repeats"], setup["warmup"]
     build = dict(backbone=setup["backbone"], backbone_kwargs=setup["backbone_kwargs"], img_size=size,
                  num_classes=setup["num_classes"], device=device)
@@ -532,14 +579,14 @@ def _measure_size(
         log(f"[{label}] inference timing")
         with torch.inference_mode(), _autocast(device, dtype):
             runs = timed_rounds({k: (lambda m=m: m(x)) for k, m in models.items()}, device, repeats, warmup)
-        infer = {k: _Timing.of(t, runs[BASELINE]) for k, t in runs.items()}
+        infer = {k: _Timing.of(t, runs[base]) for k, t in runs.items()}
     train_t: dict[str, _Timing] = {}
     if train:
         log(f"[{label}] training-step timing")
         for m in models.values():
             m.train()
         runs = timed_rounds({k: _train_step(m, x, y, dtype) for k, m in models.items()}, device, repeats, warmup)
-        train_t = {k: _Timing.of(t, runs[BASELINE]) for k, t in runs.items()}
+        train_t = {k: _Timing.of(t, runs[base]) for k, t in runs.items()}
         for m in models.values():
             m.zero_grad(set_to_none=True)  # the optimizers went with their closures
             m.eval()
@@ -557,7 +604,7 @@ def _measure_size(
         raw[s.label] = dict(macs=macs, train_macs=train_macs, mem_infer=mem[0], mem_train=mem[1],
                             params=sum(p.numel() for p in model.parameters()))
     own = {c.method: c for c in selection if c.method and not c.reference}  # each method's own step
-    vit = raw[BASELINE]
+    vit = raw[base]
     amp = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     rows = []
     for s in specs:
@@ -624,6 +671,7 @@ def benchmark(
     amp: str | None = None,
     threads: int | None = None,
     progress: bool = False,
+    grad_checkpointing: str = "off",
 ) -> BenchmarkResult:
     """Measure the cost of ``methods`` beside the plain ViT on one backbone at each of ``img_sizes``.
 
@@ -644,6 +692,8 @@ def benchmark(
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: inference and training step under ``torch.autocast``.
         threads: torch CPU threads during the run (default: as set).
         progress: print what is being measured to stderr.
+        grad_checkpointing: ``"off"``; ``"on"``: every model with activation checkpointing (rows ``<label>+ckpt``);
+            ``"both"``: each model without and with it in the same rounds, and the two side by side.
     Returns a ``BenchmarkResult``: ``.rows``, ``.selection``, ``.to_markdown()``, ``.to_csv()``,
     ``.plot()``, ``.save()``.
     """
@@ -653,11 +703,14 @@ def benchmark(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if not img_sizes:
         raise ValueError("img_sizes is empty: give at least one input size")
+    if grad_checkpointing not in GRAD_CHECKPOINTING:
+        raise ValueError(f"grad_checkpointing must be one of {', '.join(GRAD_CHECKPOINTING)}, got "
+                         f"{grad_checkpointing!r}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but torch sees no CUDA device")
     dtype = autocast_dtype(amp, device)
-    specs = _resolve(methods, timm_reference)
+    specs = _resolve(methods, timm_reference, grad_checkpointing)
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -667,7 +720,7 @@ def benchmark(
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
         methods=[s.label for s in specs], amp="fp32" if dtype is None else str(dtype).removeprefix("torch."),
-        cpus=os.cpu_count(), loadavg=[_loadavg(), math.nan],
+        cpus=os.cpu_count(), loadavg=[_loadavg(), math.nan], grad_checkpointing=grad_checkpointing,
     )
 
     def log(message: str) -> None:

@@ -555,6 +555,7 @@ def train_recipe(
                     test_recall_at_1=ev.retrieval.recall[1] if ev.retrieval else None,
                     test_map=ev.retrieval.map if ev.retrieval else None,
                     test_crop_iou=ev.mean_iou,
+                    **{f"test_{level}_top1": v for level, v in (ev.hierarchy_top1 or {}).items()},
                 )
             result.runs.append(run)
             if main:
@@ -805,7 +806,7 @@ def evaluate_checkpoint(
     from its ``config.yaml``; the synthetic dataset rebuilt from the run's options). Retrieval metrics are
     added when some class has two images or more; crop IoU when the dataset has boxes. ``out_dir``: also write
     the metrics, per-class accuracy, confusion matrix and most confused pairs there (``save_evaluation``).
-    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ...).
+    ``evaluate_options`` go to ``fgvc.evaluate`` (``batch_size``, ``device``, ``tta``, ``hierarchy``, ...).
     """
     from ..engine.distributed import init_distributed
 

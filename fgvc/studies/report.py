@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.contract import input_boxes_of, targets_of
+from ..data.hierarchy import hierarchy_chance
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
     from ..engine.evaluate import EvalResult
     from ..methods.base import FGVCModel
 
-__all__ = ["Chance", "chance_levels", "results_table", "save_evaluation", "save_maps", "smoke_banner"]
+__all__ = [
+    "Chance", "chance_levels", "hierarchy_markdown", "results_table", "save_evaluation", "save_maps",
+    "smoke_banner",
+]
 
 SMOKE_BANNER = (
     "SMALL MODE (FGVC_SMOKE=1): tiny models, a few images, one epoch. It checks that every cell runs; the "
@@ -138,10 +142,13 @@ def save_evaluation(
 
     ``metrics.json`` (summary, images, tta and ``info``, e.g. the checkpoint), ``per_class_accuracy.csv``
     (label, class, images, correct, accuracy), ``confusion_matrix.csv`` (rows true, columns predicted, with
-    class names) and ``confusion_matrix.png``, ``confused_pairs.csv`` (the ``top_pairs`` most frequent
-    mistakes) and, when the evaluated ``data`` is given, ``confused_pairs/<rank>_<true>_as_<pred>.png`` with
+    class names) and ``confusion_matrix.png``, ``reliability.png`` (confidence against accuracy, before and
+    after temperature scaling when the result has both: ``fgvc.viz.plot_reliability``), ``confused_pairs.csv``
+    (the ``top_pairs`` most frequent mistakes) and, when the evaluated ``data`` is given, ``confused_pairs/<rank>_<true>_as_<pred>.png`` with
     ``examples`` images of each mistake beside correctly classified images of the predicted class (``mean``
-    and ``std``: the normalization to undo for display, e.g. ``model.data_config``'s).
+    and ``std``: the normalization to undo for display, e.g. ``model.data_config``'s). With a class hierarchy
+    (``result.hierarchy_top1``), also ``hierarchy.md`` (``hierarchy_markdown``); the metrics then hold
+    ``<level>_top1``.
     """
     from ..viz.figures import confused_pairs, plot_confused_pair
 
@@ -152,6 +159,9 @@ def save_evaluation(
     metrics = dict(result.summary(), num_samples=result.num_samples, tta=result.tta, **(info or {}))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     written.append(out / "metrics.json")
+    if result.hierarchy_top1:
+        (out / "hierarchy.md").write_text(hierarchy_markdown(result) + "\n")
+        written.append(out / "hierarchy.md")
     support = result.confusion_matrix.sum(1)
     with open(out / "per_class_accuracy.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -167,6 +177,8 @@ def save_evaluation(
             w.writerow([name, *row])
     written.append(out / "confusion_matrix.csv")
     written.append(_plot_confusion(result, out / "confusion_matrix.png", names))
+    if result.confidence is not None:
+        written.append(_plot_reliability(result, out / "reliability.png"))
     pairs = confused_pairs(result.confusion_matrix, k=top_pairs)
     with open(out / "confused_pairs.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -187,6 +199,24 @@ def save_evaluation(
     return written
 
 
+def hierarchy_markdown(result: EvalResult) -> str:
+    """The top-1 at the fine level and at each level of ``result``'s class hierarchy, with chance (markdown).
+
+    Chance at a level: a uniformly random fine guess, mapped up (``fgvc.data.hierarchy.hierarchy_chance``).
+    """
+    levels = result.hierarchy or {}
+    chance = hierarchy_chance(result.targets, levels) if levels else {}
+    num_classes = len(result.per_class_accuracy)
+    lines = ["| level | classes | top-1 (%) | chance (%) |", "|---|---|---|---|",
+             f"| class | {num_classes} | {result.top1:.2f} | {100.0 / num_classes:.2f} |"]
+    for level, top1 in (result.hierarchy_top1 or {}).items():
+        groups = len(set(levels[level])) if level in levels else "-"
+        lines.append(f"| {level} | {groups} | {top1:.2f} | {_cell(chance.get(level), '{:.2f}')} |")
+    lines += ["", f"{result.num_samples} images. A prediction counts at a level when the predicted class's "
+              "label there is the true class's (the top-1 class mapped up)."]
+    return "\n".join(lines)
+
+
 def _plot_confusion(result: EvalResult, path: Path, names: list[str]) -> Path:
     """The confusion matrix as a PNG (sklearn's display; cell values shown up to 30 classes)."""
     from matplotlib.figure import Figure
@@ -201,6 +231,18 @@ def _plot_confusion(result: EvalResult, path: Path, names: list[str]) -> Path:
     ax.set_title(f"confusion matrix, {result.num_samples} images (top-1 {result.top1:.2f}%)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_reliability(result: EvalResult, path: Path) -> Path:
+    """The reliability diagram of ``result`` as a PNG: its confidences, and the calibrated ones if any."""
+    from ..viz.plots import plot_reliability
+
+    curves = {"as trained": result.reliability()}
+    if result.confidence_calibrated is not None:
+        curves[f"temperature-scaled (T = {result.temperature:.3g})"] = result.reliability(calibrated=True)
+    fig = plot_reliability(curves, title=f"reliability, {result.num_samples} images", pyplot=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 

@@ -27,7 +27,7 @@ from .figures import (
 )
 from .gradcam import grad_cam
 from .maps import AttentionMaps, attention_maps, available_maps, map_box
-from .plots import plot_histories, plot_per_class
+from .plots import plot_histories, plot_per_class, plot_reliability
 
 __all__ = [
     "AttentionMaps",
@@ -47,6 +47,7 @@ __all__ = [
     "plot_layer_heads",
     "plot_maps",
     "plot_per_class",
+    "plot_reliability",
     "plot_selection",
     "pretty_name",
     "upsample_map",

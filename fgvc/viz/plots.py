@@ -1,4 +1,5 @@
-"""Plots of numbers: training curves of several methods in one figure, and per-class accuracy against chance.
+"""Plots of numbers: training curves of several methods in one figure, per-class accuracy against chance, and
+reliability diagrams (confidence against accuracy).
 
 Every function returns a matplotlib Figure (save it with ``fig.savefig``); none only shows it.
 """
@@ -14,7 +15,7 @@ import numpy as np
 from .core import _new_figure
 from .figures import pretty_name
 
-__all__ = ["plot_histories", "plot_per_class"]
+__all__ = ["plot_histories", "plot_per_class", "plot_reliability"]
 
 #: Curves with at most this many points get a marker on each.
 FEW_POINTS = 30
@@ -114,4 +115,54 @@ def plot_per_class(
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, never on a bar
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_reliability(
+    results: Mapping[str, Any] | Any,
+    *,
+    calibrated: bool = False,
+    bins: int = 15,
+    ax: Any = None,
+    title: str | None = None,
+    pyplot: bool = True,
+) -> Any:
+    """Reliability diagram: accuracy against top-1 confidence in ``bins`` equal-width bins, one line per
+    method, the diagonal (a calibrated model's), and the images per bin as a bar strip below (a bin of three images
+    says little). Each line's label gives its ECE.
+
+    results: ``fgvc.evaluate`` results (or ``fgvc.engine.calibration.Reliability`` bins) by method, or one of
+    them; ``calibrated``: the results' confidences after temperature scaling (``EvalResult.reliability``).
+    ``ax``: draw into it (the strip is split off its bottom); else a new figure.
+    """
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    from ..engine.calibration import Reliability
+
+    if not isinstance(results, Mapping):
+        results = {"model": results}
+    if not results:
+        raise ValueError("plot_reliability needs at least one result")
+    curves = {name: r if isinstance(r, Reliability) else r.reliability(calibrated=calibrated, bins=bins)
+              for name, r in results.items()}
+    if ax is None:
+        fig = _new_figure((5.2, 5.4), pyplot=pyplot)
+        ax = fig.subplots(1, 1)
+    fig = ax.figure
+    strip = make_axes_locatable(ax).append_axes("bottom", size="28%", pad=0.12, sharex=ax)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="_diagonal")
+    width = 1.0 / len(next(iter(curves.values())).count) / len(curves)
+    for k, (name, curve) in enumerate(curves.items()):
+        seen = curve.count > 0
+        (line,) = ax.plot(curve.confidence[seen], curve.accuracy[seen], marker="o", ms=4, lw=1.5,
+                          label=f"{name} (ECE {curve.ece:.3f})")
+        left = curve.edges[:-1] + width * k
+        strip.bar(left, curve.count, width=width, align="edge", color=line.get_color())
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy in the bin", aspect="auto")
+    ax.set_title(title or "Reliability (diagonal: confidence = accuracy)", fontsize=9)
+    ax.tick_params(labelbottom=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)  # where it covers the fewest points
+    strip.set(xlabel="top-1 confidence", ylabel="images")
+    strip.grid(axis="y", alpha=0.3)
     return fig
