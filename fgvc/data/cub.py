@@ -2,8 +2,9 @@
 
 Class ids in ``classes.txt`` may be any subset (e.g. 100 of the 200 species): the classes that have images
 get contiguous labels in sorted id order, the same for both splits, and keep their official names
-(``"001.Black_footed_Albatross"``; ``display_names`` holds ``"Black footed Albatross"``). ``parts/`` and
-``attributes/`` are not read; ``bounding_boxes.txt`` is optional and gives ``boxes`` when present.
+(``"001.Black_footed_Albatross"``; ``display_names`` holds ``"Black footed Albatross"``). ``attributes/`` is
+not read; ``bounding_boxes.txt`` is optional and gives ``boxes`` when present, and ``parts/parts.txt`` with
+``parts/part_locs.txt`` (optional, both or neither) give ``part_names`` and ``parts_pixels`` (``read_cub_parts``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .common import ReaderDataset, Records, read_table
 from .definition import DatasetDef
 
-__all__ = ["CUB200", "CUB_LAYOUT", "DEFINITION", "cub_display_name", "read_cub", "read_cub_style"]
+__all__ = [
+    "CUB200", "CUB_LAYOUT", "DEFINITION", "cub_display_name", "read_cub", "read_cub_parts", "read_cub_style",
+]
 
 CUB_LAYOUT = """\
 CUB_200_2011/
@@ -28,6 +32,8 @@ CUB_200_2011/
   train_test_split.txt    <image id> <1 = train, 0 = test>
   classes.txt             <class id> <class name, e.g. 001.Black_footed_Albatross>
   bounding_boxes.txt      (optional) <image id> <x> <y> <width> <height>, in pixels
+  parts/parts.txt         (optional, with part_locs.txt) <part id> <part name, e.g. beak>
+  parts/part_locs.txt     <image id> <part id> <x> <y> <visible 0/1>, in pixels (x = y = 0 when not visible)
   images/001.Black_footed_Albatross/*.jpg ..."""
 
 
@@ -131,11 +137,11 @@ def _box(values: list[str], path: Path, iid: str, dataset: str) -> list[float]:
     return [x, y, w, h]
 
 
-def _int(value: str, path: Path, dataset: str) -> int:
+def _int(value: str, path: Path, dataset: str, what: str = "class id") -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{dataset}: {path}: class id {value!r} is not an integer") from None
+        raise ValueError(f"{dataset}: {path}: {what} {value!r} is not an integer") from None
 
 
 def cub_display_name(name: str) -> str:
@@ -151,10 +157,80 @@ def read_cub(root: str | os.PathLike, split: str = "train") -> Records:
     )
 
 
+def read_cub_parts(root: str | os.PathLike, paths: Sequence[str]) -> tuple[list[str], torch.Tensor] | None:
+    """The part names and, per image of ``paths`` (as ``read_cub`` gives them), its parts; None without the files.
+
+    Returns ``(names, parts)``: the names of ``parts/parts.txt`` in part-id order and a (N, P, 3) float32
+    tensor (x, y, visible) in original pixels, visible 1 or 0. Every image needs one line per part in
+    ``parts/part_locs.txt``; one of the two files without the other is an error.
+    """
+    root = find_root(root, "images.txt", "CUB_200_2011")
+    names_file, locs_file = root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"
+    if not names_file.is_file() and not locs_file.is_file():
+        return None
+    for present, absent in ((names_file, locs_file), (locs_file, names_file)):
+        if present.is_file() and not absent.is_file():
+            raise FileNotFoundError(f"cub: {present} is there but {absent} is missing; parts need both files")
+    by_id = {}
+    for pid, name in read_table(names_file, 2, "cub", CUB_LAYOUT, unique={0: "part id", 1: "part name"}):
+        by_id[_int(pid, names_file, "cub", "part id")] = name
+    part_ids = sorted(by_id)
+    index_of = {pid: k for k, pid in enumerate(part_ids)}
+    image_id = {str(root / "images" / rel): iid for iid, rel in read_table(root / "images.txt", 2, "cub", CUB_LAYOUT)}
+    wanted = {image_id[p]: n for n, p in enumerate(paths)}
+    parts = torch.zeros(len(paths), len(part_ids), 3, dtype=torch.float32)  # (N, P, 3) x, y, visible
+    seen = torch.zeros(len(paths), len(part_ids), dtype=torch.bool)
+    for iid, pid, x, y, visible in read_table(locs_file, 5, "cub", CUB_LAYOUT):
+        n = wanted.get(iid)
+        if n is None:
+            continue  # an image of the other split
+        k = index_of.get(_int(pid, locs_file, "cub", "part id"))
+        if k is None:
+            raise ValueError(f"cub: {locs_file}: image {iid} has part id {pid}, which {names_file} does not list")
+        if seen[n, k]:
+            raise ValueError(f"cub: {locs_file}: image {iid} has two lines for part {pid}; each must appear once")
+        try:
+            xy = (float(x), float(y))
+        except ValueError:
+            raise ValueError(f"cub: {locs_file}: image {iid} part {pid} has x={x!r} y={y!r}, not numbers") from None
+        if visible not in ("0", "1") or not all(map(math.isfinite, xy)):
+            raise ValueError(
+                f"cub: {locs_file}: image {iid} part {pid} has x={x} y={y} visible={visible}; expected finite x, y "
+                "and visible 1 or 0"
+            )
+        parts[n, k] = torch.tensor([xy[0], xy[1], float(visible)])
+        seen[n, k] = True
+    if not bool(seen.all()):
+        n, k = (int(v) for v in (~seen).nonzero()[0])
+        raise ValueError(
+            f"cub: {locs_file}: {int((~seen).sum())} (image, part) pairs have no line, e.g. image "
+            f"{image_id[paths[n]]} part {part_ids[k]}"
+        )
+    return [by_id[pid] for pid in part_ids], parts
+
+
 class CUB200(ReaderDataset):
-    """CUB-200-2011 (official layout, see ``CUB_LAYOUT``): split ``"train"`` or ``"test"``."""
+    """CUB-200-2011 (official layout, see ``CUB_LAYOUT``): split ``"train"`` or ``"test"``.
+
+    With ``parts/parts.txt`` and ``parts/part_locs.txt`` present: ``part_names`` (P names, the official 15)
+    and ``parts_pixels``, (N, P, 3) x, y, visible in original pixels (``read_cub_parts``); without them both
+    are None. ``fgvc.data.EvalParts`` maps the parts into the model's input frame for ``fgvc.evaluate``.
+    """
 
     reader = staticmethod(read_cub)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_corrupt: bool | str = False,
+    ) -> None:
+        super().__init__(root, split, transform, skip_corrupt=skip_corrupt)
+        parts = read_cub_parts(self.root, [path for path, _ in self.samples])  # the images kept, in order
+        self.part_names: list[str] | None = None if parts is None else parts[0]
+        self.parts_pixels: torch.Tensor | None = None if parts is None else parts[1]
 
 
 DEFINITION = DatasetDef("cub", CUB200, reader=read_cub, markers=("images.txt",))

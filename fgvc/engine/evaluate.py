@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.contract import classes_of, input_boxes_of
 from ..data.hierarchy import Hierarchy, class_hierarchy, hierarchy_top1, load_hierarchy
+from ..data.parts import input_parts_of, part_names_of, parts_pixels_of
 from ..layers.geometry import PatchGrid, box_iou_pairs
 from ..methods.base import FGVCModel, ModelOutput
 from .calibration import (
@@ -38,6 +39,7 @@ __all__ = [
     "check_labels",
     "check_same_classes",
     "evaluate",
+    "part_scores",
     "pointing_game",
     "tta_forward",
 ]
@@ -84,6 +86,10 @@ class EvalResult:
     nll_calibrated: float | None = None
     brier_calibrated: float | None = None
     confidence_calibrated: np.ndarray | None = None  # (N,) top-1 probability of softmax(logits / temperature)
+    # {part: {"visible": images, "in_box": %, "<map>_peak": %, "<map>_mass": %, "uniform_mass": %}}
+    # (``evaluate(parts=True)``; ``parts_table()``), scored within ``part_radius`` grid cells of each part
+    parts: dict[str, dict[str, float]] | None = None
+    part_radius: float | None = None
 
     def __repr__(self) -> str:
         """The headline numbers and the array shapes, not the arrays."""
@@ -116,6 +122,23 @@ class EvalResult:
             what = "calibrated confidences (evaluate(calibrate=True))" if calibrated else "confidences"
             raise ValueError(f"this EvalResult holds no {what}")
         return reliability(confidence, self.predictions == self.targets, bins)
+
+    def parts_table(self, maps: list[str] | None = None) -> str:
+        """``parts`` as a markdown table: a row per part, the columns of the maps ``maps`` (default: all)."""
+        if self.parts is None:
+            raise ValueError("this EvalResult holds no part scores: evaluate with parts=True")
+        keys = list(next(iter(self.parts.values()), {}))
+        chosen = [k for k in keys if k in ("visible", "in_box", "uniform_mass")
+                  or maps is None or k.rpartition("_")[0] in maps]
+        titles = [k.replace("_", " ") + ("" if k == "visible" else " (%)") for k in chosen]
+        lines = [f"Within {self.part_radius:g} grid cell(s) of each visible part (peak: the map's highest cell; "
+                 "mass: the share of the map's positive mass; uniform mass: a flat map's).", "",
+                 "| part | " + " | ".join(titles) + " |", "|---|" + "---|" * len(chosen)]
+        for part, row in self.parts.items():
+            cells = [f"{row[k]:.0f}" if k == "visible" else ("-" if np.isnan(row[k]) else f"{row[k]:.1f}")
+                     for k in chosen]
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     def names(self) -> list[str]:
         """A name per class: ``class_names`` when known, else the label as text."""
@@ -157,6 +180,8 @@ def evaluate(
     temperature: float | None = None,
     calibrate: bool | None = None,
     hierarchy: Mapping[str, Any] | str | os.PathLike | bool | None = None,
+    parts: bool = False,
+    part_radius: float = 1.0,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (items ``(image, label)``), in order, in eval mode.
 
@@ -195,6 +220,15 @@ def evaluate(
     and manufacturer, ``fgvc.data.class_hierarchy``), else none; a dict ``{level: {class name: coarse
     name}}`` or a CSV / JSON file of one (``fgvc.data.load_hierarchy``) covering every class; True: the
     data's own, an error when it has none; False: none.
+
+    ``parts=True`` scores every map of the model's explanation contract (``model.explain``: the last block's
+    CLS attention as ``attention``, the rollout, the method's own maps) against the data's ``input_parts``
+    ((N, P, 3) x, y as fractions of the model input, visible; ``fgvc.data.parts.EvalParts`` maps CUB's
+    ``parts/part_locs.txt`` through the test transform): per part, over the images where it is visible, the
+    share whose map peak lies within ``part_radius`` of it, the share of the map's mass there, and for models
+    with a crop box (GLSim) the share inside the box (``part_scores``; ``EvalResult.parts`` and
+    ``parts_table()``). ``part_radius`` is in grid cells (patch strides: 16 px for a ViT-B/16 at any input
+    size), the maps' own resolution: at 1 a peak on the cell holding the part always counts.
     """
     _check_tta(tta)
     temperature = temperature_of(model) if temperature is None else check_temperature(temperature)
@@ -205,6 +239,7 @@ def evaluate(
     if check_classes:
         check_same_classes(model, data)
     levels = _hierarchy_levels(model, data, hierarchy)  # checked before the long pass
+    gt_parts = _check_parts(data, part_radius) if parts else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval().to(device)
@@ -214,7 +249,8 @@ def evaluate(
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     batches = tqdm(loader, desc="evaluate", leave=False, disable=not progress)
     try:
-        seen = _Collected.run(model, batches, input_boxes_of(data), start, device, tta, retrieval)
+        seen = _Collected.run(model, batches, input_boxes_of(data), start, device, tta, retrieval,
+                              gt_parts=gt_parts, part_radius=part_radius)
     finally:
         model.train(was_training)
     if sharded:
@@ -224,7 +260,88 @@ def evaluate(
     if levels:
         result.hierarchy = levels
         result.hierarchy_top1 = hierarchy_top1(result.predictions, result.targets, levels)
+    if gt_parts is not None:
+        result.parts = _part_shares(seen.parts, part_names_of(data))
+        result.part_radius = float(part_radius)
     return result
+
+
+def _check_parts(data: Any, part_radius: float) -> Tensor:
+    """``data``'s ``input_parts`` for ``evaluate(parts=True)``; a one-line error where it has none."""
+    if isinstance(part_radius, bool) or not isinstance(part_radius, (int, float)) or not part_radius > 0:
+        raise ValueError(f"evaluate: part_radius is a positive number of grid cells, got {part_radius!r}")
+    parts = input_parts_of(data)
+    if parts is None and parts_pixels_of(data) is not None:
+        raise ValueError(
+            f"{type(data).__name__}'s parts are in original pixels: wrap it in "
+            "fgvc.data.parts.EvalParts(data, img_size=model.img_size) to map them through the test transform"
+        )
+    if parts is None or part_names_of(data) is None:
+        raise ValueError(
+            f"{type(data).__name__} has no parts (CUB reads them from parts/parts.txt and parts/part_locs.txt)"
+        )
+    return torch.as_tensor(parts, dtype=torch.float32)
+
+
+def part_scores(
+    maps: Mapping[str, Tensor],
+    parts: Tensor,
+    grid: PatchGrid,
+    radius: float,
+    boxes: Tensor | None = None,
+    masks: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Tensor]:
+    """Per image and part, how each map and the crop box meet the parts. Returns (B, P) tensors by name.
+
+    maps: name -> (B, rows, cols) over ``grid``; parts: (B, P, 3) x, y in input pixels, visible;
+    radius: in grid cells (distances are measured in patch strides, cell centres as ``PatchGrid.centres``);
+    boxes: (B, 4) crop boxes (x0, y0, x1, y1) in input pixels, exclusive ends. ``"visible"``: bool;
+    ``"<map>_peak"``: the map's highest cell within ``radius`` (not for ``masks``, whose cells are equal);
+    ``"<map>_mass"``: share of the map's positive mass in cells within ``radius`` (a map without any: flat);
+    ``"uniform_mass"``: a flat map's share; ``"in_box"``: the part inside the box.
+    """
+    sh, sw = grid.stride
+    cx, cy = grid.centres(torch.arange(grid.num_patches))  # (rows * cols,) pixel centres
+    x, y = parts[..., 0:1], parts[..., 1:2]  # (B, P, 1)
+    near = ((cx - x) / sw) ** 2 + ((cy - y) / sh) ** 2 <= radius**2  # (B, P, rows * cols)
+    out = {"visible": parts[..., 2] > 0, "uniform_mass": near.float().mean(-1)}
+    for name, heat in maps.items():
+        flat = heat.reshape(heat.shape[0], 1, -1).float()  # (B, 1, rows * cols)
+        if name not in masks:
+            peak = flat.argmax(-1, keepdim=True).expand(-1, near.shape[1], 1)  # (B, P, 1)
+            out[f"{name}_peak"] = near.gather(-1, peak)[..., 0]
+        mass = flat.clamp_min(0)
+        mass = torch.where(mass.sum(-1, keepdim=True) > 0, mass, torch.ones_like(mass))
+        out[f"{name}_mass"] = (mass * near).sum(-1) / mass.sum(-1)  # (B, P)
+    if boxes is not None:
+        b = boxes.float()[:, None, :]  # (B, 1, 4)
+        out["in_box"] = ((b[..., 0] <= x[..., 0]) & (x[..., 0] < b[..., 2])
+                         & (b[..., 1] <= y[..., 0]) & (y[..., 0] < b[..., 3]))
+    return out
+
+
+def _explained_maps(explanation: Any) -> dict[str, Tensor]:
+    """Every map of an ``Explanation`` by name, (B, rows, cols): the last block's CLS attention, then the rest."""
+    maps = {"attention": explanation.attention[-1].all} if explanation.attention else {}
+    maps.update({name: grid_map.all for name, grid_map in explanation.maps.items()})
+    return {name: m.float().cpu() for name, m in maps.items()}
+
+
+def _part_shares(batches: list[dict[str, Tensor]], names: list[str] | None) -> dict[str, dict[str, float]]:
+    """``part_scores`` of every batch -> per part, its visible count and each score in percent of those."""
+    scores = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # (N, P) each
+    visible = scores.pop("visible")
+    count = visible.sum(0)  # (P,)
+    names = names or [str(k) for k in range(visible.shape[1])]
+    order = ["in_box"] * ("in_box" in scores) + [k for k in scores if k not in ("in_box", "uniform_mass")]
+    table: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(names):
+        row: dict[str, float] = {"visible": float(count[k])}
+        for key in order + ["uniform_mass"]:
+            values = scores[key][visible[:, k], k].float()
+            row[key] = 100.0 * values.mean().item() if len(values) else float("nan")
+        table[name] = row
+    return table
 
 
 def _hierarchy_levels(model: FGVCModel, data: Any, hierarchy: Any) -> Hierarchy | None:
@@ -306,11 +423,13 @@ class _Collected:
     ious: list[Tensor] = field(default_factory=list)  # (B,) crop box vs true box
     embeddings: list[Tensor] = field(default_factory=list)  # (B, D)
     hits: list[Tensor] = field(default_factory=list)  # (B,) bool: the map's peak inside the true box
+    parts: list[dict[str, Tensor]] = field(default_factory=list)  # ``part_scores`` of each batch, (B, P) each
     losses: list[float] = field(default_factory=list)  # mean loss x batch size
 
     @classmethod
     def run(cls, model: FGVCModel, batches: Any, gt_boxes: Any, start: int, device: torch.device,
-            tta: str | None, retrieval: bool) -> _Collected:
+            tta: str | None, retrieval: bool, *, gt_parts: Tensor | None = None,
+            part_radius: float = 1.0) -> _Collected:
         """Forward every batch (images ``start``.. of the data) and keep what the metrics need."""
         out_all = cls()
         h, w = model.img_size
@@ -318,7 +437,8 @@ class _Collected:
         seen = start  # index in the data of the batch's first image
         for images, targets in batches:
             images, targets = images.to(device), targets.to(device)
-            out = tta_forward(model, images, tta)
+            explanation = model.explain(images) if gt_parts is not None else None  # every map, for the parts
+            out = explanation.output if explanation is not None and tta is None else tta_forward(model, images, tta)
             check_labels(targets, out.logits.shape[1])
             out_all.losses.append(model.loss(out, targets).item() * len(targets))
             out_all.logits.append(out.logits.float().cpu())
@@ -334,6 +454,15 @@ class _Collected:
                 if out.selection_map is not None:
                     bb = model.backbone
                     out_all.hits.append(pointing_game(out.selection_map.cpu(), gt, bb.patch_size, bb.patch_stride))
+            if explanation is not None:
+                bb = model.backbone
+                maps = _explained_maps(explanation)
+                rows, cols = next(iter(maps.values())).shape[-2:]
+                masks = {name for name, info in model.map_info().items() if info.mask}
+                gt = gt_parts[seen : seen + len(targets)] * torch.tensor([w, h, 1.0])  # (B, P, 3) pixels
+                boxes = None if explanation.output.boxes is None else explanation.output.boxes.cpu()
+                grid = PatchGrid(rows, cols, bb.patch_size, bb.patch_stride)
+                out_all.parts.append(part_scores(maps, gt, grid, part_radius, boxes, masks))
             seen += len(targets)
         return out_all
 
