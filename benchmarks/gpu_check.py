@@ -18,11 +18,14 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
 3. Activation checkpointing (run second): ``fgvc benchmark --grad-checkpointing both`` for vit, glsim, dcal and
    transfg at the largest size, first dtype and batch (bf16, batch 32, 448 px): each method's training step
    with it off and on, taking turns; peak memory and step time side by side.
+4. The batched crop (run third): ``benchmarks/crop_batched.py``'s comparison of GLSim's crop as one batched op
+   against the per-image loop (448 px images to 224 and 448 px crops, batch 32 and 128), with the GPU's sync
+   debug mode set to error during the batched op, so that a host sync in it fails the step.
 
 Writes, into the output folder: ``summary.csv`` / ``summary.md`` (every configuration's rows, with amp and batch),
 ``<amp>_b<batch>_<size>/`` (each benchmark's own methods.csv, selection.csv, benchmark.md) and ``train_resume.csv`` /
 ``train_resume.md``, ``grad_checkpointing.csv`` / ``grad_checkpointing.md`` (step 3; its benchmark's own files in
-``grad_checkpointing_<amp>_b<batch>_<size>/``). The summary is rewritten after each configuration, so an
+``grad_checkpointing_<amp>_b<batch>_<size>/``), ``crop_batched.md`` (step 4). The summary is rewritten after each configuration, so an
 interrupted run keeps what it did.
 """
 
@@ -155,6 +158,42 @@ def run_checkpointing(plan: Plan, device: str, out: Path, log: list[str]) -> lis
     lines += ["Training step " + pair if pair else f"not measured: {rows[0]['status']}"]
     (out / "grad_checkpointing.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def run_crop(plan: Plan, device: str, out: Path, log: list[str]) -> str:
+    """Step 4: the batched crop against the loop (``crop_batched.compare``), no host sync allowed on CUDA;
+    writes ``crop_batched.md``. Returns "ok" or why it failed."""
+    from crop_batched import compare  # benchmarks/ is the script's folder
+
+    from fgvc.layers.geometry import crop_and_resize_batched
+
+    img = 448 if plan is REAL else 64
+    cases = [(b, o) for b in ((32, 128) if plan is REAL else (2, 4)) for o in (img // 2, img)]
+    lines = [f"# Batched crop: {ENV.get('device')}", "", f"{img} px images, boxes on 16 px patch borders (8 px in the "
+             "dry run), median of the interleaved rounds (benchmarks/crop_batched.py)", "",
+             "| batch | crop | loop (ms) | batched (ms) | loop / batched | max abs diff |", "|---:|---:|---:|---:|---:|---:|"]
+    status = "ok"
+    try:
+        if device == "cuda":  # the batched op must not wait for the GPU: a sync inside it raises
+            images = torch.randn(4, 3, img, img, device=device)
+            boxes = torch.tensor([[0, 0, img, img], [16, 16, 64, 48], [0, 0, 16, 16], [32, 0, img, img]], device=device)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                crop_and_resize_batched(images, boxes, (img // 2, img // 2))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            lines[2] += "; no host sync in the batched op (CUDA sync debug mode: error)"
+        for b, o in cases:
+            r = compare(b, img, o, torch.device(device), 21 if plan is REAL else 3, 16 if plan is REAL else 8)
+            lines.append(f"| {b} | {o} | {r['loop'] * 1e3:.2f} | {r['batched'] * 1e3:.2f} | {r['ratio']:.2f} | "
+                         f"{r['diff']:.1e} |")
+    except Exception as e:  # noqa: BLE001 - recorded, the check goes on
+        status = f"failed: {type(e).__name__}: {e}"
+        lines.append(status)
+    (out / "crop_batched.md").write_text("\n".join(lines) + "\n")
+    log.append(f"batched crop: {status}")
+    print(log[-1], flush=True)
+    return status
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], log: list[str]) -> None:
@@ -295,20 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     resume: list[dict[str, Any]] = []
     ckpt: list[dict[str, Any]] = []
+    crop = "not run"
     try:  # correctness first (train, resume), then the figures in the time left
         with tempfile.TemporaryDirectory(prefix="fgvc_resume_") as work:
             resume = train_and_resume(plan, device, Path(work))
         write_train_resume(out, resume, plan)
         ckpt = run_checkpointing(plan, device, out, log)
+        crop = run_crop(plan, device, out, log)
         rows = run_benchmarks(plan, device, out, deadline, log)
     except KeyboardInterrupt:  # the shell script's 8-minute limit: keep what was measured
         log.append("interrupted (time limit): the configurations above are complete, the rest did not run")
     log.append(f"total {time.monotonic() - start:.0f} s")
     write_summary(out, rows, log)
     failed = [r for r in rows if r["status"].startswith("failed")] + [r for r in resume if r["status"] != "ok"]
-    failed += [r for r in ckpt if r["status"].startswith("failed")]
+    failed += [r for r in ckpt if r["status"].startswith("failed")] + ([{"status": crop}] if crop != "ok" else [])
     print(f"written: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'train_resume.md'}, "
-          f"{out / 'grad_checkpointing.md'}; {len(failed)} failed; {time.monotonic() - start:.0f} s", flush=True)
+          f"{out / 'grad_checkpointing.md'}, {out / 'crop_batched.md'}; {len(failed)} failed; {time.monotonic() - start:.0f} s", flush=True)
     return 1 if any(r["status"] != "ok" for r in resume) or not any(r["status"] == "ok" for r in rows) else 0
 
 

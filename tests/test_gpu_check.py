@@ -43,6 +43,8 @@ def test_dry_run_benchmarks_every_method_dtype_and_batch_and_resumes_each_method
         resumed = list(csv.DictReader(f))
     assert {r["method"] for r in resumed} == {"vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg"}
     assert {r["status"] for r in resumed} == {"ok"}
+    crop = (tmp_path / "crop_batched.md").read_text()
+    assert crop.count("\n| ") == 5 and "failed" not in crop  # header + 2 batches x 2 crop sizes
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would run the real check")

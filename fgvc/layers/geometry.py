@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PatchGrid", "box_iou_pairs", "crop_and_resize"]
+__all__ = ["PatchGrid", "box_iou_pairs", "crop_and_resize", "crop_and_resize_batched"]
 
 
 @dataclass(frozen=True)
@@ -163,14 +163,84 @@ def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a + area_b - inter).clamp(min=1e-12)
 
 
-def crop_and_resize(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
+def crop_and_resize(
+    images: Tensor, boxes: Tensor, size: Sequence[int] | None = None, *, batched: bool | None = None
+) -> Tensor:
     """Cut each pixel box (B, 4) out of (B, C, H, W) images and resize it to ``size`` (h, w; default H, W).
 
-    Bilinear with ``align_corners=True``, as GLSim's official ``F.upsample_bilinear``.
+    Bilinear with ``align_corners=True``, as GLSim's official ``F.upsample_bilinear`` of ``img[:, y0:y1, x0:x1]``.
+    Boxes: integral values (long or float), ends exclusive; the image gets a gradient, the boxes none.
+
+    ``batched`` picks how: True, every box at once with tensor ops (``crop_and_resize_batched``: no loop over the
+    images, no host sync, traceable and exportable with a free batch size); False, one ``F.interpolate`` per
+    image; None (default), batched on an accelerator and while tracing, exporting or compiling, the loop in
+    eager CPU mode, where it is the faster of the two (``benchmarks/crop_batched.py``). Both agree to a float
+    rounding (``tests/test_batched_crop.py``).
     """
+    if batched is None:
+        batched = images.device.type != "cpu" or _tracing()
+    if batched:
+        return crop_and_resize_batched(images, boxes, size)
     size = tuple(images.shape[-2:]) if size is None else tuple(size)
     crops = [
         F.interpolate(img[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=True)
-        for img, (x0, y0, x1, y1) in zip(images, boxes.tolist(), strict=True)
+        for img, (x0, y0, x1, y1) in zip(images, boxes.long().tolist(), strict=True)
     ]
     return torch.cat(crops, dim=0)
+
+
+def _tracing() -> bool:
+    """Whether a tracer, an exporter or the compiler is recording: then only tensor ops are safe."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def _crop_axis(start: Tensor, end: Tensor, n: int, extent: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Source pixels and weights of ``n`` samples over [start, end) on an axis of ``extent`` pixels.
+
+    start, end: (B,) long. Returns the lower and upper pixels (B, n) long and their weights (B, n) in ``dtype``,
+    with ``F.interpolate(mode="bilinear", align_corners=True)``'s arithmetic on the slice: sample j at
+    ``j * (w - 1) / (n - 1)`` of a slice of w pixels, pixel 0 for ``n == 1``.
+    """
+    start = start.clamp(0, extent - 1)
+    last = (end.clamp(max=extent) - start).clamp(min=1) - 1  # (B,) the slice's last pixel, w - 1
+    if n > 1:  # divide by a tensor, as the kernel does: a Python divisor may become a product by its reciprocal
+        scale = last.to(dtype) / torch.full_like(last, n - 1, dtype=dtype)  # (B,)
+    else:
+        scale = torch.zeros_like(last, dtype=dtype)
+    src = scale[:, None] * torch.arange(n, dtype=dtype, device=start.device)  # (B, n) in the slice
+    low = torch.minimum(src.floor().long(), last[:, None])  # (B, n)
+    upper_weight = (src - low.to(dtype)).clamp(0, 1)
+    high = low + (low < last[:, None]).long()
+    return start[:, None] + low, start[:, None] + high, 1 - upper_weight, upper_weight
+
+
+def crop_and_resize_batched(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """``crop_and_resize`` for every box at once: the boxes' rows, then their columns, by index ops.
+
+    Same arguments and result (to a float rounding) as the per-image loop, with no Python loop, no ``.tolist()``
+    and no host sync, so that it runs asynchronously on a GPU and exports (ONNX) with the batch size free.
+    """
+    _, c, h, w = images.shape
+    out_h, out_w = (h, w) if size is None else (int(size[0]), int(size[1]))
+    dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
+    x0, y0, x1, y1 = boxes.detach().to(images.device).long().unbind(-1)  # each (B,)
+    ys0, ys1, wy0, wy1 = _crop_axis(y0, y1, out_h, h, dtype)  # rows (B, out_h)
+    xs0, xs1, wx0, wx1 = _crop_axis(x0, x1, out_w, w, dtype)  # columns (B, out_w)
+    # the rows of every box (index_select copies whole rows: much cheaper than a gather per pixel), then the
+    # four pixels around each sample, blended with the products of the row and column weights
+    image_index = torch.ones_like(y0).cumsum(0) - 1  # (B,) 0..B-1 without a Python batch size
+    planes = (image_index[:, None] * c + torch.arange(c, device=images.device)) * h  # (B, C) first row of each
+    rows = images.reshape(-1, w)  # (B * C * H, W)
+
+    def pixels(ys: Tensor) -> tuple[Tensor, Tensor]:  # rows (B, out_h) -> left, right pixels (B, C, out_h, out_w)
+        picked = rows.index_select(0, (planes[:, :, None] + ys[:, None, :]).reshape(-1))  # (B * C * out_h, W)
+        picked = picked.reshape(-1, c, out_h, w).to(dtype)
+        return tuple(picked.gather(3, xs[:, None, None, :].expand(-1, c, out_h, -1)) for xs in (xs0, xs1))
+
+    wy0, wy1 = wy0[:, None, :, None], wy1[:, None, :, None]  # (B, 1, out_h, 1)
+    wx0, wx1 = wx0[:, None, None, :], wx1[:, None, None, :]  # (B, 1, 1, out_w)
+    top_left, top_right = pixels(ys0)
+    out = top_right * (wy0 * wx1) + top_left * (wy0 * wx0)  # (B, C, out_h, out_w)
+    bottom_left, bottom_right = pixels(ys1)
+    out = out + bottom_left * (wy1 * wx0) + bottom_right * (wy1 * wx1)
+    return out.to(images.dtype) if images.is_floating_point() else out.round().to(images.dtype)
