@@ -158,7 +158,8 @@ pairs it confuses, and what each method costs (parameters, GMACs, throughput).
 4. Per-class accuracy: the hardest classes.
 5. The most confused pairs, with examples.
 6. Where the models look.
-7. What each method costs.
+7. Which parts each method looks at (CUB's 15 parts, or the synthetic data's one).
+8. What each method costs.
 
 **Time**: minutes in full mode on a CPU when it trains stand-ins (measured in `docs/results.md`, "The
 notebooks' full-mode run times"); evaluating checkpoints takes what their test split takes. Small mode: seconds.
@@ -314,7 +315,35 @@ for name, test in runs.tests.items():
     plt.show()
 """),
     ("md", """
-## 7. What each method costs
+## 7. Which parts each method looks at
+
+CUB-200-2011 annotates 15 parts per bird (beak, crown, left eye, ...) in `parts/part_locs.txt`;
+`fgvc.evaluate(model, test, parts=True)` scores every map of a model against them: per part, over the images
+where it is visible, how often the map peaks within one grid cell of it (and the share of its mass there).
+The official download has the parts (`fgvc eval --parts` does the same from a terminal); **the CUB subset in
+`../shared/data` has none**, and neither has Stanford Cars. Where no test split here has parts, the synthetic
+data's class-deciding detail stands in as a one-part dataset (its centre, known to the pixel), with each
+method on fgvc's shipped backbone before fine-tuning: where its selection looks, not what it learned. The
+grey tick is what a map that looks nowhere in particular scores.
+"""),
+    ("code", """
+from fgvc.data.parts import input_parts_of
+from fgvc.studies.demo import FULL
+
+part_results = {f"{name}: {method}": fgvc.evaluate(model, runs.tests[name], parts=True)
+                for (name, method), model in runs.models.items() if input_parts_of(runs.tests[name]) is not None}
+if not part_results:
+    print("No test split here has part locations: the synthetic data's detail stands in (one part).")
+    synthetic = fgvc.data.synthetic_splits(**dict(FULL.data_options(), train=0, val=0, test=32 if SMOKE else 300))
+    for method in METHODS:
+        model = fgvc.create_model(method, num_classes=FULL.num_classes, **FULL.model_options())
+        part_results[method] = fgvc.evaluate(model, synthetic["test"], parts=True)
+print(next(iter(part_results.values())).parts_table())
+fig = viz.plot_parts(part_results, "peak")
+plt.show()
+"""),
+    ("md", """
+## 8. What each method costs
 
 `fgvc.benchmark` (also `fgvc benchmark` in a terminal) measures every method beside the plain ViT in the same
 run: parameters, GMACs per image, inference throughput and the selection step's share of the encoder. Accuracy

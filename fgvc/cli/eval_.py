@@ -21,14 +21,25 @@ def _eval(args: argparse.Namespace) -> int:
         check_output_file(args.save_calibrated, "the calibrated checkpoint")
     if args.hierarchy is not None and not Path(args.hierarchy).is_file():
         raise FileNotFoundError(f"--hierarchy {args.hierarchy}: no such file")
+    if not args.part_radius > 0:
+        raise ValueError(f"--part-radius {args.part_radius:g}: a positive number of grid cells")
     options = dict(batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                    progress=not args.no_progress, tta=args.tta)
+    if args.parts:
+        options.update(parts=True, part_radius=args.part_radius)
     calibrated = None
     if args.calibrate is not None:  # the temperature first, on the validation split only
         calibrated, images = _calibrated_model(args, options)
         options.update(temperature=calibrated.temperature, calibrate=True)
-    result = evaluate_checkpoint(args.checkpoint, args.data, dataset=args.dataset, split=args.split,
-                                 out_dir=None if as_file else args.out, hierarchy=args.hierarchy, **options)
+    from ..engine.evaluate import NoPartsError
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.data, dataset=args.dataset, split=args.split,
+                                     out_dir=None if as_file else args.out, hierarchy=args.hierarchy, **options)
+    except NoPartsError:
+        raise ValueError(f"--parts: the {args.split} split of {args.data or 'the run'} has no part locations (CUB "
+                         "needs parts/parts.txt and parts/part_locs.txt; the synthetic data has one part, its "
+                         "detail)") from None
     from ..engine.distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank evaluated its shard; rank 0 reports
@@ -43,6 +54,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{'images':>12}: {result.num_samples}")
     if result.tta:
         print(f"{'tta':>12}: {result.tta}")
+    if result.parts is not None:
+        print(result.parts_table())
     if as_file:
         with open(args.out, "w") as f:
             info = dict(num_samples=result.num_samples, tta=result.tta, checkpoint=str(args.checkpoint))
@@ -52,7 +65,8 @@ def _eval(args: argparse.Namespace) -> int:
             path = Path(args.out) / "metrics.json"
             metrics = dict(json.loads(path.read_text()), calibrated_on=args.calibrate)
             path.write_text(json.dumps(metrics, indent=2))
-        print(f"metrics, per-class accuracy, confusion matrix, reliability diagram and confused pairs in "
+        parts = ", part scores (parts.md, parts.png)" if result.parts is not None else ""
+        print(f"metrics, per-class accuracy, confusion matrix, reliability diagram{parts} and confused pairs in "
               f"{args.out}/")
     if calibrated is not None and args.save_calibrated:
         print(f"calibrated checkpoint (temperature {calibrated.temperature:.4g}): "
@@ -190,5 +204,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also score the top-1 at coarser levels: a CSV (class,<level>,...) or JSON ({level: {class: coarse}}) "
         "mapping every class up (FGVC-Aircraft's family and manufacturer are scored without it)",
     )
+    ev.add_argument(
+        "--parts", action="store_true",
+        help="also score where every map of the model looks against the data's part locations (CUB's parts/ "
+        "files; the synthetic data's detail): per part, how often a map peaks near it and its mass there; with "
+        "--out also parts.md and parts.png",
+    )
+    ev.add_argument("--part-radius", type=float, default=1.0, metavar="CELLS",
+                    help="with --parts: 'near' is within this many grid cells (patch strides) of the part "
+                    "(default: %(default)s)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)

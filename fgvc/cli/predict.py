@@ -12,6 +12,8 @@ def _predict(args: argparse.Namespace) -> int:
     from ..studies.report import save_maps
 
     images = expand_images(args.images)
+    if args.onnx:
+        return _predict_onnx(args, images)
     model = load_model(args.checkpoint)
     transform = test_transform_for(model, args.checkpoint)
     predictions = predict(model, images, topk=args.topk, transform=transform, device=args.device, tta=args.tta)
@@ -29,6 +31,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_onnx(args: argparse.Namespace, images: list[str]) -> int:
+    """``fgvc predict --onnx FILE``: onnxruntime on an ``fgvc export --onnx`` file, no fgvc model built."""
+    from ..engine.predict import predict_onnx, save_predictions
+    from ..storage.onnx import OnnxModel
+
+    unsupported = [flag for flag, value in (("--tta", args.tta), ("--maps", args.maps), ("--device", args.device))
+                   if value]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not with --onnx (the exported forward gives logits and boxes)")
+    model = OnnxModel(args.onnx)
+    predictions = predict_onnx(model, images, topk=args.topk)
+    for prediction in predictions:
+        print(prediction)
+    if args.out:
+        info = dict(onnx=str(args.onnx), tta=None)
+        if model.temperature != 1.0:
+            info["temperature"] = model.temperature
+        path = save_predictions(predictions, args.out, info=info)
+        print(f"{len(predictions)} predictions written to {path}")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``fgvc predict``."""
     pred = sub.add_parser(
@@ -37,9 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Classifies images with an fgvc checkpoint and prints the top classes with their names "
         "(from the checkpoint) and probabilities (test transform: resize, center crop, the backbone's "
         "normalization; calibrated when the checkpoint has a temperature: fgvc eval --save-calibrated); --out "
-        "writes them as CSV or JSON, --maps a figure of the maps and crop per image.",
+        "writes them as CSV or JSON, --maps a figure of the maps and crop per image. --onnx FILE runs an "
+        "fgvc export --onnx file with onnxruntime instead (its class names and test transform are in it).",
     )
-    pred.add_argument("--checkpoint", required=True, help="an fgvc .safetensors checkpoint")
+    source = pred.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="an fgvc .safetensors checkpoint")
+    source.add_argument("--onnx", metavar="FILE", help="an fgvc export --onnx file, run by onnxruntime")
     pred.add_argument(
         "images", nargs="+", help="image files, folders (every image below them) or quoted globs ('birds/**/*.jpg')"
     )

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from .contract import FGVCDataset, boxes_pixels_of, classes_of, display_names_of, input_boxes_of, targets_of
-from .transforms import _check_resize, _hw, default_resize, map_boxes
+from .transforms import _hw, eval_geometry, map_boxes
 
 __all__ = ["EvalParts", "input_parts_of", "map_parts", "part_names_of", "parts_pixels_of"]
 
@@ -45,7 +44,8 @@ def map_parts(
     img_size: int | tuple[int, int],
     resize: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Original-pixel parts -> fractions of the test-transform output (``v2.Resize``, then ``v2.CenterCrop``).
+    """Original-pixel parts -> fractions of the test-transform output (``v2.Resize``, then ``v2.CenterCrop``:
+    ``fgvc.data.transforms.eval_geometry``, the one ``map_boxes`` moves boxes through).
 
     Args:
         parts_pixels: (N, P, 3) x, y, visible (1 or 0) in original pixels.
@@ -56,8 +56,7 @@ def map_parts(
         the part off (x or y outside [0, size)).
     """
     size = _hw(img_size)
-    resize = _check_resize(default_resize(size) if resize is None else resize, size)
-    geometry = v2.Compose([v2.Resize(resize), v2.CenterCrop(size)])  # the test transform's, without the pixels
+    geometry = eval_geometry(size, resize)  # the test transform's resize and crop, without the pixels
     parts = torch.as_tensor(parts_pixels, dtype=torch.float32)
     if parts.ndim != 3 or parts.shape[-1] != 3:
         raise ValueError(f"parts_pixels must be (N, P, 3) x, y, visible; got {tuple(parts.shape)}")

@@ -152,7 +152,9 @@ class SyntheticFGVC(FGVCDataset):
 
     See the module docstring for the generator. ``__getitem__`` returns ``(image, label)`` with the image a
     float32 (3, H, W) tensor normalised by ``mean``/``std``, or ``transform(render(i))`` when a transform is
-    given. ``boxes[i]`` is the detail's box as fractions ``(x0, y0, x1, y1)`` of width/height, end exclusive.
+    given. ``boxes[i]`` is the detail's box as fractions ``(x0, y0, x1, y1)`` of width/height, end exclusive;
+    ``part_names`` (``["detail"]``) and ``input_parts`` (its centre) make it a one-part dataset for
+    ``fgvc.evaluate(parts=True)``.
     """
 
     def __init__(
@@ -383,6 +385,21 @@ class SyntheticFGVC(FGVCDataset):
         """The boxes in the frame the model sees (read by ``fgvc.evaluate``): ``boxes`` when the default
         to-tensor transform is used (images are drawn at the input size), None with a custom transform."""
         return self.boxes if self.transform is None else None
+
+    @property
+    def part_names(self) -> list[str]:
+        """One part, the class-deciding detail: the synthetic stand-in for CUB's 15 named parts."""
+        return ["detail"]
+
+    @property
+    def input_parts(self) -> torch.Tensor | None:
+        """(N, 1, 3) the detail's centre (x, y as fractions of the model input) and visible (always 1), read by
+        ``fgvc.evaluate(parts=True)``; in the frame of ``input_boxes`` (the images are drawn at the input
+        size), so None with a custom transform, as they are."""
+        if self.transform is not None:
+            return None
+        centre = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2  # (N, 2) x, y
+        return torch.cat([centre, torch.ones(len(centre), 1)], dim=1)[:, None, :]
 
     def __len__(self) -> int:
         return self.num_samples

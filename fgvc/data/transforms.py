@@ -25,11 +25,14 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
 from .contract import FGVCDataset, boxes_pixels_of, classes_of, display_names_of, targets_of
 
-__all__ = ["CROP_RATIO", "EvalBoxes", "build_transforms", "default_resize", "map_boxes", "resized_size"]
+__all__ = [
+    "CROP_RATIO", "EvalBoxes", "build_transforms", "default_resize", "eval_geometry", "map_boxes", "resized_size",
+]
 
 #: Default ratio of the crop to the resized image (the ImageNet convention: 224 of 256).
 CROP_RATIO = 0.875
@@ -147,6 +150,19 @@ def resized_size(width: int, height: int, resize: int | tuple[int, int]) -> tupl
     return int(resize[1]), int(resize[0])
 
 
+def eval_geometry(img_size: int | tuple[int, int], resize: int | tuple[int, int] | None = None) -> v2.Compose:
+    """The test transform's geometry without the pixels: ``v2.Resize(resize)``, then ``v2.CenterCrop(img_size)``.
+
+    ``build_transforms(train=False)`` resizes and crops images with these two steps; ``map_boxes`` and
+    ``fgvc.data.parts.map_parts`` move annotations (``tv_tensors.BoundingBoxes``, ``tv_tensors.KeyPoints``)
+    through the same two, so every annotation follows one library path. ``img_size``, ``resize``: as given to
+    ``build_transforms`` (same defaults and checks).
+    """
+    size = _hw(img_size)
+    resize = _check_resize(default_resize(size) if resize is None else resize, size)
+    return v2.Compose([v2.Resize(resize), v2.CenterCrop(size)])
+
+
 def map_boxes(
     boxes_pixels: torch.Tensor,
     image_sizes: torch.Tensor,
@@ -154,6 +170,9 @@ def map_boxes(
     resize: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Original-pixel boxes -> fractions of the test-transform output (resize, then center crop).
+
+    Each box goes through ``eval_geometry`` as a ``tv_tensors.BoundingBoxes`` (XYXY, the image's canvas):
+    torchvision scales it, shifts it by the crop's corner and clamps it to the crop.
 
     Args:
         boxes_pixels: (N, 4) (x0, y0, x1, y1) in original pixels, exclusive ends.
@@ -163,24 +182,17 @@ def map_boxes(
         (N, 4) float32 fractions of the crop's width / height, clipped to the crop (a box the crop cuts off
         entirely has zero area).
     """
-    size = _hw(img_size)
-    resize = _check_resize(default_resize(size) if resize is None else resize, size)
-    crop_h, crop_w = size
+    crop_h, crop_w = _hw(img_size)
+    geometry = eval_geometry(img_size, resize)
     boxes = torch.as_tensor(boxes_pixels, dtype=torch.float64).reshape(-1, 4)
     sizes = torch.as_tensor(image_sizes).reshape(-1, 2).tolist()
     if len(sizes) != len(boxes):
         raise ValueError(f"{len(boxes)} boxes but {len(sizes)} image sizes")
     out = torch.empty_like(boxes)
     for k, (w, h) in enumerate(sizes):
-        new_w, new_h = resized_size(int(w), int(h), resize)
-        top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))  # as CenterCrop
-        sx, sy = new_w / w, new_h / h
-        x0, y0, x1, y1 = boxes[k].tolist()
-        out[k, 0] = min(max(x0 * sx - left, 0.0), crop_w) / crop_w
-        out[k, 2] = min(max(x1 * sx - left, 0.0), crop_w) / crop_w
-        out[k, 1] = min(max(y0 * sy - top, 0.0), crop_h) / crop_h
-        out[k, 3] = min(max(y1 * sy - top, 0.0), crop_h) / crop_h
-    return out.float()
+        box = tv_tensors.BoundingBoxes(boxes[k : k + 1], format="XYXY", canvas_size=(int(h), int(w)))  # (1, 4)
+        out[k] = geometry(box).as_subclass(torch.Tensor)[0]  # crop pixels, clamped to [0, crop_w] x [0, crop_h]
+    return (out / torch.tensor([crop_w, crop_h, crop_w, crop_h], dtype=torch.float64)).float()
 
 
 class EvalBoxes(FGVCDataset):

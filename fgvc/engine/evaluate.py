@@ -34,6 +34,7 @@ from .retrieval import RetrievalResult, retrieval_metrics
 __all__ = [
     "TTA_MODES",
     "EvalResult",
+    "NoPartsError",
     "box_iou_pairs",
     "calibrate",
     "check_labels",
@@ -266,6 +267,10 @@ def evaluate(
     return result
 
 
+class NoPartsError(ValueError):
+    """``evaluate(parts=True)`` on data without part locations (``fgvc eval --parts`` says which data)."""
+
+
 def _check_parts(data: Any, part_radius: float) -> Tensor:
     """``data``'s ``input_parts`` for ``evaluate(parts=True)``; a one-line error where it has none."""
     if isinstance(part_radius, bool) or not isinstance(part_radius, (int, float)) or not part_radius > 0:
@@ -277,8 +282,9 @@ def _check_parts(data: Any, part_radius: float) -> Tensor:
             "fgvc.data.parts.EvalParts(data, img_size=model.img_size) to map them through the test transform"
         )
     if parts is None or part_names_of(data) is None:
-        raise ValueError(
-            f"{type(data).__name__} has no parts (CUB reads them from parts/parts.txt and parts/part_locs.txt)"
+        raise NoPartsError(
+            f"{type(data).__name__} has no parts (CUB reads them from parts/parts.txt and parts/part_locs.txt; "
+            "the synthetic data has one, its detail)"
         )
     return torch.as_tensor(parts, dtype=torch.float32)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..methods.base import FGVCModel
 
-__all__ = ["Prediction", "expand_images", "predict", "save_predictions"]
+__all__ = ["Prediction", "expand_images", "predict", "predict_onnx", "save_predictions"]
 
 
 @dataclass
@@ -81,20 +81,57 @@ def predict(
         pil = [im if isinstance(im, Image.Image) else load_rgb(im) for im in chunk]
         batch = torch.stack([transform(im) for im in pil]).to(device)  # (b, 3, H, W)
         probs = (tta_forward(model, batch, tta).logits.float() / temperature).softmax(1).cpu()  # (b, C)
-        bad = [str(src) for src, ok in zip(chunk, torch.isfinite(probs).all(1).tolist(), strict=True) if not ok]
-        if bad:  # a NaN "probability" is no prediction: never print one as a result
-            raise FloatingPointError(
-                f"the model's output is not finite (NaN or inf) for {', '.join(bad[:3])}"
-                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: its weights are corrupt or diverged "
-                f"(or the image holds NaN); no prediction is given"
-            )
-        values, labels = probs.topk(k, dim=1)
-        for src, v, lab in zip(chunk, values.tolist(), labels.tolist(), strict=True):
-            source = str(src) if not isinstance(src, Image.Image) else "<image>"
-            top = [(c, names[c], p) for c, p in zip(lab, v, strict=True)]
-            calibrated = None if temperature == 1.0 else temperature
-            out.append(Prediction(source, top, tta=tta, temperature=calibrated))
+        out.extend(_top_classes(chunk, probs, names, k, tta, temperature))
     model.train(was_training)
+    return out
+
+
+def _top_classes(
+    chunk: Sequence[Any], probs: torch.Tensor, names: Sequence[str], k: int, tta: str | None, temperature: float
+) -> list[Prediction]:
+    """The top-k ``Prediction`` of each image from its probabilities (b, C); non-finite ones are an error."""
+    bad = [str(src) for src, ok in zip(chunk, torch.isfinite(probs).all(1).tolist(), strict=True) if not ok]
+    if bad:  # a NaN "probability" is no prediction: never print one as a result
+        raise FloatingPointError(
+            f"the model's output is not finite (NaN or inf) for {', '.join(bad[:3])}"
+            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: its weights are corrupt or diverged "
+            f"(or the image holds NaN); no prediction is given"
+        )
+    out = []
+    values, labels = probs.topk(k, dim=1)
+    for src, v, lab in zip(chunk, values.tolist(), labels.tolist(), strict=True):
+        source = str(src) if not isinstance(src, Image.Image) else "<image>"
+        top = [(c, names[c], p) for c, p in zip(lab, v, strict=True)]
+        calibrated = None if temperature == 1.0 else temperature
+        out.append(Prediction(source, top, tta=tta, temperature=calibrated))
+    return out
+
+
+def predict_onnx(
+    model: Any,
+    images: Sequence[str | os.PathLike | Image.Image],
+    *,
+    topk: int = 5,
+    batch_size: int = 16,
+) -> list[Prediction]:
+    """``predict`` with an exported model (``fgvc.storage.onnx.OnnxModel``, onnxruntime): no torch model code.
+
+    Images get the test transform recorded in the file (``OnnxModel.test_transform``), class names and the
+    calibration temperature come from its metadata.
+    """
+    from ..data import load_rgb
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk!r}")
+    transform = model.test_transform()
+    k, temperature = min(topk, model.num_classes), model.temperature
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = torch.stack([transform(im if isinstance(im, Image.Image) else load_rgb(im)) for im in chunk])
+        logits = torch.from_numpy(model(batch.numpy())["logits"])  # (b, C)
+        out.extend(_top_classes(chunk, (logits.float() / temperature).softmax(1), model.class_names, k, None,
+                                temperature))
     return out
 
 

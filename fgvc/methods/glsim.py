@@ -39,6 +39,21 @@ passes at the input resolution bound GLSim at half a plain ViT's throughput; the
   Padding was chosen over a fixed number of top-k tokens so that the pass sees the same region as the
   official crop (the box, not scattered patches).
 
+A cheaper global pass (also beyond the official code; None, the default, is the official full pass):
+
+* ``glance_size`` (pixels, or a float fraction of ``img_size`` rounded to whole patches): the model still
+  takes the full-resolution input, but the global pass encodes it downscaled to ``glance_size``
+  (``F.interpolate(..., mode="bilinear", antialias=True, align_corners=False)``: antialiasing low-pass
+  filters as a resize of the image file would, instead of sampling every other pixel; ``align_corners=False``
+  makes glance pixel i cover input pixels [i * s, (i + 1) * s), the frame the box mapping assumes), with the
+  position embeddings resampled to the glance grid (``ViTBackbone.pos_embed_at``, as ``crop_size``). The
+  similarity and the top-k box come from the glance grid; the box is mapped to input pixels
+  (``glance_box_to_input``: starts floored, ends ceiled, clipped, at least one pixel) and the crop is cut
+  from the **full-resolution** input, then resized to ``crop_size`` as usual. ``output.selection_map`` is the
+  glance similarity on the input's patch grid (each input patch takes the glance cell under its centre), so
+  that the pointing game and the maps of ``fgvc.viz`` place it as every other map; the glance grid's own map
+  is ``output.extras["glance_similarity"]``.
+
 Also as the official code (``glsim/model_utils/transformer.py``, ``glsim.py``):
 
 * stochastic depth: the official ``BlockVanilla`` gives every block the same ``DropPath(sd)`` and the
@@ -79,8 +94,9 @@ from .declare import (
 from .explain import Explanation, GridMap, MapInfo, SelectionStep
 
 __all__ = [
-    "GLSim", "box_token_sequence", "convert_glsim_official", "crop_and_resize", "init_aggregator_official",
-    "patch_similarity", "resolve_crop_size",
+    "GLSim", "box_token_sequence", "convert_glsim_official", "crop_and_resize", "glance_box_to_input",
+    "glance_map_to_input_grid", "init_aggregator_official", "patch_similarity", "resolve_crop_size",
+    "resolve_glance_size",
 ]
 
 DROP_PATH_SCHEDULES = ("constant", "linear")
@@ -111,6 +127,62 @@ def resolve_crop_size(
     return h, w
 
 
+def resolve_glance_size(
+    glance_size: int | float | Sequence[int] | None, img_size: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int] | None:
+    """GLSim's ``glance_size`` option -> (h, w) pixels of the global pass, or None for the input itself.
+
+    A float in (0, 1] is a fraction of ``img_size`` rounded to whole patches (at least one); an int or (h, w)
+    must be at most the input and a multiple of the patch stride. The input's own size is no glance (None).
+    """
+    (sh, sw), (h_in, w_in) = stride, img_size
+    if glance_size is None:
+        return None
+    if isinstance(glance_size, float):
+        if not 0 < glance_size <= 1:
+            raise ValueError(f"a fractional glance_size must be in (0, 1], got {glance_size}")
+        size = (max(round(h_in * glance_size / sh), 1) * sh, max(round(w_in * glance_size / sw), 1) * sw)
+    else:
+        size = to_2tuple(glance_size)
+        h, w = size
+        if h > h_in or w > w_in:
+            raise ValueError(f"glance_size {h}x{w} is larger than the {h_in}x{w_in} input it downscales")
+        if h < sh or w < sw or h % sh or w % sw:
+            raise ValueError(f"glance_size {h}x{w} must be a positive multiple of the patch stride {sh}x{sw}")
+    return None if size == tuple(img_size) else size
+
+
+def glance_box_to_input(boxes: Tensor, glance_size: Sequence[int], img_size: Sequence[int]) -> Tensor:
+    """Boxes (B, 4) (x0, y0, x1, y1) in glance pixels -> the same region in input pixels, int64.
+
+    The rule: with the input ``W`` wide and the glance ``w`` wide, ``x0 -> floor(x0 * W / w)`` and
+    ``x1 -> ceil(x1 * W / w)`` (exact integer arithmetic; rows alike), so the input box covers the glance box
+    whole (exactly its image for whole scale factors); then starts are clipped to [0, W - 1], ends to W, and
+    an end is at least its start + 1 (one pixel).
+    """
+    (gh, gw), (h, w) = glance_size, img_size
+    b = boxes.long()
+    num = torch.tensor([w, h], device=b.device)
+    den = torch.tensor([gw, gh], device=b.device)
+    starts = torch.div(b[:, :2] * num, den, rounding_mode="floor")  # (B, 2) x0, y0
+    ends = -torch.div(-b[:, 2:] * num, den, rounding_mode="floor")  # (B, 2) x1, y1: ceil
+    starts = torch.minimum(starts.clamp(min=0), num - 1)
+    ends = torch.maximum(torch.minimum(ends, num), starts + 1)
+    return torch.cat([starts, ends], dim=1)
+
+
+def glance_map_to_input_grid(maps: Tensor, grid_size: Sequence[int]) -> Tensor:
+    """Maps (B, gr, gc) on the glance grid -> (B, rows, cols) on the input's patch grid (``grid_size``).
+
+    Each input patch takes the value of the glance cell under its centre: row ``r`` reads glance row
+    ``floor((r + 1/2) * gr / rows)`` (non-overlapping patches; a whole factor repeats each glance cell).
+    """
+    (gr, gc), (rows, cols) = maps.shape[-2:], grid_size
+    r = torch.div((2 * torch.arange(rows, device=maps.device) + 1) * gr, 2 * rows, rounding_mode="floor")
+    c = torch.div((2 * torch.arange(cols, device=maps.device) + 1) * gc, 2 * cols, rounding_mode="floor")
+    return maps[:, r][:, :, c]
+
+
 def box_token_sequence(
     tokens: Tensor, boxes: Tensor, num_prefix_tokens: int, grid_size: tuple[int, int], patch_size: tuple[int, int]
 ) -> tuple[Tensor, Tensor | None]:
@@ -126,11 +198,15 @@ def box_token_sequence(
     prefix, patches = grid.split(tokens)  # (B, P, D), (B, N, D)
     inside = grid.cells_inside(boxes).reshape(b, grid.num_patches)  # (B, N)
     counts = inside.sum(-1)  # (B,)
-    m = int(counts.max())
-    order = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[:, :m]  # inside patches first, raster
+    # exporting / compiling: a length known without reading the boxes (every patch, the padding masked out)
+    recording = torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    m = grid.num_patches if recording else int(counts.max())
+    # inside patches first, in raster order: distinct keys, so a plain sort (ONNX has no stable one) is exact
+    key = (~inside).long() * grid.num_patches + torch.arange(grid.num_patches, device=inside.device)  # (B, N)
+    order = key.argsort(dim=-1)[:, :m]  # (B, M)
     picked = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))  # (B, M, D)
     sequence = torch.cat([prefix, picked], dim=1)  # (B, P + M, D)
-    if bool((counts == m).all()):
+    if not recording and bool((counts == m).all()):
         return sequence, None
     real = torch.arange(m, device=tokens.device).view(1, m) < counts.view(b, 1)  # (B, M)
     mask = torch.cat([real.new_ones(b, num_prefix_tokens), real], dim=1)  # (B, P + M)
@@ -164,7 +240,8 @@ class GLSim(FGVCModel):
     (``"constant"``: official, every block and the aggregator at ``drop_path_rate``; ``"linear"``: timm's),
     and the cheaper crop passes of the module doc: ``crop_size`` (None: the input size, official; pixels or a
     fraction such as 0.5), ``crop_mode`` (``"resize"``: official; ``"tokens"``: the box's own tokens) and
-    ``crop_pos_embed`` (``"resampled"``: the backbone's, resampled to ``crop_size``; ``"learned"``: its own).
+    ``crop_pos_embed`` (``"resampled"``: the backbone's, resampled to ``crop_size``; ``"learned"``: its own);
+    and the cheaper global pass ``glance_size`` (None: the input, official; pixels or a fraction such as 0.5).
     """
 
     display_name = "GLSim"
@@ -187,6 +264,10 @@ class GLSim(FGVCModel):
         "top2_half": dict(top_k=2, inclusive_box=True, crop_size=0.5),  # the same, crop re-encoded at half size
         # and with the half-size pass's own position embedding, learned in fine-tuning
         "top2_half_pe": dict(top_k=2, inclusive_box=True, crop_size=0.5, crop_pos_embed="learned"),
+        # the global pass on the input at half its side; the crop, cut from the full-resolution input, encoded
+        # at that size with its own position embedding
+        "glance": dict(glance_size=0.5, crop_size=0.5, crop_pos_embed="learned"),
+        "glance_top2": dict(top_k=2, inclusive_box=True, glance_size=0.5, crop_size=0.5, crop_pos_embed="learned"),
     }
     small_input_options = {"top_k": 4}  # 4 of a small grid's cells
 
@@ -201,6 +282,7 @@ class GLSim(FGVCModel):
         crop_size: int | float | Sequence[int] | None = None,
         crop_mode: str = "resize",
         crop_pos_embed: str = "resampled",
+        glance_size: int | float | Sequence[int] | None = None,
         **common: Any,
     ) -> None:
         options = dict(
@@ -213,6 +295,8 @@ class GLSim(FGVCModel):
             crop_mode=crop_mode,
             crop_pos_embed=crop_pos_embed,
         )
+        if glance_size is not None:  # recorded only when set: checkpoints of the other options stay as they were
+            options["glance_size"] = list(glance_size) if isinstance(glance_size, Sequence) else glance_size
         if crop_pos_embed not in CROP_POS_EMBEDS:
             raise ValueError(f"crop_pos_embed must be one of {CROP_POS_EMBEDS}, got {crop_pos_embed!r}")
         if drop_path_schedule not in DROP_PATH_SCHEDULES:
@@ -221,6 +305,8 @@ class GLSim(FGVCModel):
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
         if crop_mode == "tokens" and crop_size is not None:
             raise ValueError("crop_mode='tokens' encodes the box at the input resolution; crop_size is for 'resize'")
+        if crop_mode == "tokens" and glance_size is not None:
+            raise ValueError("crop_mode='tokens' re-encodes the global pass's tokens; glance_size is for 'resize'")
         super().__init__(options=options, **common)
         bb = self.backbone
         if bb.patch_stride != bb.patch_size:
@@ -228,11 +314,14 @@ class GLSim(FGVCModel):
                 f"GLSim's box maps patch rows and columns to pixels at the patch size; overlapping patches "
                 f"(patch_stride={bb.patch_stride[0]}) are not supported"
             )
-        rows, cols = bb.grid_size
+        #: (h, w) of the global pass's input, or None: the input itself (official)
+        self.glance_size = resolve_glance_size(glance_size, bb.img_size, bb.patch_stride)
+        glance = self.glance_size or bb.img_size
+        rows, cols = self.global_grid.grid_size
         if not 1 <= top_k <= rows * cols:
             raise ValueError(
-                f"top_k={top_k} must be between 1 and the {rows}x{cols}={rows * cols} patches at img_size "
-                f"{bb.img_size[0]}x{bb.img_size[1]}"
+                f"top_k={top_k} must be between 1 and the {rows}x{cols}={rows * cols} patches at "
+                f"{'glance_size' if self.glance_size else 'img_size'} {glance[0]}x{glance[1]}"
             )
         self.top_k = top_k
         self.inclusive_box = inclusive_box
@@ -245,6 +334,8 @@ class GLSim(FGVCModel):
                              f"has {'rotary embeddings' if rotary else 'no CLS token'}")
         if self.crop_size != bb.img_size and rotary:
             raise ValueError(f"crop_size needs absolute position embeddings to resample; {bb.name} has rotary ones")
+        if self.glance_size is not None and rotary:
+            raise ValueError(f"glance_size needs absolute position embeddings to resample; {bb.name} has rotary ones")
         self.crop_pos_embed: nn.Parameter | None = None
         if crop_pos_embed == "learned":
             if crop_mode != "resize" or self.crop_size == bb.img_size or bb.vit.pos_embed is None:
@@ -274,13 +365,42 @@ class GLSim(FGVCModel):
         """The backbone's set and the crop pass's learned position embedding (``crop_pos_embed="learned"``)."""
         return super().no_weight_decay() | {"crop_pos_embed"}
 
+    @property
+    def global_grid(self) -> PatchGrid:
+        """Where the global pass's patch tokens lie on its input: the glance grid, or the backbone's."""
+        bb = self.backbone
+        if self.glance_size is None:
+            return bb.patch_grid
+        return PatchGrid(*bb.grid_at(self.glance_size), bb.patch_size, bb.patch_stride, self.glance_size,
+                         bb.num_prefix_tokens)
+
+    def glance(self, x: Tensor) -> Tensor:
+        """Input (B, 3, H, W) -> the global pass's input (B, 3, h, w) at ``glance_size`` (module doc: which resize)."""
+        return F.interpolate(x, size=self.glance_size, mode="bilinear", antialias=True, align_corners=False)
+
+    def global_pass(self, x: Tensor) -> Tensor:
+        """Input (B, 3, H, W) -> the global pass's final-norm tokens (B, P + rows * cols, D), at the glance size
+        with the position embeddings resampled to its grid when ``glance_size`` is set."""
+        if self.glance_size is None:
+            return self.backbone(x).tokens
+        return self.backbone(self.glance(x), img_size=self.glance_size).tokens
+
+    @staticmethod
+    def _select_on(tokens: Tensor, grid: PatchGrid, global_token: Tensor, top_k: int,
+                   inclusive: bool) -> tuple[Tensor, Tensor]:
+        _, patches = grid.split(tokens)  # (B, N, D)
+        similarity = patch_similarity(global_token, patches, grid.grid_size)
+        return similarity, grid.top_box(similarity, top_k, include_last=inclusive)
+
     @torch.no_grad()
     def select(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Final-norm tokens (B, T, D) -> similarity (B, rows, cols) and boxes (B, 4) in input pixels."""
+        """Global-pass tokens (B, T, D), final norm -> similarity (B, rows, cols) on the global pass's grid and
+        boxes (B, 4) in input pixels (with ``glance_size``: the glance box mapped by ``glance_box_to_input``)."""
         bb = self.backbone
-        _, patches = bb.patch_grid.split(tokens)  # (B, N, D)
-        similarity = patch_similarity(bb.global_token(tokens), patches, bb.grid_size)
-        boxes = bb.patch_grid.top_box(similarity, self.top_k, include_last=self.inclusive_box)
+        similarity, boxes = self._select_on(tokens, self.global_grid, bb.global_token(tokens), self.top_k,
+                                            self.inclusive_box)
+        if self.glance_size is not None:
+            boxes = glance_box_to_input(boxes, self.glance_size, bb.img_size)
         return similarity, boxes
 
     def crop_pass(self, x: Tensor, embedded: Tensor | None, boxes: Tensor) -> Tensor:
@@ -307,26 +427,38 @@ class GLSim(FGVCModel):
             embedded = bb.embed(x)
             tokens = bb.encode(embedded)  # (B, T, D), after the final norm
         else:
-            embedded, tokens = None, bb(x).tokens
+            embedded, tokens = None, self.global_pass(x)  # (B, T, D); T of the glance grid with glance_size
         similarity, boxes = self.select(tokens.detach())
         cls_tokens = [self.backbone.global_token(tokens)]  # global CLS (B, D)
         if self.training or self.crop_at_inference:
-            cls_tokens.append(self.crop_pass(x, embedded, boxes))  # crop CLS (B, D)
+            cls_tokens.append(self.crop_pass(x, embedded, boxes))  # crop CLS (B, D), cut from the full input
         z = self.run_block(self.aggregator, torch.stack(cls_tokens, dim=1))  # (B, 2, D)
         z = self.aggregator_norm(z)[:, 0]  # (B, D)
-        return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, selection_map=similarity)
+        if self.glance_size is None:
+            return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, selection_map=similarity)
+        on_input = glance_map_to_input_grid(similarity, bb.grid_size)  # (B, rows, cols) of the input's grid
+        return ModelOutput(logits=self.head(z), embedding=z, boxes=boxes, selection_map=on_input,
+                           extras={"glance_similarity": similarity})
 
     def explain(self, x: Tensor) -> Explanation:
         """The plain ViT's maps and ``similarity`` (``output.selection_map``), the map that chose the crop box
-        (``output.boxes``)."""
+        (``output.boxes``). With ``glance_size`` the similarity is the glance grid's, shown on the input's patch
+        grid as every map is; ``attention`` and ``rollout`` are, as for every method, the backbone's at the
+        input size (not the glance pass's)."""
         explanation = super().explain(x)
         explanation.maps["similarity"] = GridMap(explanation.output.selection_map.float())
         return explanation
 
     def selection_steps(self, tokens: Tensor, attentions: Sequence[Tensor] | None) -> list[SelectionStep]:
         """``select`` as the forward runs it: the CLS-patch similarity of the final-norm tokens, its top-k and
-        their box."""
-        return [SelectionStep(f"similarity + top-{self.top_k} + box", lambda: self.select(tokens))]
+        their box. With ``glance_size``, tokens of a pass at the input size (what ``fgvc benchmark`` hands) are
+        selected on the input's grid: the cost of the glance grid's selection, bounded from above."""
+        grid = self.global_grid
+        if self.glance_size is None or tokens.shape[1] == grid.num_prefix_tokens + grid.num_patches:
+            return [SelectionStep(f"similarity + top-{self.top_k} + box", lambda: self.select(tokens))]
+        bb = self.backbone
+        return [SelectionStep(f"similarity + top-{self.top_k} + box", lambda: self._select_on(
+            tokens, bb.patch_grid, bb.global_token(tokens), self.top_k, self.inclusive_box))]
 
 
 # ------------------------------------------------------------------------- the official code's checkpoints

@@ -750,7 +750,8 @@ def checkpoint_split(
     beside the checkpoint when it is there; ``dataset`` overrides the name. The items are the checkpoint's
     test transform of each image (normalized tensors at its input size), the labels its classes; when the
     dataset has boxes, ``input_boxes`` are in the model's input frame. The dataset's classes must be the
-    checkpoint's (same count and names), else the error says which differ. A generated dataset (the
+    checkpoint's (same count and names), else the error says which differ; with parts (CUB's ``parts/``), also
+    ``input_parts`` (``EvalParts``). A generated dataset (the
     synthetic one) is drawn again from the run's options (``root`` is not used), so the split is the very one
     training evaluated.
     """
@@ -762,6 +763,7 @@ def checkpoint_split(
         input_boxes_of,
         subset_classes,
     )
+    from ..data.parts import EvalParts, parts_pixels_of
     from ..engine.evaluate import check_same_classes
     from ..storage.checkpoint import load_model
 
@@ -785,9 +787,11 @@ def checkpoint_split(
         test = subset_classes(test, data["classes"])
     _check_splits_not_empty({split: test}, dict(data if same else {}, dataset=name, root=root))
     check_same_classes(model, test, data_name=f"{root} ({name}, {split})", model_name=f"checkpoint {checkpoint}")
-    if input_boxes_of(test) is None and boxes_pixels_of(test) is not None:
+    has_parts = parts_pixels_of(test) is not None
+    if input_boxes_of(test) is None and (boxes_pixels_of(test) is not None or has_parts):
         resize = _size(DataConfig.from_mapping(data).test_resize_value())
-        test = EvalBoxes(test, img_size=tuple(model.img_size), resize=resize)
+        wrap = EvalParts if has_parts else EvalBoxes  # EvalParts maps the boxes as EvalBoxes does, and the parts
+        test = wrap(test, img_size=tuple(model.img_size), resize=resize)
     return model, test
 
 

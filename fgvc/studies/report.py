@@ -148,7 +148,8 @@ def save_evaluation(
     ``examples`` images of each mistake beside correctly classified images of the predicted class (``mean``
     and ``std``: the normalization to undo for display, e.g. ``model.data_config``'s). With a class hierarchy
     (``result.hierarchy_top1``), also ``hierarchy.md`` (``hierarchy_markdown``); the metrics then hold
-    ``<level>_top1``.
+    ``<level>_top1``. With part scores (``evaluate(parts=True)``), also ``parts.md`` (``parts_table()``) and
+    ``parts.png``: which parts each of the model's maps peaks near (``fgvc.viz.plot_parts``).
     """
     from ..viz.figures import confused_pairs, plot_confused_pair
 
@@ -162,6 +163,9 @@ def save_evaluation(
     if result.hierarchy_top1:
         (out / "hierarchy.md").write_text(hierarchy_markdown(result) + "\n")
         written.append(out / "hierarchy.md")
+    if result.parts is not None:
+        (out / "parts.md").write_text(result.parts_table() + "\n")
+        written += [out / "parts.md", _plot_parts(result, out / "parts.png")]
     support = result.confusion_matrix.sum(1)
     with open(out / "per_class_accuracy.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -231,6 +235,19 @@ def _plot_confusion(result: EvalResult, path: Path, names: list[str]) -> Path:
     ax.set_title(f"confusion matrix, {result.num_samples} images (top-1 {result.top1:.2f}%)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_parts(result: EvalResult, path: Path) -> Path:
+    """Which parts each of ``result``'s maps looks at (``fgvc.viz.plot_parts``, one colour per map) as a PNG."""
+    from ..viz.parts import plot_parts
+
+    row = next(iter(result.parts.values()))
+    maps = [key[: -len("_peak")] for key in row if key.endswith("_peak")]
+    fig = plot_parts({name: result for name in maps}, "peak", maps={name: name for name in maps},
+                     title=f"Which parts the model's maps look at: map peak within {result.part_radius:g} grid "
+                     f"cell(s), {result.num_samples} images", pyplot=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 

@@ -1,6 +1,6 @@
 """Seeing what a model looks at: attention maps, rollout, GLSim's crop, DCAL's GLCA, TransFG's parts,
-overlays at any resolution, batch grids, Grad-CAM / FinerCAM (optional), error analysis, and an
-interactive explorer for Jupyter.
+overlays at any resolution, batch grids, Grad-CAM / FinerCAM (optional), error analysis, which parts each
+method looks at (``plot_parts``), and an interactive explorer for Jupyter.
 
     from fgvc import viz
     maps = viz.attention_maps(model, images)      # every map of a batch, read by kind / layer / head
@@ -27,6 +27,7 @@ from .figures import (
 )
 from .gradcam import grad_cam
 from .maps import AttentionMaps, attention_maps, available_maps, map_box
+from .parts import plot_parts
 from .plots import plot_histories, plot_per_class, plot_reliability
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "plot_histories",
     "plot_layer_heads",
     "plot_maps",
+    "plot_parts",
     "plot_per_class",
     "plot_reliability",
     "plot_selection",
