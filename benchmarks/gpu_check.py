@@ -6,7 +6,7 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
     bash benchmarks/gpu_check.sh --dry-run    # anywhere: a tiny model on the CPU, the same code paths, seconds
 
 1. ``fgvc benchmark`` (the CLI's own code, called in this process) for vit, glsim, its cheaper crop passes
-   (glsim_half, glsim_half_pe, glsim_tokens), dcal (PWCA in all blocks, and dcal_T6), transfg and timm's model, on ViT-B/16 (random
+   (glsim_half, glsim_half_pe, glsim_tokens), its glance at half the input side (glsim_glance), dcal (PWCA in all blocks, and dcal_T6), transfg and timm's model, on ViT-B/16 (random
    weights) at 224 and 448 px, under bf16 autocast and in fp32 (TF32 off: PyTorch's default for matmuls), at
    batch 32 and 64: inference images/s, training-step time, peak memory, all as ratios to the ViT of the same
    run. One configuration (dtype, batch, size) after the other, bf16 first; one that fails (out of memory) is
@@ -15,8 +15,8 @@ Run it through ``benchmarks/gpu_check.sh`` (which bounds it at 8 minutes):
    GPU), then a fresh model resumes it for a second epoch from ``train_state.safetensors``; passes when the
    losses are finite, the resumed history keeps epoch 1 as trained and the resumed run trained the second
    epoch only (the images it fetched are counted).
-3. Activation checkpointing (run second): ``fgvc benchmark --grad-checkpointing both`` for vit, glsim, dcal and
-   transfg at the largest size, first dtype and batch (bf16, batch 32, 448 px): each method's training step
+3. Activation checkpointing (run second): ``fgvc benchmark --grad-checkpointing both`` for vit, glsim,
+   glsim_glance, dcal and transfg at the largest size, first dtype and batch (bf16, batch 32, 448 px): each method's training step
    with it off and on, taking turns; peak memory and step time side by side.
 4. The batched crop (run third): ``benchmarks/crop_batched.py``'s comparison of GLSim's crop as one batched op
    against the per-image loop (448 px images to 224 and 448 px crops, batch 32 and 128), with the GPU's sync
@@ -51,9 +51,9 @@ from torch.utils.data import Dataset
 import fgvc
 from fgvc.cli import main as fgvc_main
 
-METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "dcal_T6", "transfg")
-TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg")
-CKPT_METHODS = ("vit", "glsim", "dcal", "transfg")  # measured with activation checkpointing off and on
+METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "glsim_glance", "dcal", "dcal_T6", "transfg")
+TRAIN_METHODS = ("vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "glsim_glance", "dcal", "transfg")
+CKPT_METHODS = ("vit", "glsim", "glsim_glance", "dcal", "transfg")  # measured with activation checkpointing off and on
 MIN_START_S = 30  # a benchmark configuration starts only with this much of the time budget left
 
 
@@ -76,8 +76,9 @@ class Plan:
 
 REAL = Plan("vit_base_patch16_224", None, ("224", "448"), ("bf16", "fp32"), (32, 64), repeats=5, warmup=1,
             train_size=224, train_batch=16, train_images=48, budget_s=450)
-# the same code paths on a tiny model (6 blocks so that dcal_T6 exists; 64 / 96 px hold GLSim's top-8)
-DRY = Plan("test_vit", 6, ("64", "96"), ("bf16", "fp32"), (2, 4), repeats=1, warmup=0, train_size=64, train_batch=4,
+# the same code paths on a tiny model (6 blocks so that dcal_T6 exists; 96 / 128 px hold GLSim's top-8 on the
+# glance grid too, 3 x 3 and 4 x 4 patches of 16 px)
+DRY = Plan("test_vit", 6, ("96", "128"), ("bf16", "fp32"), (2, 4), repeats=1, warmup=0, train_size=96, train_batch=4,
            train_images=8, budget_s=1200)
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"vit", "timm", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "dcal_T6", "transfg"}
+METHODS = {"vit", "timm", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "glsim_glance", "dcal", "dcal_T6",
+           "transfg"}
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
@@ -28,20 +29,21 @@ def test_dry_run_benchmarks_every_method_dtype_and_batch_and_resumes_each_method
         rows = list(csv.DictReader(f))
     assert {r["status"] for r in rows} == {"ok"}
     combos = {(r["amp"], r["batch"], r["method"], r["img_size"]) for r in rows}
-    assert combos == {(a, b, m, s) for a in ("bf16", "fp32") for b in ("2", "4") for m in METHODS for s in ("64", "96")}
+    assert combos == {(a, b, m, s) for a in ("bf16", "fp32") for b in ("2", "4") for m in METHODS for s in ("96", "128")}
     for r in rows:
         for key in ("throughput", "train_throughput", "throughput_ratio", "train_ratio"):
             assert math.isfinite(float(r[key])) and float(r[key]) > 0
         assert r["amp"] == "bf16" or float(r["train_mem_mib"]) > 0 or math.isnan(float(r["train_mem_mib"]))
     md = (tmp_path / "summary.md").read_text()
-    assert "| bf16 | 2 | glsim_half | 64 |" in md and "| fp32 | 4 | dcal_T6 | 96 |" in md
+    assert "| bf16 | 2 | glsim_glance | 96 |" in md and "| fp32 | 4 | dcal_T6 | 128 |" in md
     for amp in ("bf16", "fp32"):
         for b in (2, 4):
-            for size in (64, 96):
+            for size in (96, 128):
                 assert (tmp_path / f"{amp}_b{b}_{size}" / "benchmark.md").is_file()
     with open(tmp_path / "train_resume.csv") as f:
         resumed = list(csv.DictReader(f))
-    assert {r["method"] for r in resumed} == {"vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "dcal", "transfg"}
+    assert {r["method"] for r in resumed} == {"vit", "glsim", "glsim_half", "glsim_half_pe", "glsim_tokens", "glsim_glance", "dcal",
+                                          "transfg"}
     assert {r["status"] for r in resumed} == {"ok"}
     crop = (tmp_path / "crop_batched.md").read_text()
     assert crop.count("\n| ") == 5 and "failed" not in crop  # header + 2 batches x 2 crop sizes

@@ -20,7 +20,7 @@ from fgvc.storage.onnx import ONNX_MISSING, OnnxExportError, OnnxModel, export_o
 
 SMALL = dict(backbone="vit_tiny_patch16_224", backbone_kwargs={"depth": 2}, num_classes=5, img_size=64,
              pretrained=False)
-METHODS = ["vit", "glsim", "glsim_top2", "glsim_tokens", "dcal", "transfg"]
+METHODS = ["vit", "glsim", "glsim_top2", "glsim_tokens", "glsim_glance_top2", "dcal", "transfg"]  # glance: 2 x 2 cells at 64 px
 
 
 def small_model(method: str) -> FGVCModel:

@@ -34,6 +34,7 @@ from .flowers import Flowers102
 from .folder import ImageFolderDataset
 from .hierarchy import class_hierarchy, load_hierarchy
 from .nabirds import NABirds
+from .parts import EvalParts, map_parts
 from .splits import SubsetDataset, subset_classes, train_val_split
 from .synthetic import SyntheticFGVC, synthetic_splits
 from .transforms import EvalBoxes, build_transforms, default_resize, map_boxes
@@ -45,6 +46,7 @@ __all__ = [
     "DataReport",
     "DatasetDef",
     "EvalBoxes",
+    "EvalParts",
     "FGVCDataset",
     "FGVCAircraft",
     "Flowers102",
@@ -75,6 +77,7 @@ __all__ = [
     "load_hierarchy",
     "load_rgb",
     "map_boxes",
+    "map_parts",
     "num_classes_of",
     "register_dataset",
     "subset_classes",

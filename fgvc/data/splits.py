@@ -38,10 +38,11 @@ class SubsetDataset(FGVCDataset):
     """Samples ``indices`` of ``dataset``, optionally relabelled and with their own transform.
 
     Keeps the dataset contract (``FGVCDataset``): ``classes``, ``display_names``, ``targets``, and the rows of
-    ``boxes`` / ``boxes_pixels`` / ``image_sizes`` / ``input_boxes`` where the parent has them. With
-    ``transform`` the parent's untransformed images are used (``load``), so a validation split carved from an
-    augmented training dataset can use the test-time transform; ``input_boxes`` are then None, since the
-    frame of the new transform's output is not known.
+    ``boxes`` / ``boxes_pixels`` / ``image_sizes`` / ``input_boxes`` and of the parts (``part_names``,
+    ``parts_pixels``, ``input_parts``) where the parent has them. With ``transform`` the parent's untransformed
+    images are used (``load``), so a validation split carved from an augmented training dataset can use the
+    test-time transform; ``input_boxes`` and ``input_parts`` are then None, since the frame of the new
+    transform's output is not known.
     """
 
     def __init__(
@@ -117,6 +118,21 @@ class SubsetDataset(FGVCDataset):
         """The parent's ``input_boxes`` (fractions of the model input) of these samples, or None: also None
         with the subset's own transform, whose output frame the parent's boxes do not describe."""
         return None if self.transform is not None else self._take("input_boxes")
+
+    @property
+    def part_names(self) -> list[str] | None:
+        """The parent's part names (CUB's 15 when its ``parts/`` files are present), or None."""
+        return _copy(getattr(self.dataset, "part_names", None))
+
+    @property
+    def parts_pixels(self) -> torch.Tensor | None:
+        """The parent's ``parts_pixels`` ((N, P, 3) x, y, visible in original pixels) of these samples, or None."""
+        return self._take("parts_pixels")
+
+    @property
+    def input_parts(self) -> torch.Tensor | None:
+        """The parent's ``input_parts`` of these samples, or None (also with the subset's own transform)."""
+        return None if self.transform is not None else self._take("input_parts")
 
     @property
     def samples(self) -> list[tuple[str, int]] | None:
