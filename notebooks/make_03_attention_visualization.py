@@ -30,8 +30,9 @@ the detail.
 3. CLS attention per layer and head.
 4. Every map of every method, on the same images: attention, rollout, GLSim's similarity and crop, DCAL's GLCA
    queries and attention, TransFG's parts.
-5. Grad-CAM and FinerCAM (optional package).
-6. The interactive explorer and the error analysis.
+5. Glance, then look closely: GLSim's cheaper variant, its coarse look and its close look on the same images.
+6. Grad-CAM and FinerCAM (optional package).
+7. The interactive explorer and the error analysis.
 
 **Time:** minutes in full mode on a CPU (measured in `docs/results.md`, "The notebooks' full-mode run times");
 seconds in small mode (`FGVC_SMOKE=1`).
@@ -87,15 +88,16 @@ maps mostly show what pretraining taught the backbone.
 models, histories = {}, {}
 
 
-def train(method):
-    \"\"\"Load METHOD's checkpoint from CHECKPOINTS, or train it (and save it there).\"\"\"
-    checkpoint = Path(CHECKPOINTS) / method / "best.safetensors"
+def train(name):
+    \"\"\"Load NAME's checkpoint from CHECKPOINTS, or train it (and save it there). NAME: a method or one of
+    its variants (fgvc list methods), e.g. "glsim_glance" = "glsim" with glance_size=0.5, ...\"\"\"
+    checkpoint = Path(CHECKPOINTS) / name / "best.safetensors"
     if checkpoint.is_file() and not SMOKE:
-        print(f"{method}: loaded {checkpoint}")
+        print(f"{name}: loaded {checkpoint}")
         return fgvc.load_model(checkpoint)
-    model = fgvc.create_model(method, backbone="fgvc_synth_vit_tiny", pretrained=True, num_classes=10,
+    model = fgvc.create_model(name, backbone="fgvc_synth_vit_tiny", pretrained=True, num_classes=10,
                               img_size=IMG_SIZE)
-    histories[method] = fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32,
+    histories[name] = fgvc.fit(model, data["train"], data["val"], epochs=EPOCHS, batch_size=32,
                                  lr=LR, backbone_lr_scale=BACKBONE_LR_SCALE, out_dir=None if SMOKE else checkpoint.parent,
                                  overwrite=True,  # no checkpoint to load: an unfinished run there is replaced
                                  device=DEVICE,
@@ -191,7 +193,31 @@ fig.savefig(Path(CHECKPOINTS) / "glsim_similarity.png")
 plt.show()
 """),
     ("md", """
-## 5. Grad-CAM and FinerCAM (optional)
+## 5. Glance, then look closely
+
+GLSim's global pass only has to find *where* the detail is, and a coarser image often tells that too. The
+`glsim_glance` variant runs the global pass on the input downscaled to half its side (here 48 x 64 pixels, a
+6 x 8 grid), maps the top-k box of that similarity onto the full image, and cuts the crop from the
+**full-resolution** input (encoded at 48 x 64 with its own position embedding): the whole image coarsely, the
+detail sharply, for about a third of a 448 px ViT's MACs (`docs/results.md`, "GLSim glance: cost").
+"""),
+    ("code", """
+models["glsim_glance"] = train("glsim_glance")
+results["glsim_glance"] = fgvc.evaluate(models["glsim_glance"], test)
+print(results_table({("synthetic", m): results[m] for m in ("glsim", "glsim_glance")}, {"synthetic": test}))
+"""),
+    ("md", """
+Each row, on the same images as above: (a) the glance, the downscaled image the global pass saw, drawn at its
+own pixels, with its similarity and the box on its grid; (b) that box mapped onto the full image (blue; the
+true box green); (c) the crop the second pass encodes, cut at full resolution, with the prediction.
+"""),
+    ("code", """
+fig = viz.plot_glance(models["glsim_glance"], images, mean=test.mean, std=test.std, gt_boxes=gt_boxes,
+                      targets=targets, class_names=test.classes, indices=list(range(len(images))))
+plt.show()
+"""),
+    ("md", """
+## 6. Grad-CAM and FinerCAM (optional)
 
 Gradient-based maps explain one class: **Grad-CAM** weighs the last block's patch features by the gradient
 of the class score; **FinerCAM** uses the gradient of the class score *minus* those of its most similar
@@ -214,11 +240,13 @@ else:
     plt.show()
 """),
     ("md", """
-## 6. The explorer
+## 7. The explorer
 
 Choose an image (by index, by class, or upload a file), the method, the map, the layer and the head: the
 figure, the crop and the top-5 predictions with the true label follow. The **Errors** tab evaluates the chosen
 method and lists its most confused class pairs (true -> predicted) with example images of both classes.
+For `glsim_glance` the map choices end with **glance, then look closely**: section 5's three panels for the
+chosen image.
 """),
     ("code", """
 explorer = viz.explore(models, test, results=results)

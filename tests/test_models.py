@@ -121,3 +121,13 @@ def test_unknown_method_options_are_refused_with_the_near_miss_and_the_allowed_l
 
 def test_list_models():
     assert {"vit", "glsim"} <= set(fgvc.list_models())
+
+
+def test_create_model_takes_a_variant_name_as_the_method_with_its_options():
+    """``create_model("glsim_glance", ...)`` is ``create_model("glsim", glance_size=0.5, ...)``; options override."""
+    small = dict(backbone="vit_tiny_patch16_224", backbone_kwargs={"depth": 1}, num_classes=3, img_size=64)
+    model = fgvc.create_model("glsim_half_pe", **small)
+    assert model.config["options"]["crop_pos_embed"] == "learned" and tuple(model.crop_size) == (32, 32)
+    assert tuple(fgvc.create_model("glsim_half_pe", crop_size=0.75, **small).crop_size) == (48, 48)
+    with pytest.raises(fgvc.methods.base.UnknownMethodError, match="unknown model 'glsim_nope'"):
+        fgvc.create_model("glsim_nope", **small)

@@ -394,7 +394,9 @@ def create_model(
     """Build a method over a timm ViT backbone.
 
     Args:
-        method: one of ``list_models()``, e.g. ``"vit"`` or ``"glsim"``.
+        method: one of ``list_models()``, e.g. ``"vit"`` or ``"glsim"``, or a variant name of
+            ``method_variants()`` (e.g. ``"glsim_glance"``: the method with the variant's options, which
+            ``options`` given here override).
         backbone: timm model name (``vit_base_patch16_224.augreg_in21k``, ``deit_small_patch16_224``, ...).
         num_classes: number of classes of the new head.
         img_size: input resolution, int or (height, width).
@@ -407,6 +409,11 @@ def create_model(
             ``fgvc.backbones.vit.resample_pos_embed``),
             ``backbone_kwargs`` (passed to timm), and the method's own options (e.g. GLSim's ``top_k``).
     """
+    if method not in _REGISTRY:
+        variants = method_variants()
+        if method in variants:
+            method, preset = variants[method]
+            options = {**preset, **options}
     cls = _check_method(method)
     check_model_options(method, options)
     return cls(

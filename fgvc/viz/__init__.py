@@ -1,6 +1,7 @@
 """Seeing what a model looks at: attention maps, rollout, GLSim's crop, DCAL's GLCA, TransFG's parts,
 overlays at any resolution, batch grids, Grad-CAM / FinerCAM (optional), error analysis, which parts each
-method looks at (``plot_parts``), and an interactive explorer for Jupyter.
+method looks at (``plot_parts``), GLSim's glance and its close look (``plot_glance``), and an interactive explorer
+for Jupyter.
 
     from fgvc import viz
     maps = viz.attention_maps(model, images)      # every map of a batch, read by kind / layer / head
@@ -25,6 +26,7 @@ from .figures import (
     plot_selection,
     pretty_name,
 )
+from .glance import plot_glance
 from .gradcam import grad_cam
 from .maps import AttentionMaps, attention_maps, available_maps, map_box
 from .parts import plot_parts
@@ -44,6 +46,7 @@ __all__ = [
     "map_box",
     "overlay_map",
     "plot_confused_pair",
+    "plot_glance",
     "plot_histories",
     "plot_layer_heads",
     "plot_maps",

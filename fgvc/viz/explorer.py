@@ -7,7 +7,9 @@ crop and the top-5 predictions; then list the most confused classes with example
 The explorer is itself a widget (``Explorer``, an ``ipywidgets.VBox``). Its controls are attributes
 (``method``, ``source``, ``index``, ``cls``, ``upload``, ``kind``, ``layer``, ``head``; in the error view
 ``analyse`` and ``pairs``), so code and tests can set them; after every change ``figure`` holds the
-matplotlib Figure drawn, ``image`` its PNG, ``info`` the predictions (HTML).
+matplotlib Figure drawn, ``image`` its PNG, ``info`` the predictions (HTML). For a GLSim model with
+``glance_size`` the map choices end with ``"glance"``: ``plot_glance``'s three panels (the glance with its
+similarity and box, the box on the full image, the crop) for the current image.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .figures import (
     row_title,
     rows_figure,
 )
+from .glance import GLANCE_KIND, draw_glance_row, glance_label, glance_looks, glance_row_title, has_glance
 from .maps import AttentionMaps, attention_maps
 
 __all__ = ["Explorer", "explore"]
@@ -163,6 +166,8 @@ class Explorer(w.VBox):
         time: the last layer)."""
         bb = self.model.backbone
         kinds = [(info.title, k) for k, info in self.model.map_info().items()]
+        if has_glance(self.model):  # not a map: the two looks, drawn by plot_glance's panels
+            kinds.append(("glance, then look closely", GLANCE_KIND))
         keep_kind = self.kind.value
         self.kind.options = kinds
         self.kind.value = keep_kind if keep_kind in [k for _, k in kinds] else "attention"
@@ -219,6 +224,9 @@ class Explorer(w.VBox):
         boxes = input_boxes_of(self.data)
         if label is not None and boxes is not None:
             gt = torch.as_tensor(boxes[int(self.index.value)], dtype=torch.float32) * torch.tensor([wd, h, wd, h])
+        if kind == GLANCE_KIND:
+            self._render_glance(x, maps, label, caption, gt)
+            return
         shown = denormalize(x[None].float(), self.mean, self.std)[0]
         fig, subs, axes, footer = rows_figure(1, 3, h / wd, panel=2.5, pyplot=False)
         draw_panels(axes[0], maps, 0, shown, x[None], [kind], layer=layer, head=head, mean=self.mean,
@@ -228,6 +236,26 @@ class Explorer(w.VBox):
         subs[0].suptitle(text, fontsize=9, color=color)
         fig.suptitle(f"{self.method.value}: {maps.describe(kind, layer, head)}", fontsize=9)
         draw_footer(footer, true_box=gt is not None, outlines=is_mask(maps, kind), colorbar=not is_mask(maps, kind))
+        self.figure = fig
+        self.image.value = _png(fig)
+        self.info.value = self._predictions_html(maps, label)
+
+    def _render_glance(self, x: Tensor, maps: AttentionMaps, label: int | None, caption: str,
+                       gt: Tensor | None) -> None:
+        """``plot_glance``'s row for the current image (x: (3, H, W) normalized), from the cached output."""
+        model = self.model
+        looks = glance_looks(model, x[None], output=maps.output)
+        h, wd = x.shape[-2:]
+        fig, subs, axes, footer = rows_figure(1, 3, h / wd, panel=2.5, pyplot=False)
+        draw_glance_row(axes[0], model, looks, 0, mean=self.mean, std=self.std, full_image=x, gt_box=gt,
+                        class_names=self.class_names)
+        pred = int(looks.logits[0].argmax())
+        text, color = glance_row_title(self.method.value, caption, pred, label, self.class_names,
+                                       fig.get_figwidth())
+        subs[0].suptitle(text, fontsize=9, color=color)
+        fig.suptitle(f"{self.method.value}: {glance_label(model)}, then the crop at full resolution",
+                     fontsize=9)
+        draw_footer(footer, true_box=gt is not None)
         self.figure = fig
         self.image.value = _png(fig)
         self.info.value = self._predictions_html(maps, label)

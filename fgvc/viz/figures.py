@@ -142,14 +142,17 @@ def draw_panels(
 
 
 def rows_figure(
-    rows: int, cols: int, aspect: float, *, panel: float = 2.2, footer: bool = True, pyplot: bool = True
+    rows: int, cols: int, aspect: float, *, panel: float = 2.2, footer: bool = True, pyplot: bool = True,
+    titled_rows: bool = False,
 ) -> tuple[Any, list[Any], list[Any], Any]:
     """A figure of ``rows`` rows of ``cols`` equal panels (height = ``aspect`` x width), each row a subfigure
-    (for its own title), and an optional footer row for the colorbar and the box legend.
+    (for its own title), and an optional footer row for the colorbar and the box legend. The first row has room
+    for panel titles; ``titled_rows``: every row has (so that panels titled on every row keep one size).
 
     Returns (figure, row subfigures, per row an array of axes, footer subfigure or None).
     """
-    heights = [panel * aspect + (0.62 if r == 0 else 0.42) for r in range(rows)] + ([0.6] if footer else [])
+    heights = [panel * aspect + (0.62 if r == 0 or titled_rows else 0.42) for r in range(rows)]
+    heights += [0.6] if footer else []
     fig = _new_figure((panel * cols + 0.3, sum(heights) + 0.35), pyplot=pyplot)
     fig.set_layout_engine("constrained")
     subs = list(fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0])
