@@ -11,7 +11,9 @@ training time; a figure shows where each method looks on the same test images.
 
 Two settings: the default, a 31 px detail on a 128 px image, where every method should learn and find the
 detail; and ``hard=True``, a 7 px detail on the same 128 px image (smaller than one 8 px patch's worth of
-legible pixels), the fine-grained regime in which reading a magnified crop should pay.
+legible pixels), the fine-grained regime in which reading a magnified crop should pay. A method named
+``METHOD@SIZE`` (e.g. ``vit@64``) is trained and tested on the same pictures downscaled to SIZE px
+(``Downscaled``), and ``vocabulary`` picks the classes by name.
 
 Reproducible: a fixed thread count (``threads``), deterministic algorithms and seeded everything, so a given
 seed prints the same numbers on every run of the same machine type and torch version. The methods are
@@ -36,6 +38,8 @@ import timm
 import torch
 
 from ..data import synthetic_splits
+from ..data.contract import FGVCDataset
+from ..data.synthetic import all_class_names
 from ..engine.evaluate import evaluate
 from ..engine.train import fit, reproducible, seed_everything
 from ..methods.base import create_model, list_models, method_variants, resolve_method
@@ -43,18 +47,42 @@ from ..settings import Settings, TrainConfig, at_least, flag, like, option, text
 from ..storage.checkpoint import load_model
 from ..version import __version__
 
-__all__ = ["DemoSettings", "FULL", "HARD", "QUICK", "demo_settings", "format_table", "run_demo", "summarize_seeds"]
+__all__ = ["DemoSettings", "Downscaled", "FULL", "HARD", "QUICK", "demo_settings", "downscale", "format_table",
+           "run_demo", "split_input_size", "summarize_seeds"]
+
+
+def split_input_size(method: str) -> tuple[str, int | None]:
+    """``"vit@64"`` -> ``("vit", 64)``: the method and the side its model's input is downscaled to (None:
+    the images' own size); ``"vit"`` -> ``("vit", None)``."""
+    name, at, size = str(method).partition("@")
+    if not at:
+        return name, None
+    if not size.isdigit() or int(size) < 16:
+        raise ValueError(f"method {method!r}: the size after '@' must be an integer side in pixels >= 16")
+    return name, int(size)
 
 
 def _method_names(name: str, value: Any) -> None:
-    """Methods of ``fgvc.list_models()`` or their named variants (``method_variants``), at least one."""
+    """Methods of ``fgvc.list_models()`` or their named variants (``method_variants``), at least one; each
+    may end in ``@SIZE`` (``split_input_size``)."""
     variants = method_variants()  # named option sets of a method, e.g. ``glsim_top2``
     if not isinstance(value, (tuple, list)):
         raise ValueError(f"{name} must be a list of method names, got {value!r}")
-    unknown = [m for m in value if m not in list_models() and m not in variants]
+    known = {m: split_input_size(m)[0] for m in value}
+    unknown = [m for m, base in known.items() if base not in list_models() and base not in variants]
     if unknown or not value:
         raise ValueError(f"unknown {name} {unknown}; available: {', '.join(list_models())}; "
-                         f"variants: {', '.join(variants)}")
+                         f"variants: {', '.join(variants)}; any of them may end in @SIZE (e.g. vit@64)")
+
+
+def _vocabulary(name: str, value: Any) -> None:
+    """Empty (the default grid of ``num_classes`` classes) or at least two distinct class names."""
+    names = set(all_class_names())
+    if not isinstance(value, (tuple, list)) or len(value) == 1 or len(set(value)) != len(value) or any(
+        v not in names for v in value
+    ):
+        raise ValueError(f"{name} must be empty or at least 2 distinct 'colour-shape' names (e.g. "
+                         f"red-circle,red-ring), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -68,13 +96,18 @@ class DemoSettings(Settings):
     #: without dropout: the official 0.1 matches the pretraining of Google's ViT, and fgvc's backbone was
     #: pretrained without it (docs/results.md compares the two). The variants, such as ``glsim_inclusive``
     #: (the box's last row and column kept, so that its crop covers the detail), run with ``--methods``.
-    methods: tuple[str, ...] = option(("vit", "glsim", "dcal", "transfg_nodropout"),
-                                      _method_names, "methods or variants such as glsim_top2 (fgvc list methods)")
+    methods: tuple[str, ...] = option(("vit", "glsim", "dcal", "transfg_nodropout"), _method_names,
+                                      "methods or variants such as glsim_top2 (fgvc list methods); "
+                                      "METHOD@SIZE: its input downscaled to SIZE px, e.g. vit@64")
     backbone: str = option("fgvc_synth_vit_tiny", text("fgvc_synth_vit_tiny"), "the backbone fine-tuned")
     pretrained: bool = option(True, flag(), "start from the backbone's pretrained weights")
     img_size: int = option(128, at_least(16), "image side in pixels")
     detail_px: int = option(31, at_least(1), "side of the class-deciding detail in pixels at img_size")
     num_classes: int = option(10, at_least(2), "classes")
+    #: The classes by name (``SyntheticFGVC``'s ``vocabulary``), e.g. one colour and several shapes, so that
+    #: the shape, a few pixels, decides; empty: the default grid of ``num_classes`` classes.
+    vocabulary: tuple[str, ...] = option((), _vocabulary, "class names, e.g. red-circle,red-ring; empty: the "
+                                         "grid of num_classes classes")
     num_distractors: int = option(4, at_least(0), "distractor shapes per image")
     train: int = option(1500, at_least(1), "training images")
     val: int = option(300, at_least(1), "validation images (the checkpoint is chosen on them)")
@@ -94,6 +127,11 @@ class DemoSettings(Settings):
         """The settings that are ``fgvc.fit`` options (``TrainConfig``'s names): a recipe's ``train`` section."""
         return {name: getattr(self, name) for name in self.names() if name in TrainConfig.names()}
 
+    @property
+    def class_count(self) -> int:
+        """The number of classes: the vocabulary's length when one is given, else ``num_classes``."""
+        return len(self.vocabulary) if self.vocabulary else self.num_classes
+
     def model_options(self) -> dict[str, Any]:
         """The settings that are ``fgvc.create_model`` options: a recipe's ``model`` section, less the method."""
         return dict(backbone=self.backbone, pretrained=self.pretrained, img_size=self.img_size)
@@ -105,9 +143,12 @@ class DemoSettings(Settings):
 
     def data_options(self) -> dict[str, Any]:
         """``synthetic_splits``' arguments for these settings (also a recipe's ``data.options``)."""
-        return dict(num_classes=self.num_classes, image_size=self.img_size, train=self.train, val=self.val,
-                    test=self.test, seed=self.seed, num_distractors=self.num_distractors,
-                    detail_fraction=self.detail_fraction)
+        options = dict(num_classes=self.num_classes, image_size=self.img_size, train=self.train, val=self.val,
+                       test=self.test, seed=self.seed, num_distractors=self.num_distractors,
+                       detail_fraction=self.detail_fraction)
+        if self.vocabulary:
+            options.update(num_classes=len(self.vocabulary), vocabulary=list(self.vocabulary))
+        return options
 
     def splits(self) -> dict[str, Any]:
         """The train / val / test datasets these settings describe."""
@@ -166,7 +207,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     start_from = f"the shipped {s.backbone}" if s.pretrained else "scratch"
     print(
-        f"fgvc demo: synthetic fine-grained data, {s.num_classes} classes (chance {100 / s.num_classes:.0f}%), "
+        f"fgvc demo: synthetic fine-grained data, {s.class_count} classes (chance {100 / s.class_count:.0f}%), "
         f"{s.detail_px} px detail on {s.img_size} px images, {s.train}/{s.val}/{s.test} train/val/test; "
         f"{s.epochs} epochs from {start_from} (lr {s.lr:g}, backbone x {s.backbone_lr_scale:g}), "
         f"seed{'s' if len(seeds) > 1 else ''} "
@@ -191,7 +232,7 @@ def run_demo(
             save_looks_figure(models, data["test"], figure)
             print(f"figure: {figure} (where each method looks on the same test images; green: the true detail)")
     table = format_table(rows)
-    text = f"Test split (checkpoint chosen on validation), chance {100 / s.num_classes:.0f}% top-1:\n\n{table}"
+    text = f"Test split (checkpoint chosen on validation), chance {100 / s.class_count:.0f}% top-1:\n\n{table}"
     if len(seeds) > 1:
         text += "\n\nMean +- std over seeds " + ", ".join(map(str, seeds)) + ":\n\n" + summarize_seeds(rows)
     print("\n" + text)
@@ -231,7 +272,8 @@ def _train_in_workers(jobs: list[Job], device: str | None, workers: int) -> list
     from ..methods.plugins import import_plugins, plugin_modules
 
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
-    plugins = plugin_modules(resolve_method(method)[0] for method, _, _ in jobs)  # a spawned worker imports them
+    registered = (resolve_method(split_input_size(method)[0])[0] for method, _, _ in jobs)
+    plugins = plugin_modules(registered)  # a spawned worker imports them
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=import_plugins,
                              initargs=(plugins,)) as pool:
         futures = {pool.submit(_train_in_worker, *job, device): i for i, job in enumerate(jobs)}
@@ -255,6 +297,32 @@ def _worker_splits(s: DemoSettings) -> dict[str, Any]:
     return s.splits()
 
 
+class Downscaled(FGVCDataset):
+    """``data``'s images downscaled to ``size`` x ``size`` (``downscale``), its labels and boxes as they are
+    (fractions of the image, which the resize does not move): the demo's ``method@SIZE``, a model that reads
+    the same pictures at a lower resolution."""
+
+    def __init__(self, data: Any, size: int) -> None:
+        self.data, self.size = data, int(size)
+        self.targets = data.targets
+        self.classes = getattr(data, "classes", None)
+        self.boxes = getattr(data, "boxes", None)
+        self.input_boxes = getattr(data, "input_boxes", None)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.data[i]  # (3, H, W)
+        return downscale(image[None], (self.size, self.size))[0], label  # (3, size, size)
+
+
+def downscale(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) images -> (B, 3, *size): bilinear with antialiasing, as a lower-resolution camera sees."""
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
 def _load_best(run_dir: Path, method: str, device: str | None) -> Any:
     return load_model(run_dir / method / "best.safetensors", device=device or "cpu")
 
@@ -263,8 +331,12 @@ def _train_one(
     method: str, s: DemoSettings, data: dict[str, Any], out: Path, device: str | None, progress: bool
 ) -> tuple[dict[str, Any], Any]:
     seed_everything(s.seed)  # the new layers' initialisation does not depend on what ran before
-    registered, options = resolve_method(method)  # a variant is a method with named options
-    model = create_model(registered, num_classes=s.num_classes, **s.model_options(), **options)
+    name, size = split_input_size(method)  # "vit@64": the plain ViT on the same images downscaled to 64 px
+    registered, options = resolve_method(name)  # a variant is a method with named options
+    model_options = s.model_options() if size is None else {**s.model_options(), "img_size": size}
+    model = create_model(registered, num_classes=s.class_count, **model_options, **options)
+    if size is not None:
+        data = {split: Downscaled(d, size) for split, d in data.items()}
     start = time.perf_counter()
     fit(
         model,
@@ -363,7 +435,7 @@ def looks_figure(models: dict[str, Any], data: Any, n: int = 6) -> Any:
     names = list(data.classes)
     first = next(iter(models.values()))
     rgb = denormalize(images, first.data_config["mean"], first.data_config["std"])  # (n, H, W, 3) in [0, 1]
-    h, w = first.img_size
+    h, w = images.shape[-2:]
     gt = (data.input_boxes[:n] * torch.tensor([w, h, w, h])).tolist()
     cols = 1 + len(models)
     fig, axes = plt.subplots(n, cols, figsize=(1.75 * cols + 0.9, 1.95 * n + 0.5), squeeze=False)
@@ -378,7 +450,9 @@ def looks_figure(models: dict[str, Any], data: Any, n: int = 6) -> Any:
     croppers = []  # the methods that crop a box (drawn in blue)
     for col, (method, model) in enumerate(models.items(), start=1):
         model.eval()
-        maps = attention_maps(model, images)
+        size = tuple(model.img_size)  # a ``method@SIZE`` model reads the images downscaled
+        maps = attention_maps(model, images if size == (h, w) else downscale(images, size))
+        to_input = (size[1] / w, size[0] / h, size[1] / w, size[0] / h)  # image pixels -> input pixels
         if maps.output.boxes is not None:
             croppers.append(method)  # the column's label: variants of one method stay apart
         selects = maps.output.selection_map is not None  # GLSim's similarity, DCAL's rollout
@@ -388,7 +462,8 @@ def looks_figure(models: dict[str, Any], data: Any, n: int = 6) -> Any:
         for i in range(n):
             ax = axes[i, col]
             overlay_map(
-                rgb[i], heat[i], ax=ax, patch_size=model.backbone.patch_size, colorbar=False, true_box=gt[i],
+                rgb[i], heat[i], ax=ax, input_size=size, patch_size=model.backbone.patch_size, colorbar=False,
+                true_box=[c * f for c, f in zip(gt[i], to_input, strict=True)],
                 model_box=None if maps.output.boxes is None else maps.output.boxes[i].tolist(),
             )
             ok = preds[i] == targets[i]
