@@ -188,10 +188,10 @@ def test_the_gpu_check_measures_the_training_step_with_checkpointing_off_and_on(
     gpu_check = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
     spec.loader.exec_module(gpu_check)
-    plan = dataclasses.replace(gpu_check.DRY, depth=2, sizes=("64",), amps=("fp32",))
+    plan = dataclasses.replace(gpu_check.DRY, depth=2, sizes=("96",), amps=("fp32",))
     rows = gpu_check.run_checkpointing(plan, "cpu", tmp_path, [])
     assert {r["status"] for r in rows} == {"ok"}
     assert [r["method"] for r in rows] == [m + s for m in gpu_check.CKPT_METHODS for s in ("", "+ckpt")]
     md = (tmp_path / "grad_checkpointing.md").read_text()
-    assert "| transfg | 64 |" in md and "memory saved" in md
+    assert "| transfg | 96 |" in md and "memory saved" in md
     assert (tmp_path / "grad_checkpointing.csv").is_file()
