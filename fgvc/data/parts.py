@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .contract import FGVCDataset, boxes_pixels_of, classes_of, display_names_of, input_boxes_of, targets_of
-from .transforms import _hw, eval_geometry, map_boxes
+from .contract import boxes_pixels_of, input_boxes_of
+from .transforms import EvalView, _hw, eval_geometry, map_boxes
 
 __all__ = ["EvalParts", "input_parts_of", "map_parts", "part_names_of", "parts_pixels_of"]
 
@@ -75,7 +75,7 @@ def map_parts(
     return out
 
 
-class EvalParts(FGVCDataset):
+class EvalParts(EvalView):
     """A test dataset with ``input_parts`` (and ``input_boxes`` where it has boxes) in the model's input frame.
 
     ``fgvc.evaluate(model, EvalParts(test_data, img_size=448), parts=True)`` scores every map of the model
@@ -94,7 +94,7 @@ class EvalParts(FGVCDataset):
                 f"{type(dataset).__name__} has no parts (CUB reads them from parts/parts.txt and "
                 "parts/part_locs.txt, which this dataset's folder lacks)"
             )
-        self.dataset = dataset
+        super().__init__(dataset)
         self.part_names = names
         self.input_parts = map_parts(parts, dataset.image_sizes, img_size, resize)
         boxes = boxes_pixels_of(dataset)
@@ -102,12 +102,3 @@ class EvalParts(FGVCDataset):
             input_boxes_of(dataset) if boxes is None else map_boxes(boxes, dataset.image_sizes, img_size, resize)
         )
         self.boxes = self.input_boxes
-        self.classes = classes_of(dataset)
-        self.display_names = display_names_of(dataset)
-        self.targets = targets_of(dataset)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[i]

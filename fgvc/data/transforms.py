@@ -31,7 +31,7 @@ from torchvision.transforms import InterpolationMode, v2
 from .contract import FGVCDataset, boxes_pixels_of, classes_of, display_names_of, targets_of
 
 __all__ = [
-    "CROP_RATIO", "EvalBoxes", "build_transforms", "default_resize", "eval_geometry", "map_boxes", "resized_size",
+    "CROP_RATIO", "EvalBoxes", "EvalView", "build_transforms", "default_resize", "eval_geometry", "map_boxes", "resized_size",
 ]
 
 #: Default ratio of the crop to the resized image (the ImageNet convention: 224 of 256).
@@ -195,7 +195,24 @@ def map_boxes(
     return (out / torch.tensor([crop_w, crop_h, crop_w, crop_h], dtype=torch.float64)).float()
 
 
-class EvalBoxes(FGVCDataset):
+class EvalView(FGVCDataset):
+    """A test dataset's items, ``classes``, ``display_names`` and ``targets`` as they are, for wrappers that add
+    annotations mapped into the model's input frame (``EvalBoxes``, ``fgvc.data.parts.EvalParts``)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.classes = classes_of(dataset)
+        self.display_names = display_names_of(dataset)
+        self.targets = targets_of(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+class EvalBoxes(EvalView):
     """A test dataset whose ``input_boxes`` (also its ``boxes``) are fractions of the model input after the
     test transform.
 
@@ -211,15 +228,6 @@ class EvalBoxes(FGVCDataset):
         boxes = boxes_pixels_of(dataset)
         if boxes is None:
             raise ValueError(f"{type(dataset).__name__} has no boxes_pixels (this dataset has no boxes)")
-        self.dataset = dataset
+        super().__init__(dataset)
         self.boxes = map_boxes(boxes, dataset.image_sizes, img_size, resize)
         self.input_boxes = self.boxes  # what fgvc.evaluate reads: fractions of the model input
-        self.classes = classes_of(dataset)
-        self.display_names = display_names_of(dataset)
-        self.targets = targets_of(dataset)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[i]
