@@ -38,7 +38,7 @@ import torch
 from fgvc.methods.base import create_model, list_models, model_class, resolve_method
 from fgvc.settings import parse_value
 from fgvc.studies.benchmark import timed_rounds
-from fgvc.studies.demo import FULL, DemoSettings, downscale, run_demo, split_input_size
+from fgvc.studies.demo import FULL, DemoSettings, downscale, mean_std, run_demo, split_input_size
 from fgvc.version import __version__
 
 #: The study's setting and methods (``--help`` shows them): detail and glance chosen from measured runs
@@ -131,14 +131,6 @@ def measure_throughput(methods: Sequence[str], s: DemoSettings, *, batch_size: i
     return out
 
 
-def _stat(values: Sequence[float | None], fmt: str) -> str:
-    v = [x for x in values if x is not None]
-    if not v:
-        return "-"
-    sd = statistics.stdev(v) if len(v) > 1 else 0.0
-    return f"{statistics.mean(v):{fmt}} +- {sd:{fmt}}"
-
-
 def summarize(rows: list[dict[str, Any]], methods: Sequence[str],
               s: DemoSettings) -> dict[str, dict[str, Any]]:
     """Per method: input side, top-1 and crop IoU per seed, their mean and sample std."""
@@ -167,8 +159,8 @@ def format_table(summary: dict[str, dict[str, Any]], speed: dict[str, dict[str, 
         t = (speed or {}).get(m)
         cost = (f"{t['infer_images_per_s']:.0f} | {t['infer_ratio']:.2f}x | {t['train_images_per_s']:.0f} | "
                 f"{t['train_ratio']:.2f}x") if t else "- | - | - | -"
-        lines.append(f"| {m} | {r['input_px']} | {_stat(r['top1'], '.1f')} | "
-                     f"{_stat(r['crop_iou'] or [], '.2f')} | {cost} |")
+        lines.append(f"| {m} | {r['input_px']} | {mean_std(r['top1'], '.1f')} | "
+                     f"{mean_std(r['crop_iou'] or [], '.2f')} | {cost} |")
     return "\n".join(lines)
 
 

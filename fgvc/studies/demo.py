@@ -380,25 +380,26 @@ def format_table(rows: list[dict[str, Any]], *, header: bool = True) -> str:
     return "\n".join(lines if header else lines[2:])
 
 
+def mean_std(values: Sequence[float | None], fmt: str) -> str:
+    """``"mean +- sample std"`` (ddof=1; 0 for one value) of the values that are not None, "-" for none."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return f"{statistics.mean(v):{fmt}} +- {sd:{fmt}}"
+
+
 def summarize_seeds(rows: list[dict[str, Any]]) -> str:
     """Mean +- sample std (ddof=1) per method over the seeds in ``rows``."""
     lines = [
         "| method | seeds | top-1 (%) | crop IoU | pointing game (%) |",
         "|---|---|---|---|---|",
     ]
-
-    def stat(values: list[float | None], fmt: str) -> str:
-        v = [x for x in values if x is not None]
-        if not v:
-            return "-"
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{statistics.mean(v):{fmt}} +- {sd:{fmt}}"
-
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         lines.append(
-            f"| {method} | {len(mine)} | {stat([r['top1'] for r in mine], '.1f')} | "
-            f"{stat([r['crop_iou'] for r in mine], '.2f')} | {stat([r['pointing_game'] for r in mine], '.1f')} |"
+            f"| {method} | {len(mine)} | {mean_std([r['top1'] for r in mine], '.1f')} | "
+            f"{mean_std([r['crop_iou'] for r in mine], '.2f')} | {mean_std([r['pointing_game'] for r in mine], '.1f')} |"
         )
     return "\n".join(lines)
 
